@@ -1,0 +1,22 @@
+"""Storage for vfsmount: backends, FileManager, plates and their metadata.
+
+Importing this package loads no zarr, ome-zarr or GPU library: backends that
+need them are imported the first time they are asked for.
+"""
+from .base import (STORAGE_BACKENDS, Backend, DataSink, StorageBackend, StorageBackendMeta,
+                   VirtualBackend, discover_all_backends, get_backend_class)
+from .errors import (CorruptDataError, MetadataError, NameCollisionError, PathEscapeError,
+                     PlateFormatError, ReadOnlyError, StorageError, StorageExistsError,
+                     StorageNotFoundError, UnknownBackendError, UnsupportedFormatError)
+from .filemanager import FileManager
+from .memory import MemoryStorageBackend
+from .disk import DiskStorageBackend
+
+__all__ = [
+    "Backend", "DataSink", "StorageBackend", "VirtualBackend", "StorageBackendMeta",
+    "STORAGE_BACKENDS", "discover_all_backends", "get_backend_class", "FileManager",
+    "MemoryStorageBackend", "DiskStorageBackend",
+    "StorageError", "StorageNotFoundError", "StorageExistsError", "UnknownBackendError",
+    "UnsupportedFormatError", "PathEscapeError", "ReadOnlyError", "CorruptDataError",
+    "MetadataError", "PlateFormatError", "NameCollisionError",
+]

@@ -1,0 +1,179 @@
+"""ImageXpress / MetaXpress plates.
+
+Layouts: flat folders, and ``TimePoint_N/`` and ``ZStep_M/`` folders nested in
+either order. Names: ``[Plate_]A01[_s1][_w1][_thumb][GUID].tif`` -- the plate
+prefix is optional, the site and the channel may be missing (single-site or
+single-channel plates), a GUID may be glued to the channel, and ``_thumb``
+files are thumbnails, never images of the plate.
+
+Projections: when a folder holds ``ZStep_N/`` subfolders, the images beside
+them are the instrument's maximum projections. They go into their own image
+set, ``projection``, with z = 1, so they can never collide with z-plane 1 of
+the ``workspace`` set.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from ..errors import MetadataError, PlateFormatError
+from ..naming import ParsedName, normalize_well
+from .base import (SKIP_DIRS, TIFF_SUFFIXES, ImageSet, MicroscopeHandler, PlateScan,
+                   scandir_sorted)
+
+log = logging.getLogger(__name__)
+
+_GUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+NAME = re.compile(
+    r"^(?:(?P<plate>.*?)_)??(?P<well>[A-Za-z]{1,2}\d{1,3})"
+    r"(?:_s(?P<site>\d+))?(?:_w(?P<channel>\d+))?(?P<thumb>_thumb)?(?:" + _GUID + r")?"
+    r"(?:_z(?P<z>\d+))?(?:_t(?P<t>\d+))?(?P<ext>\.tiff?)$", re.IGNORECASE)
+TIMEPOINT_DIR = re.compile(r"^TimePoint_(\d+)$", re.IGNORECASE)
+ZSTEP_DIR = re.compile(r"^ZStep_(\d+)$", re.IGNORECASE)
+_HTD_LINE = re.compile(r'^"([^"]+)"\s*(?:,\s*(.*))?$')
+
+
+def parse_name(name: str) -> tuple[ParsedName, bool] | None:
+    """(coordinates, is_thumbnail) or None if the name is not an ImageXpress image name."""
+    m = NAME.match(name)
+    if not m:
+        return None
+    parsed = ParsedName(
+        well=normalize_well(m["well"]),
+        site=int(m["site"] or 1), channel=int(m["channel"] or 1),
+        z=int(m["z"] or 1), t=int(m["t"] or 1), extension=m["ext"].lower())
+    return parsed, m["thumb"] is not None
+
+
+def find_htd(plate: Path) -> Path | None:
+    with os.scandir(plate) as it:
+        for e in it:
+            if e.is_file() and e.name.lower().endswith(".htd"):
+                return Path(e.path)
+    return None
+
+
+def parse_htd(path: Path) -> dict[str, list[str]]:
+    """The HTD's ``"Key", value, ...`` lines as a dict; refuses malformed lines."""
+    try:
+        text = path.read_text(errors="strict")
+    except (OSError, UnicodeDecodeError) as e:
+        raise MetadataError("cannot read HTD file", path=path, cause=e) from e
+    out: dict[str, list[str]] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        m = _HTD_LINE.match(line)
+        if not m:
+            raise MetadataError(f"malformed HTD line {lineno}: {line[:80]!r}", path=path)
+        values = [v.strip().strip('"') for v in (m[2] or "").split(",")] if m[2] else []
+        out[m[1]] = values
+    if "HTSInfoFile" not in out and not any(k.lower().startswith(("xwells", "xsites")) for k in out):
+        raise MetadataError("not an HTD file: no HTSInfoFile/XWells/XSites entry", path=path)
+    return out
+
+
+class ImageXpressHandler(MicroscopeHandler):
+    name = "imagexpress"
+    parser_name = "ImageXpressFilenameParser"
+
+    @classmethod
+    def detect(cls, plate: Path) -> bool:
+        if find_htd(plate):
+            return True
+        dirs, files = scandir_sorted(str(plate))
+        if any(TIMEPOINT_DIR.match(d.name) or ZSTEP_DIR.match(d.name) for d in dirs):
+            return True
+        return any(f.name.endswith(TIFF_SUFFIXES) and NAME.match(f.name) for f in files)
+
+    def scan(self, plate: Path) -> PlateScan:
+        plate = Path(plate)
+        workspace = ImageSet("workspace", "virtual_workspace")
+        projection = ImageSet("projection", "virtual_workspace")
+        scan = PlateScan(self, [workspace, projection])
+        htd = find_htd(plate)
+        if htd is not None:
+            info = parse_htd(htd)
+            self._apply_htd(scan, info, htd)
+
+        root = str(plate)
+        cut = len(root) + 1
+        # Iterative walk: (directory, t, z); cheap enough for 100k files in well under 1 s.
+        stack: list[tuple[str, int | None, int | None]] = [(root, None, None)]
+        while stack:
+            path, t, z = stack.pop()
+            try:
+                dirs, files = scandir_sorted(path)
+            except OSError as e:
+                raise PlateFormatError("cannot read plate directory", path=path, cause=e) from e
+            has_zsteps = False
+            for d in dirs:
+                if (m := TIMEPOINT_DIR.match(d.name)):
+                    stack.append((d.path, int(m[1]), z))
+                elif (m := ZSTEP_DIR.match(d.name)):
+                    has_zsteps = True
+                    stack.append((d.path, t, int(m[1])))
+                elif d.name not in SKIP_DIRS and not d.name.endswith(".zarr"):
+                    stack.append((d.path, t, z))
+            target = projection if (has_zsteps and z is None) else workspace
+            for f in files:
+                name = f.name
+                if not name.endswith(TIFF_SUFFIXES):
+                    continue
+                rel = f.path[cut:]
+                found = parse_name(name)
+                if found is None:
+                    scan.unparsed.append(rel)
+                    continue
+                parsed, thumb = found
+                if thumb:
+                    scan.ignored += 1
+                    continue
+                if z is not None or t is not None:
+                    parsed = ParsedName(parsed.well, parsed.site, parsed.channel,
+                                        parsed.z if z is None else z, parsed.t if t is None else t,
+                                        parsed.extension)
+                target.add(parsed, rel)
+        if not workspace.images and not projection.images:
+            raise PlateFormatError(
+                f"no ImageXpress images found ({len(scan.unparsed)} TIFF names did not parse)",
+                path=plate)
+        if not workspace.images:  # a projection-only plate: its images are the plate
+            projection.key = "workspace"
+            scan.image_sets = [projection]
+        if scan.pixel_size is None:
+            scan.pixel_size = _pixel_size_from_tiff(plate / next(iter(
+                (workspace.sources or projection.sources).values())))
+        for rel in scan.unparsed:
+            log.warning("%s: TIFF name does not parse as ImageXpress; not mapped", plate / rel)
+        return scan
+
+    @staticmethod
+    def _apply_htd(scan: PlateScan, info: dict[str, list[str]], htd: Path) -> None:
+        try:
+            if "XSites" in info and "YSites" in info:
+                scan.grid_dimensions = [int(info["XSites"][0]), int(info["YSites"][0])]
+            for key, values in info.items():
+                m = re.match(r"^WaveName(\d+)$", key)
+                if m and values:
+                    scan.channel_names[int(m[1])] = values[0]
+        except (ValueError, IndexError) as e:
+            raise MetadataError("HTD has a non-integer site grid", path=htd, cause=e) from e
+
+
+_CALIBRATION = re.compile(r'id="spatial-calibration-x" type="float" value="([0-9.eE+-]+)"')
+
+
+def _pixel_size_from_tiff(path: Path) -> float | None:
+    """MetaSeries writes the pixel size (um) into the TIFF description; only the IFD is read."""
+    import tifffile
+    try:
+        with tifffile.TiffFile(path) as tif:
+            description = tif.pages[0].description or ""
+    except Exception:  # a damaged first image must not stop indexing; its read fails later
+        return None
+    m = _CALIBRATION.search(description)
+    return float(m[1]) if m else None

@@ -1,0 +1,207 @@
+"""openhcs_metadata.json: the one file that describes a plate.
+
+Layout (all paths plate-relative, POSIX separators)::
+
+    {"format_version": 1,
+     "subdirectories": {
+        "<key>": {                       # where the flat names appear (see below)
+          "microscope_handler_name": "imagexpress",
+          "source_filename_parser_name": "ImageXpressFilenameParser",
+          "image_files": ["A01_s001_w1_z001_t001.tif", ...],
+          "workspace_mapping": {"A01_s001_w1_z001_t001.tif": "TimePoint_1/ZStep_1/A01_s1_w1.tif"},
+          "available_backends": {"virtual_workspace": true},
+          "main": true,
+          "grid_dimensions": [cols, rows] | null, "pixel_size": um | null,
+          "channels": {"1": "DAPI" | null, ...},
+          "wells": [...], "sites": [...], "z_indexes": [...], "timepoints": [...]}}}
+
+Subdirectory keys: ``workspace`` (a vendor plate seen through its mapping),
+``projection`` (vendor maximum projections kept apart from z-planes), ``zarr``
+(the OME-Zarr store ``PLATE/zarr``), ``.`` (flat files in the plate root) and
+``outputs/<name>`` for results written back. Mapping keys are the flat names
+inside their subdirectory.
+
+Writes are atomic (temporary file + fsync + rename) and serialized with an
+flock on the directory that holds the file, so the plate gains no lock file.
+If the plate cannot be written (read-only storage), the file goes to a per-user
+cache: ``$XDG_CACHE_HOME/vfsmount/metadata/<hash of the plate's real path>/``.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from .atomic import atomic_write_bytes
+from .errors import MetadataError, StorageError
+
+METADATA_FILENAME = "openhcs_metadata.json"
+FORMAT_VERSION = 1
+BACKEND_PREFERENCE = ("zarr", "virtual_workspace", "disk")
+
+_LIST_FIELDS = ("image_files", "wells", "sites", "z_indexes", "timepoints")
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vfsmount"
+
+
+def cache_metadata_path(plate: Path) -> Path:
+    real = os.path.realpath(plate)
+    digest = hashlib.sha256(real.encode()).hexdigest()[:16]
+    return cache_root() / "metadata" / f"{Path(real).name}-{digest}" / METADATA_FILENAME
+
+
+def plate_is_writable(plate: Path) -> bool:
+    if not os.access(plate, os.W_OK):
+        return False
+    try:
+        return not (os.statvfs(plate).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def metadata_path(plate: str | os.PathLike, *, for_write: bool = False) -> Path:
+    """Where the plate's metadata is read from (or written to)."""
+    plate = Path(plate)
+    in_plate, in_cache = plate / METADATA_FILENAME, cache_metadata_path(plate)
+    if for_write:
+        return in_plate if plate_is_writable(plate) else in_cache
+    candidates = [p for p in (in_plate, in_cache) if p.is_file()]
+    if not candidates:
+        return in_plate
+    # A plate that turned read-only keeps its old file; the cache copy is then newer.
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def validate(doc: Any, source: str | Path = METADATA_FILENAME) -> dict:
+    """Check types and invariants; raise MetadataError naming the file and the field."""
+    def bad(msg: str) -> MetadataError:
+        return MetadataError(f"malformed plate metadata: {msg}", path=source)
+
+    if not isinstance(doc, dict):
+        raise bad(f"top level must be an object, got {type(doc).__name__}")
+    subdirs = doc.get("subdirectories")
+    if not isinstance(subdirs, dict) or not subdirs:
+        raise bad("'subdirectories' must be a non-empty object")
+    mains = []
+    for key, entry in subdirs.items():
+        where = f"subdirectories[{key!r}]"
+        if not isinstance(entry, dict):
+            raise bad(f"{where} must be an object")
+        if not isinstance(entry.get("main", False), bool):
+            raise bad(f"{where}.main must be true or false")
+        if entry.get("main"):
+            mains.append(key)
+        for field in _LIST_FIELDS:
+            if field in entry and not isinstance(entry[field], list):
+                raise bad(f"{where}.{field} must be a list")
+        mapping = entry.get("workspace_mapping", {})
+        if not isinstance(mapping, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+            raise bad(f"{where}.workspace_mapping must map names (strings) to paths (strings)")
+        backends = entry.get("available_backends", {})
+        if not isinstance(backends, dict) or not all(isinstance(v, bool) for v in backends.values()):
+            raise bad(f"{where}.available_backends must map backend names to true/false")
+        ps = entry.get("pixel_size")
+        if ps is not None and not isinstance(ps, (int, float)):
+            raise bad(f"{where}.pixel_size must be a number or null")
+        grid = entry.get("grid_dimensions")
+        if grid is not None and not (isinstance(grid, list) and all(isinstance(g, int) for g in grid)):
+            raise bad(f"{where}.grid_dimensions must be a list of integers or null")
+        if not isinstance(entry.get("channels", {}), dict):
+            raise bad(f"{where}.channels must be an object")
+    if len(mains) > 1:
+        raise bad(f"more than one subdirectory is marked main: {mains}")
+    return doc
+
+
+def read_metadata(plate: str | os.PathLike) -> dict | None:
+    """The plate's metadata document, or None if it has none yet."""
+    path = metadata_path(plate)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise MetadataError("cannot read plate metadata", path=path, cause=e) from e
+    try:
+        doc = json.loads(raw)
+    except ValueError as e:
+        raise MetadataError("plate metadata is not valid JSON", path=path, cause=e) from e
+    return validate(doc, path)
+
+
+def update_metadata(plate: str | os.PathLike, subdirectories: dict[str, dict], *,
+                    main: str | None = None, remove: tuple[str, ...] = ()) -> Path:
+    """Merge ``subdirectories`` into the plate's metadata, atomically and under a lock.
+
+    ``main`` names the subdirectory to mark main (all others become non-main);
+    without it the previous main is kept, or the first given one is chosen.
+    Returns the path written.
+    """
+    plate = Path(plate)
+    path = metadata_path(plate, for_write=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path.parent):
+        doc = read_metadata(plate) or {}
+        subdirs = dict(doc.get("subdirectories", {}))
+        for key in remove:
+            subdirs.pop(key, None)
+        subdirs.update(subdirectories)
+        if main is None:
+            current = [k for k, v in subdirs.items() if v.get("main")]
+            main = current[0] if current else next(iter(subdirectories), None)
+        for key, entry in subdirs.items():
+            subdirs[key] = {**entry, "main": key == main}
+        doc = {"format_version": FORMAT_VERSION, **{k: v for k, v in doc.items()
+                                                     if k not in ("subdirectories", "format_version")},
+               "subdirectories": subdirs}
+        validate(doc, path)
+        try:
+            atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
+        except OSError as e:
+            raise StorageError("cannot write plate metadata; the previous file is intact",
+                               path=path, cause=e) from e
+    return path
+
+
+def main_subdirectory(doc: dict) -> tuple[str, dict]:
+    subdirs = doc["subdirectories"]
+    for key, entry in subdirs.items():
+        if entry.get("main"):
+            return key, entry
+    key = next(iter(subdirs))
+    return key, subdirs[key]
+
+
+def primary_backend(entry: dict) -> str:
+    """zarr > virtual_workspace > disk, among the backends the subdirectory has."""
+    available = {k for k, v in entry.get("available_backends", {}).items() if v}
+    for name in BACKEND_PREFERENCE:
+        if name in available:
+            return name
+    raise MetadataError(f"subdirectory has no usable backend (available: {sorted(available)})")
+
+
+def get_primary_backend(plate: str | os.PathLike) -> str:
+    doc = read_metadata(plate)
+    if doc is None:
+        raise MetadataError("plate has no metadata yet; run `vfsmount info PLATE` first",
+                            path=metadata_path(plate))
+    return primary_backend(main_subdirectory(doc)[1])

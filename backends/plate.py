@@ -1,0 +1,111 @@
+"""A plate on disk: its handler, its metadata, and a backend for each image set."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import DataSink, get_backend_class
+from .disk import DiskStorageBackend
+from .errors import MetadataError, PlateFormatError
+from .handlers import HANDLERS_BY_NAME, PlateScan, detect_handler
+from .metadata import (main_subdirectory, metadata_path, primary_backend, read_metadata,
+                       update_metadata)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plate:
+    path: Path
+    metadata: dict
+    metadata_file: Path
+    scan: PlateScan | None = None       # set when this call (re)indexed the plate
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, rescan: bool = False) -> "Plate":
+        """Open a plate, indexing it first if it has no metadata (or ``rescan``)."""
+        plate = Path(path).absolute()
+        if not plate.is_dir():
+            raise PlateFormatError("plate is not a directory", path=plate)
+        doc = read_metadata(plate)
+        if doc is not None and not rescan:
+            return cls(plate, doc, metadata_path(plate))
+        return index_plate(plate)
+
+    # -- subdirectories -------------------------------------------------------
+    @property
+    def subdirectories(self) -> dict[str, dict]:
+        return self.metadata["subdirectories"]
+
+    @property
+    def main(self) -> str:
+        return main_subdirectory(self.metadata)[0]
+
+    def entry(self, key: str | None = None) -> dict:
+        key = self.main if key is None else key
+        try:
+            return self.subdirectories[key]
+        except KeyError:
+            raise MetadataError(f"plate has no subdirectory {key!r} (has: {list(self.subdirectories)})",
+                                path=self.metadata_file) from None
+
+    def image_files(self, key: str | None = None) -> list[str]:
+        return list(self.entry(key).get("image_files", []))
+
+    def primary_backend(self, key: str | None = None) -> str:
+        return primary_backend(self.entry(key))
+
+    def backend(self, key: str | None = None, kind: str | None = None) -> DataSink:
+        """A backend instance serving one subdirectory's flat names."""
+        key = self.main if key is None else key
+        entry = self.entry(key)
+        kind = kind or primary_backend(entry)
+        if kind == "virtual_workspace":
+            cls = get_backend_class(kind)
+            return cls(self.path, entry.get("workspace_mapping", {}))
+        if kind == "zarr":
+            cls = get_backend_class(kind)
+            return cls(Path(entry.get("path") or self.path / key), mode="r")
+        if kind == "disk":
+            return DiskStorageBackend(root=self.path if key == "." else self.path / key)
+        raise MetadataError(f"subdirectory {key!r} names an unknown backend {kind!r}",
+                            path=self.metadata_file)
+
+    @property
+    def handler_name(self) -> str:
+        return self.entry().get("microscope_handler_name", "")
+
+
+def index_plate(path: str | os.PathLike) -> Plate:
+    """Detect the format, map every image, and write openhcs_metadata.json."""
+    plate = Path(path).absolute()
+    previous = read_metadata(plate)
+    try:
+        handler = detect_handler(plate)
+    except PlateFormatError:
+        if previous is not None:  # e.g. a zarr-only plate written by vfsmount
+            return Plate(plate, previous, metadata_path(plate))
+        raise
+    scan = handler.scan(plate)
+    entries = scan.metadata_entries()
+    keep_main = None
+    stale: list[str] = []
+    if previous is not None:
+        prev_main, _ = main_subdirectory(previous)
+        for key, entry in previous["subdirectories"].items():
+            if entry.get("microscope_handler_name") == handler.name and key not in entries:
+                stale.append(key)
+        if prev_main in entries or (prev_main in previous["subdirectories"] and prev_main not in stale):
+            keep_main = prev_main
+    main = keep_main or next(iter(entries))
+    written = update_metadata(plate, entries, main=main, remove=tuple(stale))
+    return Plate(plate, read_metadata(plate), written, scan)
+
+
+def handler_by_name(name: str):
+    try:
+        return HANDLERS_BY_NAME[name]()
+    except KeyError:
+        raise PlateFormatError(f"unknown microscope handler {name!r}") from None

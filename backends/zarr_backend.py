@@ -1,0 +1,432 @@
+"""Zarr backend: a plate as an OME-Zarr HCS store (zarr 3 + ome-zarr).
+
+Layout: ``row/column/field`` groups; each field is an NGFF image whose level-0
+array has axes (t, c, z, y, x). NGFF allows no "field" axis and at most five
+dimensions, so fields are separate images (the reference design's single 5D
+(field, c, z, y, x) array would not be a valid OME-Zarr plate). Chunking:
+WELL = one chunk per field image (every plane of that field of the well in one
+chunk), FILE = one chunk per (1, 1, 1, Y, X) plane.
+
+Every array carries ``attrs["vfsmount"]["files"]``: normalized file name ->
+[t, c, z]. The root carries the same index for the whole store, so opening a
+store of 100,000 planes reads one JSON document. Stores written by other tools
+have neither; their names are derived from the plate/well/field structure.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import zarr
+from natsort import natsorted
+
+from .base import Backend, StorageBackend
+from .errors import (CorruptDataError, MetadataError, ReadOnlyError, StorageError,
+                     StorageNotFoundError)
+from .naming import ParsedName, normalize_well, parse_virtual_name, split_well
+from .zarr_config import ZarrChunkStrategy, ZarrConfig
+
+log = logging.getLogger(__name__)
+
+INDEX_KEY = "vfsmount"
+AXES = ("t", "c", "z", "y", "x")
+
+
+@dataclass
+class ArrayInfo:
+    path: str                       # store-relative array path, e.g. "A/01/0/0"
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...]
+    axes: tuple[str, ...]           # e.g. ("t", "c", "z", "y", "x") or ("c", "y", "x")
+    pixel_size: float | None = None
+
+
+@dataclass
+class PlaneRef:
+    array: str
+    index: tuple[int, ...]          # one integer per non-(y, x) axis
+
+
+@dataclass
+class ZarrPlane:
+    """One plane of a zarr array as a PlaneSource (see backends.planes)."""
+
+    backend: "ZarrStorageBackend"
+    name: str
+    ref: PlaneRef
+    shape: tuple[int, int]
+    dtype: np.dtype
+    pixel_size: float | None = None
+
+    def read_rows(self, y0: int, y1: int) -> np.ndarray:
+        return self.backend._read(self.ref, self.name, slice(y0, y1))
+
+
+def _ome(attrs: dict) -> dict:
+    """NGFF 0.5 nests everything under "ome"; 0.4 keeps it at the top."""
+    return attrs.get("ome", attrs)
+
+
+class ZarrStorageBackend(StorageBackend):
+    _backend_type = Backend.ZARR
+
+    def __init__(self, root: str | os.PathLike, mode: str = "r",
+                 config: ZarrConfig | None = None) -> None:
+        self.root = Path(root)
+        self.mode = mode
+        self.config = config or ZarrConfig()
+        self._lock = threading.RLock()
+        self._arrays: dict[str, ArrayInfo] = {}
+        self._files: dict[str, PlaneRef] = {}
+        self._open: dict[str, zarr.Array] = {}
+        self._group: zarr.Group | None = None
+        if mode == "r" or (self.root / "zarr.json").exists() or (self.root / ".zgroup").exists():
+            self._load_index()
+        elif mode not in ("w", "a"):
+            raise ValueError(f"mode must be 'r', 'w' or 'a', got {mode!r}")
+
+    # -- opening --------------------------------------------------------------
+    def _root_group(self) -> zarr.Group:
+        if self._group is None:
+            try:
+                self._group = zarr.open_group(self.root, mode="r" if self.mode == "r" else "a",
+                                              zarr_format=None if self.mode == "r" else
+                                              self.config.zarr_format)
+            except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+                raise StorageNotFoundError("no zarr store", backend=self.name, path=self.root,
+                                           cause=e) from e
+            except Exception as e:
+                raise MetadataError("cannot open zarr store", backend=self.name,
+                                    path=self.root, cause=e) from e
+        return self._group
+
+    def _load_index(self) -> None:
+        root = self._root_group()
+        attrs = dict(root.attrs)
+        own = attrs.get(INDEX_KEY)
+        if own is not None:
+            self._load_own_index(own)
+        else:
+            self._load_foreign_index(root, attrs)
+
+    def _load_own_index(self, own: dict) -> None:
+        try:
+            for path, a in own["arrays"].items():
+                self._arrays[path] = ArrayInfo(path, tuple(a["shape"]), np.dtype(a["dtype"]),
+                                               tuple(a["chunks"]), tuple(a["axes"]),
+                                               a.get("pixel_size"))
+            for name, (path, *index) in own["files"].items():
+                info = self._arrays[path]
+                if len(index) != len(info.shape) - 2 or any(
+                        not 0 <= i < n for i, n in zip(index, info.shape)):
+                    raise ValueError(f"{name}: index {index} outside array {path} {info.shape}")
+                self._files[name] = PlaneRef(path, tuple(index))
+        except (KeyError, TypeError, ValueError) as e:
+            raise MetadataError("inconsistent vfsmount index in zarr store attributes",
+                                backend=self.name, path=self.root, cause=e) from e
+
+    def _load_foreign_index(self, root: zarr.Group, attrs: dict) -> None:
+        plate = _ome(attrs).get("plate")
+        if not isinstance(plate, dict) or not isinstance(plate.get("wells"), list):
+            raise MetadataError("not an OME-Zarr HCS plate: root attributes have no 'plate' with 'wells'",
+                                backend=self.name, path=self.root)
+        for well in plate["wells"]:
+            well_path = str(well.get("path", "")) if isinstance(well, dict) else ""
+            parts = well_path.split("/")
+            if len(parts) != 2:
+                raise MetadataError(f"plate well path {well_path!r} is not 'row/column'",
+                                    backend=self.name, path=self.root)
+            well_name = normalize_well(parts[0] + parts[1].zfill(2))
+            try:
+                wg = root[well_path]
+            except KeyError:
+                raise MetadataError(f"plate lists well {well_path!r} but the store has no such group",
+                                    backend=self.name, path=self.root) from None
+            images = _ome(dict(wg.attrs)).get("well", {}).get("images", [])
+            for site, image in enumerate(images, 1):
+                image_path = f"{well_path}/{image['path']}"   # "path" may be an integer
+                self._index_foreign_image(root, image_path, well_name, site)
+        if not self._files:
+            raise MetadataError("OME-Zarr plate has no images", backend=self.name, path=self.root)
+
+    def _index_foreign_image(self, root: zarr.Group, image_path: str, well: str, site: int) -> None:
+        try:
+            ms = _ome(dict(root[image_path].attrs))["multiscales"][0]
+        except (KeyError, IndexError, TypeError):
+            raise MetadataError(f"image {image_path!r} has no multiscales metadata",
+                                backend=self.name, path=self.root) from None
+        axes = tuple((a["name"] if isinstance(a, dict) else a).lower() for a in ms.get("axes", []))
+        ds = ms["datasets"][0]
+        array_path = f"{image_path}/{ds['path']}"
+        try:
+            arr = root[array_path]
+        except KeyError:
+            raise MetadataError(f"dataset {array_path!r} listed in multiscales is missing",
+                                backend=self.name, path=self.root) from None
+        if not axes:
+            axes = AXES[-arr.ndim:]
+        if len(axes) != arr.ndim or axes[-2:] != ("y", "x"):
+            raise MetadataError(f"array {array_path!r}: axes {axes} do not match its shape {arr.shape}"
+                                " (need ... y, x last)", backend=self.name, path=self.root)
+        pixel = None
+        for t in ds.get("coordinateTransformations", []):
+            if t.get("type") == "scale":
+                pixel = float(t["scale"][-1])
+        info = ArrayInfo(array_path, tuple(arr.shape), np.dtype(arr.dtype), tuple(arr.chunks),
+                         axes, pixel)
+        self._arrays[array_path] = info
+        lead = axes[:-2]
+        for index in np.ndindex(*arr.shape[:-2]):
+            coords = dict(zip(lead, index))
+            name = ParsedName(well, site, coords.get("c", 0) + 1, coords.get("z", 0) + 1,
+                              coords.get("t", 0) + 1).virtual_name()
+            self._files[name] = PlaneRef(array_path, tuple(index))
+
+    # -- reading --------------------------------------------------------------
+    def _array(self, path: str) -> zarr.Array:
+        arr = self._open.get(path)
+        if arr is None:
+            with self._lock:
+                arr = self._open.get(path)
+                if arr is None:
+                    arr = zarr.open_array(self.root / path, mode="r" if self.mode == "r" else "a")
+                    self._open[path] = arr
+        return arr
+
+    def _ref(self, path: str | os.PathLike) -> tuple[str, PlaneRef]:
+        name = os.fspath(path).replace("\\", "/").rsplit("/", 1)[-1]
+        try:
+            return name, self._files[name]
+        except KeyError:
+            raise StorageNotFoundError("no such plane in zarr store", backend=self.name,
+                                       path=f"{self.root}/{name}") from None
+
+    def _read(self, ref: PlaneRef, name: str, rows: slice = slice(None)) -> np.ndarray:
+        arr = self._array(ref.array)
+        try:
+            out = arr[ref.index + (rows, slice(None))]
+        except Exception as e:  # codec errors have no common type; name the chunk
+            info = self._arrays[ref.array]
+            y0 = rows.start or 0
+            chunk = [i // c for i, c in zip(ref.index + (y0, 0), info.chunks)]
+            sep = "/"
+            raise CorruptDataError(
+                f"cannot decode chunk {sep.join(map(str, chunk))} of array {ref.array!r} "
+                f"(plane {name})", backend=self.name, path=self.root / ref.array, cause=e) from e
+        return np.ascontiguousarray(out)
+
+    def load(self, path: str | os.PathLike, **_) -> np.ndarray:
+        name, ref = self._ref(path)
+        return self._read(ref, name)
+
+    def load_batch(self, paths: Sequence[str | os.PathLike], **_) -> list[np.ndarray]:
+        """Planes in the order asked; each array needed is read once, as a whole."""
+        refs = [self._ref(p) for p in paths]
+        by_array: dict[str, list[int]] = {}
+        for i, (_name, ref) in enumerate(refs):
+            by_array.setdefault(ref.array, []).append(i)
+        out: list[Any] = [None] * len(refs)
+        for array_path, positions in by_array.items():
+            info = self._arrays[array_path]
+            if len(positions) == 1:
+                name, ref = refs[positions[0]]
+                out[positions[0]] = self._read(ref, name)
+                continue
+            try:
+                whole = self._array(array_path)[...]
+            except Exception as e:
+                raise CorruptDataError(f"cannot decode array {array_path!r}", backend=self.name,
+                                       path=self.root / array_path, cause=e) from e
+            for i in positions:
+                out[i] = np.ascontiguousarray(whole[refs[i][1].index])
+            del whole
+            _ = info
+        return out
+
+    def plane(self, path: str | os.PathLike) -> ZarrPlane:
+        name, ref = self._ref(path)
+        info = self._arrays[ref.array]
+        return ZarrPlane(self, name, ref, info.shape[-2:], info.dtype, info.pixel_size)
+
+    # -- listing --------------------------------------------------------------
+    def list_files(self, directory: str | os.PathLike = "", *, extensions: Iterable[str] | None = None,
+                   recursive: bool = False) -> list[str]:
+        names: Iterable[str] = self._files
+        if extensions is not None:
+            exts = tuple(e.lower() for e in extensions)
+            names = [n for n in names if n.lower().endswith(exts)]
+        return natsorted(names)
+
+    def list_dir(self, directory: str | os.PathLike = "") -> list[str]:
+        return self.list_files(directory)
+
+    def exists(self, path) -> bool:
+        return os.fspath(path).rsplit("/", 1)[-1] in self._files
+
+    is_file = exists
+
+    def is_dir(self, path) -> bool:
+        return os.fspath(path).strip("/") in ("", ".")
+
+    def arrays(self) -> dict[str, ArrayInfo]:
+        return dict(self._arrays)
+
+    # -- writing --------------------------------------------------------------
+    def _writable(self, path) -> None:
+        if self.mode == "r":
+            raise ReadOnlyError("zarr store opened read-only", backend=self.name, path=path)
+
+    def save(self, data: Any, path: str | os.PathLike, **_) -> None:
+        self.save_batch([data], [path])
+
+    def save_batch(self, data_list: Sequence[Any], paths: Sequence[str | os.PathLike], *,
+                   flush: bool = True, **_) -> None:
+        """Write planes by normalized name, a field (well + site) at a time.
+
+        A field's array is created on first write with the planes given; later
+        planes of the same field grow its t/c/z axes as needed.
+        """
+        self._writable(self.root)
+        if len(data_list) != len(paths):
+            raise ValueError(f"save_batch: {len(data_list)} arrays for {len(paths)} names")
+        fields: dict[tuple[str, int], list[tuple[ParsedName, str, np.ndarray]]] = {}
+        for data, path in zip(data_list, paths):
+            name = os.fspath(path).rsplit("/", 1)[-1]
+            parsed = parse_virtual_name(name)
+            arr = np.asarray(data)
+            if arr.ndim != 2:
+                raise StorageError(f"a plane must be 2D, got shape {arr.shape}", backend=self.name,
+                                   path=name)
+            fields.setdefault((parsed.well, parsed.site), []).append((parsed, name, arr))
+        with self._lock:
+            for (well, site), planes in fields.items():
+                self._write_field(well, site, planes)
+            if flush:
+                self.flush()
+
+    def _write_field(self, well: str, site: int, planes: list) -> None:
+        row, col = split_well(well)
+        array_path = f"{row}/{col:02d}/{site - 1}/0"
+        first = planes[0][2]
+        for _p, name, arr in planes:
+            if arr.shape != first.shape or arr.dtype != first.dtype:
+                raise StorageError(f"plane {arr.shape} {arr.dtype} differs from the field's "
+                                   f"{first.shape} {first.dtype}", backend=self.name, path=name)
+        info = self._arrays.get(array_path)
+        existing = {n: r for n, r in self._files.items() if r.array == array_path}
+        axes_values = _axis_values(existing, info) if info else ([], [], [])
+        for p, _name, _arr in planes:
+            for axis, value in zip(axes_values, (p.t, p.channel, p.z)):
+                if value not in axis:
+                    axis.append(value)
+        if info is None:
+            axes_values = tuple(sorted(v) for v in axes_values)
+        shape = tuple(len(v) for v in axes_values) + first.shape
+        root = self._root_group()
+        if info is None:
+            chunks = (shape if self.config.chunk_strategy is ZarrChunkStrategy.WELL
+                      else (1, 1, 1) + first.shape)
+            try:
+                group = root.require_group(row).require_group(f"{col:02d}").require_group(str(site - 1))
+                self._open[array_path] = group.create_array(
+                    "0", shape=shape, chunks=chunks, dtype=first.dtype, fill_value=0,
+                    compressors=self.config.compressors(),
+                    chunk_key_encoding=({"name": "v2", "separator": "/"}
+                                        if self.config.zarr_format == 2 else None),
+                    overwrite=True)
+            except Exception as e:
+                raise StorageError("cannot create zarr array", backend=self.name,
+                                   path=self.root / array_path, cause=e) from e
+            info = ArrayInfo(array_path, shape, first.dtype, chunks, AXES)
+            self._arrays[array_path] = info
+        else:
+            if info.shape[-2:] != first.shape or info.dtype != first.dtype:
+                raise StorageError(f"planes {first.shape} {first.dtype} do not match the existing "
+                                   f"field array {info.shape[-2:]} {info.dtype}", backend=self.name,
+                                   path=self.root / array_path)
+            if shape != info.shape:
+                self._array(array_path).resize(shape)
+                info.shape = shape
+        _ = root
+        arr = self._array(array_path)
+        t_vals, c_vals, z_vals = axes_values
+        index_of = {}
+        for p, name, data in planes:
+            idx = (t_vals.index(p.t), c_vals.index(p.channel), z_vals.index(p.z))
+            index_of[name] = idx
+        if tuple(info.chunks) == tuple(shape):
+            # The field is one chunk: assemble it and write it once, rather than
+            # re-encoding the whole chunk for every plane.
+            whole = arr[...] if existing else np.zeros(shape, dtype=first.dtype)
+            for _p, name, data in planes:
+                whole[index_of[name]] = data
+            arr[...] = whole
+        else:
+            for _p, name, data in planes:
+                arr[index_of[name]] = data
+        for name, idx in index_of.items():
+            self._files[name] = PlaneRef(array_path, idx)
+        arr.attrs[INDEX_KEY] = {"files": {n: list(r.index) for n, r in self._files.items()
+                                          if r.array == array_path},
+                                "t": t_vals, "c": c_vals, "z": z_vals}
+
+    def flush(self, *, plate_name: str | None = None, pixel_size: float | None = None,
+              channel_names: dict[int, str | None] | None = None) -> None:
+        """Write OME-Zarr plate/well/image metadata and the root index for what is stored."""
+        from .zarr_ngff import write_ngff_metadata
+        with self._lock:
+            if pixel_size is not None:
+                for info in self._arrays.values():
+                    info.pixel_size = pixel_size
+            write_ngff_metadata(self._root_group(), self._arrays, self.config,
+                                name=plate_name or self.root.name, channel_names=channel_names)
+            index = {
+                "format": 1,
+                "arrays": {p: {"shape": list(a.shape), "dtype": a.dtype.str, "chunks": list(a.chunks),
+                               "axes": list(a.axes), "pixel_size": a.pixel_size}
+                           for p, a in self._arrays.items()},
+                "files": {n: [r.array, *r.index] for n, r in natsorted(self._files.items())},
+            }
+            self._root_group().attrs[INDEX_KEY] = index
+
+    # -- tree operations (a store is one flat directory of planes) --------------
+    def delete(self, path, *, recursive: bool = False) -> None:
+        raise ReadOnlyError("deleting single planes from a zarr store is not supported",
+                            backend=self.name, path=path)
+
+    def ensure_directory(self, path) -> None:
+        self._writable(path)
+        self._root_group()
+
+    def copy(self, src, dst, *, overwrite: bool = False) -> None:
+        if self.exists(dst) and not overwrite:
+            from .errors import StorageExistsError
+            raise StorageExistsError("destination plane exists", backend=self.name, path=dst)
+        self.save(self.load(src), dst)
+
+    def move(self, src, dst, *, overwrite: bool = False) -> None:
+        raise ReadOnlyError("planes cannot be renamed inside a zarr store", backend=self.name,
+                            path=src)
+
+
+def _axis_values(existing: dict[str, PlaneRef], info: ArrayInfo) -> tuple[list, list, list]:
+    """Recover the (t, c, z) values each index position stands for from an array's file names."""
+    n_t, n_c, n_z = info.shape[:3]
+    t_vals: list = [None] * n_t
+    c_vals: list = [None] * n_c
+    z_vals: list = [None] * n_z
+    for name, ref in existing.items():
+        p = parse_virtual_name(name)
+        t_vals[ref.index[0]], c_vals[ref.index[1]], z_vals[ref.index[2]] = p.t, p.channel, p.z
+    for vals in (t_vals, c_vals, z_vals):  # unused slots (never written) get placeholder values
+        for i, v in enumerate(vals):
+            if v is None:
+                vals[i] = -(i + 1)
+    return t_vals, c_vals, z_vals

@@ -1,0 +1,1 @@
+"""compute/: memory-typed functions and pipelines over plates (see the issues tracker)."""

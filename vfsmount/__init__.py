@@ -1,0 +1,1 @@
+"""vfsmount: a plate as a POSIX tree of flat TIFF files (FUSE daemon and command line)."""
