@@ -30,6 +30,10 @@ class DiskStorageBackend(StorageBackend):
             return within(self.root, path)
         return Path(path)
 
+    def real_path(self, path: str | os.PathLike) -> Path:
+        """The file behind ``path`` (checked against the root); files are served as they are."""
+        return self._path(path)
+
     def _missing(self, p: Path, what: str = "no such file") -> StorageNotFoundError:
         return StorageNotFoundError(what, backend=self.name, path=p)
 

@@ -58,7 +58,15 @@ def cache_metadata_path(plate: Path) -> Path:
 
 
 def plate_is_writable(plate: Path) -> bool:
-    if not os.access(plate, os.W_OK):
+    """False for read-only storage and for directories without write bits.
+
+    The mode bits are checked as well as access(): root may write anywhere, but a
+    plate shipped read-only (r-x) must stay untouched even when root mounts it.
+    """
+    try:
+        if not os.stat(plate).st_mode & 0o222 or not os.access(plate, os.W_OK):
+            return False
+    except OSError:
         return False
     try:
         return not (os.statvfs(plate).f_flag & os.ST_RDONLY)

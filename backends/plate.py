@@ -95,7 +95,9 @@ def index_plate(path: str | os.PathLike) -> Plate:
     if previous is not None:
         prev_main, _ = main_subdirectory(previous)
         for key, entry in previous["subdirectories"].items():
-            if entry.get("microscope_handler_name") == handler.name and key not in entries:
+            derived = entry.get("available_backends", {}).get("zarr") or key.startswith("outputs")
+            if entry.get("microscope_handler_name") == handler.name and key not in entries \
+                    and not derived:
                 stale.append(key)
         if prev_main in entries or (prev_main in previous["subdirectories"] and prev_main not in stale):
             keep_main = prev_main

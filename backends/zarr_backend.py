@@ -27,6 +27,7 @@ import zarr
 from natsort import natsorted
 
 from .base import Backend, StorageBackend
+from .cache import ArrayCache
 from .errors import (CorruptDataError, MetadataError, ReadOnlyError, StorageError,
                      StorageNotFoundError)
 from .naming import ParsedName, normalize_well, parse_virtual_name, split_well
@@ -66,7 +67,11 @@ class ZarrPlane:
     pixel_size: float | None = None
 
     def read_rows(self, y0: int, y1: int) -> np.ndarray:
-        return self.backend._read(self.ref, self.name, slice(y0, y1))
+        return self.backend.read_rows(self.ref, self.name, y0, y1)
+
+    @property
+    def source(self) -> str:
+        return f"{self.backend.root}/{self.ref.array}[{','.join(map(str, self.ref.index))}]"
 
 
 def _ome(attrs: dict) -> dict:
@@ -78,8 +83,12 @@ class ZarrStorageBackend(StorageBackend):
     _backend_type = Backend.ZARR
 
     def __init__(self, root: str | os.PathLike, mode: str = "r",
-                 config: ZarrConfig | None = None) -> None:
+                 config: ZarrConfig | None = None, cache_bytes: int = 256 << 20) -> None:
         self.root = Path(root)
+        # Decoded planes (and whole single-chunk field arrays) for row-range reads:
+        # a FUSE read asks for 128 KiB at a time, and decoding a chunk per request
+        # would decode each chunk dozens of times.
+        self.cache = ArrayCache(cache_bytes)
         self.mode = mode
         self.config = config or ZarrConfig()
         self._lock = threading.RLock()
@@ -208,6 +217,23 @@ class ZarrStorageBackend(StorageBackend):
             raise StorageNotFoundError("no such plane in zarr store", backend=self.name,
                                        path=f"{self.root}/{name}") from None
 
+    def read_rows(self, ref: PlaneRef, name: str, y0: int, y1: int) -> np.ndarray:
+        """Rows of one plane through the decoded cache (whole field if it is one chunk)."""
+        info = self._arrays[ref.array]
+        if tuple(info.chunks) == tuple(info.shape) and \
+                int(np.prod(info.shape)) * info.dtype.itemsize <= self.cache.max_bytes // 4:
+            whole = self.cache.get_or_load(ref.array, lambda: self._read_whole(ref.array))
+            return whole[ref.index][y0:y1]
+        plane = self.cache.get_or_load((ref.array, ref.index), lambda: self._read(ref, name))
+        return plane[y0:y1]
+
+    def _read_whole(self, array_path: str) -> np.ndarray:
+        try:
+            return self._array(array_path)[...]
+        except Exception as e:
+            raise CorruptDataError(f"cannot decode array {array_path!r}", backend=self.name,
+                                   path=self.root / array_path, cause=e) from e
+
     def _read(self, ref: PlaneRef, name: str, rows: slice = slice(None)) -> np.ndarray:
         arr = self._array(ref.array)
         try:
@@ -234,20 +260,14 @@ class ZarrStorageBackend(StorageBackend):
             by_array.setdefault(ref.array, []).append(i)
         out: list[Any] = [None] * len(refs)
         for array_path, positions in by_array.items():
-            info = self._arrays[array_path]
             if len(positions) == 1:
                 name, ref = refs[positions[0]]
                 out[positions[0]] = self._read(ref, name)
                 continue
-            try:
-                whole = self._array(array_path)[...]
-            except Exception as e:
-                raise CorruptDataError(f"cannot decode array {array_path!r}", backend=self.name,
-                                       path=self.root / array_path, cause=e) from e
+            whole = self._read_whole(array_path)
             for i in positions:
                 out[i] = np.ascontiguousarray(whole[refs[i][1].index])
             del whole
-            _ = info
         return out
 
     def plane(self, path: str | os.PathLike) -> ZarrPlane:

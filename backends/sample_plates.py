@@ -1,0 +1,130 @@
+"""Synthetic plates in real vendor layouts, for the demo, the tests and the benchmarks.
+
+Images are deterministic: bright round "cells" on a noisy background, so a
+segmentation pipeline has something to find, and every plane differs.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .naming import ParsedName, row_letters, split_well
+
+
+@dataclass(frozen=True)
+class PlateSpec:
+    wells: tuple[str, ...] = ("A01", "A02", "B01")
+    sites: int = 2
+    channels: int = 2
+    z: int = 3
+    t: int = 1
+    shape: tuple[int, int] = (128, 160)
+    dtype: str = "uint16"
+
+    def coordinates(self):
+        for well in self.wells:
+            for site in range(1, self.sites + 1):
+                for c in range(1, self.channels + 1):
+                    for z in range(1, self.z + 1):
+                        for t in range(1, self.t + 1):
+                            yield ParsedName(well, site, c, z, t)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.wells) * self.sites * self.channels * self.z * self.t
+
+
+def synthetic_image(p: ParsedName, shape=(128, 160), dtype="uint16") -> np.ndarray:
+    seed = zlib.crc32(f"{p.well}/{p.site}/{p.channel}/{p.z}/{p.t}".encode())
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = rng.normal(100.0, 10.0, size=shape)
+    for _ in range(max(3, (h * w) // 2500)):
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        r = rng.uniform(3, 8)
+        img += 1500.0 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r)) * (1 + 0.2 * p.channel)
+    if dtype.kind == "f":
+        return (img / 4096.0).astype(dtype)
+    info = np.iinfo(dtype)
+    scale = 1.0 if info.max >= 4096 else info.max / 4096.0
+    return np.clip(img * scale, info.min, info.max).astype(dtype)
+
+
+def _imwrite(path: Path, data: np.ndarray, description: str | None = None) -> None:
+    import tifffile
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, data, photometric="minisblack", description=description)
+
+
+def make_imagexpress_plate(root: str | os.PathLike, spec: PlateSpec = PlateSpec(), *,
+                           plate_name: str = "SynthPlate", nested: bool = True,
+                           thumbnails: bool = True, projections: bool = True,
+                           guid: bool = True, pixel_size: float = 0.65,
+                           write_pixels: bool = True) -> Path:
+    """An ImageXpress export: TimePoint_N/ZStep_M/ folders (when nested), GUID suffixes,
+    _thumb files and top-level maximum projections beside the ZStep folders."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    desc = (f'<MetaData><prop id="spatial-calibration-x" type="float" value="{pixel_size}"/>'
+            f'</MetaData>')
+    stacks: dict[tuple, list[np.ndarray]] = {}
+    for p in spec.coordinates():
+        folder = root
+        if nested and spec.t > 1:
+            folder = folder / f"TimePoint_{p.t}"
+        if nested and spec.z > 1:
+            folder = folder / f"ZStep_{p.z}"
+        suffix = uuid.uuid4().hex.upper() if guid else ""
+        if guid:
+            suffix = f"{suffix[:8]}-{suffix[8:12]}-{suffix[12:16]}-{suffix[16:20]}-{suffix[20:]}"
+        stem = f"{plate_name}_{p.well}_s{p.site}_w{p.channel}"
+        img = synthetic_image(p, spec.shape, spec.dtype) if write_pixels else np.zeros(
+            spec.shape, spec.dtype)
+        if not nested:
+            stem += f"_z{p.z}_t{p.t}"
+        _imwrite(folder / f"{stem}{suffix}.tif", img, desc)
+        if thumbnails:
+            _imwrite(folder / f"{stem}_thumb{suffix}.tif", img[::4, ::4], desc)
+        if projections and nested and spec.z > 1:
+            stacks.setdefault((p.well, p.site, p.channel, p.t), []).append(img)
+    for (well, site, channel, t), planes in stacks.items():
+        folder = root / f"TimePoint_{t}" if spec.t > 1 else root
+        _imwrite(folder / f"{plate_name}_{well}_s{site}_w{channel}.tif", np.max(planes, axis=0), desc)
+    return root
+
+
+def make_opera_plate(root: str | os.PathLike, spec: PlateSpec = PlateSpec(), *,
+                     pixel_size_m: float = 5.98e-07, images_dir: bool = True) -> Path:
+    """A Harmony export: Images/ with Index.idx.xml and rXXcXXfXXpXX-chXskXfk1fl1.tiff files."""
+    root = Path(root)
+    images = root / "Images" if images_dir else root
+    images.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for p in spec.coordinates():
+        row_letter, col = split_well(p.well)
+        row = 0
+        for ch in row_letter:
+            row = row * 26 + ord(ch) - 64
+        assert row_letters(row) == row_letter
+        name = f"r{row:02d}c{col:02d}f{p.site:02d}p{p.z:02d}-ch{p.channel}sk{p.t}fk1fl1.tiff"
+        _imwrite(images / name, synthetic_image(p, spec.shape, spec.dtype))
+        entries.append(
+            f"<Image Version=\"1\"><id>{row:02d}{col:02d}K{p.t}F{p.site}P{p.z}R{p.channel}</id>"
+            f"<URL>{name}</URL><Row>{row}</Row><Col>{col}</Col><FieldID>{p.site}</FieldID>"
+            f"<PlaneID>{p.z}</PlaneID><TimepointID>{p.t - 1}</TimepointID>"
+            f"<ChannelID>{p.channel}</ChannelID><ChannelName>Channel {p.channel}</ChannelName>"
+            f"<ImageResolutionX Unit=\"m\">{pixel_size_m}</ImageResolutionX>"
+            f"<PositionX Unit=\"m\">{(p.site - 1) % 2 * 1e-4}</PositionX>"
+            f"<PositionY Unit=\"m\">{(p.site - 1) // 2 * 1e-4}</PositionY></Image>")
+    xml = ('<?xml version="1.0" encoding="utf-8"?>\n<EvaluationInputData Version="1" '
+           'xmlns="http://www.perkinelmer.com/PEHH/HarmonyV5"><Images>'
+           + "".join(entries) + "</Images></EvaluationInputData>")
+    (images / "Index.idx.xml").write_text(xml)
+    return root

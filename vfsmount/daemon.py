@@ -1,0 +1,106 @@
+"""The mount process: build the tree, mount it, serve until unmounted or signalled.
+
+Run in the foreground by ``vfsmount mount --foreground``, or started in its own
+session by ``vfsmount mount``, which waits for the line this process writes to
+``--ready-fd`` once the mount is live (so the mount is usable when the command
+returns) or for the error that stopped it.
+"""
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import logging
+import os
+import signal
+import sys
+
+import pyfuse3
+import trio
+
+from .fs import DEFAULT_THREADS, VfsOperations
+from .tree import build_tree
+
+log = logging.getLogger("vfsmount")
+
+
+def fuse_options(*, allow_other: bool, plate_name: str) -> set[str]:
+    opts = set(pyfuse3.default_options)          # default_permissions
+    opts |= {f"fsname=vfsmount:{plate_name}", "subtype=vfsmount", "auto_unmount"}
+    if allow_other:
+        opts.add("allow_other")
+    # Never max_read: it breaks the mount. Large reads come from st_blksize and readahead.
+    return opts
+
+
+async def _serve(ops: VfsOperations) -> None:
+    async with trio.open_nursery() as nursery:
+        ops.nursery = nursery
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()   # unmounted from outside: stop the signal watcher
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %s: unmounting", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+def serve(plate_path: str, mountpoint: str, *, allow_other: bool = False, subdir: str | None = None,
+          threads: int = DEFAULT_THREADS, ready_fd: int | None = None) -> int:
+    from backends.plate import Plate
+
+    def ready(message: str) -> None:
+        if ready_fd is not None:
+            os.write(ready_fd, (message.rstrip("\n") + "\n").encode())
+            os.close(ready_fd)
+
+    try:
+        plate = Plate.open(plate_path)
+        if subdir is not None:
+            plate.entry(subdir)   # raises with the list of subdirectories
+            plate.metadata = {**plate.metadata, "subdirectories": {
+                k: {**v, "main": k == subdir} for k, v in plate.subdirectories.items()}}
+        ops = VfsOperations(build_tree(plate), threads=threads)
+        pyfuse3.init(ops, mountpoint, fuse_options(allow_other=allow_other,
+                                                   plate_name=plate.path.name))
+    except Exception as e:
+        log.exception("cannot mount %s on %s", plate_path, mountpoint)
+        ready(f"error: {e}")
+        return 1
+    log.info("mounted %s on %s (main: %s)", plate.path, mountpoint, plate.main)
+    ready("ok")
+    unmount = True
+    try:
+        trio.run(_serve, ops)
+        unmount = False   # pyfuse3.main returned: the kernel side is already gone
+    except BaseException:
+        log.exception("daemon stopped by an error")
+        raise
+    finally:
+        pyfuse3.close(unmount=unmount)
+        log.info("unmounted %s", mountpoint)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vfsmount.daemon")
+    p.add_argument("plate")
+    p.add_argument("mountpoint")
+    p.add_argument("--allow-other", action="store_true")
+    p.add_argument("--subdir")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS)
+    p.add_argument("--ready-fd", type=int)
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    faulthandler.enable()
+    return serve(args.plate, args.mountpoint, allow_other=args.allow_other, subdir=args.subdir,
+                 threads=args.threads, ready_fd=args.ready_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

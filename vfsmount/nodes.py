@@ -1,0 +1,220 @@
+"""What the file system serves: directories, and files that have a size and a read().
+
+A file node never says where its bytes come from beyond these capabilities:
+
+- ``size`` and ``mtime_ns`` -- known without reading content;
+- ``read(offset, length)`` -- blocking; the FUSE layer runs it in a worker
+  thread unless ``cheap`` is true (bytes already in memory);
+- ``immutable`` -- the kernel may keep its page cache across opens;
+- ``xattrs`` -- extended attributes (name -> bytes).
+
+Pass-through files read a real file in place; synthesized TIFFs are laid out
+by ``tiff_layout`` and filled from a plane source (e.g. zarr chunks).
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import stat as stat_mod
+import threading
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+from .tiff_layout import TiffLayout
+
+_inodes = itertools.count(2)   # 1 is the FUSE root
+_populate_lock = threading.RLock()
+
+
+def next_inode() -> int:
+    return next(_inodes)
+
+
+class Node:
+    __slots__ = ("inode", "mode", "mtime_ns", "xattrs")
+
+    def __init__(self, mode: int, mtime_ns: int, xattrs: dict[bytes, bytes] | None = None,
+                 inode: int | None = None) -> None:
+        self.inode = inode if inode is not None else next_inode()
+        self.mode = mode
+        self.mtime_ns = mtime_ns
+        self.xattrs = xattrs or {}
+
+    @property
+    def is_dir(self) -> bool:
+        return stat_mod.S_ISDIR(self.mode)
+
+    def get_xattrs(self) -> dict[bytes, bytes]:
+        """Extended attributes; image files compute theirs from their name on demand."""
+        x = self.xattrs
+        return x() if callable(x) else x
+
+
+class DirNode(Node):
+    """A directory; ``populate`` (if given) fills it on first use, so mounting stays O(1)."""
+
+    __slots__ = ("_children", "_names", "_populate")
+
+    def __init__(self, mtime_ns: int, populate: Callable[["DirNode"], None] | None = None,
+                 mode: int = 0o555, inode: int | None = None) -> None:
+        super().__init__(stat_mod.S_IFDIR | mode, mtime_ns, inode=inode)
+        self._children: dict[bytes, Node] = {}
+        self._names: list[bytes] | None = None
+        self._populate = populate
+
+    @property
+    def populated(self) -> bool:
+        return self._populate is None
+
+    def _ensure(self) -> None:
+        if self._populate is not None:
+            with _populate_lock:
+                populate = self._populate
+                if populate is not None:
+                    populate(self)
+                    self._populate = None
+
+    def add(self, name: str | bytes, node: Node) -> Node:
+        key = name.encode() if isinstance(name, str) else name
+        self._children[key] = node
+        self._names = None
+        return node
+
+    def share_children(self, other: "DirNode") -> None:
+        """Show ``other``'s entries here too (same nodes, like hard links)."""
+        other._ensure()
+        self._children = other._children
+        self._names = None
+
+    def get(self, name: bytes) -> Node | None:
+        self._ensure()
+        return self._children.get(name)
+
+    def names(self) -> list[bytes]:
+        """Entries in insertion order -- populators add them in natural order -- as a list
+        that readdir pages through by offset."""
+        self._ensure()
+        if self._names is None or len(self._names) != len(self._children):
+            self._names = list(self._children)
+        return self._names
+
+    def children(self) -> Iterator[tuple[bytes, Node]]:
+        self._ensure()
+        return iter(self._children.items())
+
+    def __len__(self) -> int:
+        self._ensure()
+        return len(self._children)
+
+
+class FileNode(Node):
+    __slots__ = ()
+    cheap = False
+    immutable = True
+
+    @property
+    def size(self) -> int:
+        raise NotImplementedError
+
+    def open(self) -> object:
+        """Per-open state handed back to ``read``/``release`` (e.g. a file descriptor)."""
+        return None
+
+    def read(self, handle: object, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def release(self, handle: object) -> None:
+        pass
+
+
+class BytesFile(FileNode):
+    """A small file held in memory (the metadata snapshot)."""
+
+    __slots__ = ("data",)
+    cheap = True
+
+    def __init__(self, data: bytes, mtime_ns: int, mode: int = 0o444) -> None:
+        super().__init__(stat_mod.S_IFREG | mode, mtime_ns)
+        self.data = data
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def read(self, handle, offset: int, length: int) -> bytes:
+        return self.data[offset:offset + length]
+
+
+class PassthroughFile(FileNode):
+    """A real file read in place. ``resolve`` returns its path (checked to stay in the plate)."""
+
+    __slots__ = ("_resolve", "_stat")
+
+    def __init__(self, resolve: Callable[[], Path], xattrs: dict[bytes, bytes] | None = None,
+                 mode: int = 0o444) -> None:
+        super().__init__(stat_mod.S_IFREG | mode, 0, xattrs)
+        self._resolve = resolve
+        self._stat: os.stat_result | None = None
+
+    def path(self) -> Path:
+        return self._resolve()
+
+    def refresh(self) -> bool:
+        """Re-stat the source; True if it changed since last seen (replaced while mounted)."""
+        st = os.stat(self.path())
+        changed = self._stat is not None and (st.st_size, st.st_mtime_ns, st.st_ino) != (
+            self._stat.st_size, self._stat.st_mtime_ns, self._stat.st_ino)
+        self._stat = st
+        self.mtime_ns = st.st_mtime_ns
+        return changed
+
+    @property
+    def size(self) -> int:
+        if self._stat is None:
+            self.refresh()
+        return self._stat.st_size
+
+    def open(self) -> int:
+        return os.open(self.path(), os.O_RDONLY | os.O_CLOEXEC)
+
+    def read(self, handle: int, offset: int, length: int) -> bytes:
+        return os.pread(handle, length, offset)
+
+    def release(self, handle: int) -> None:
+        os.close(handle)
+
+
+class SynthesizedTiff(FileNode):
+    """A TIFF laid out from a plane's shape and dtype; pixels come from ``plane.read_rows``."""
+
+    __slots__ = ("_plane_factory", "_plane", "_layout")
+
+    def __init__(self, plane_factory: Callable[[], object], mtime_ns: int,
+                 xattrs: dict[bytes, bytes] | None = None) -> None:
+        super().__init__(stat_mod.S_IFREG | 0o444, mtime_ns, xattrs)
+        self._plane_factory = plane_factory
+        self._plane = None
+        self._layout: TiffLayout | None = None
+
+    @property
+    def layout(self) -> TiffLayout:
+        if self._layout is None:
+            plane = self._plane = self._plane_factory()
+            self._layout = _layout_for(tuple(plane.shape), plane.dtype, plane.pixel_size)
+        return self._layout
+
+    @property
+    def size(self) -> int:
+        return self.layout.size
+
+    def read(self, handle, offset: int, length: int) -> bytes:
+        layout = self.layout
+        return layout.read(offset, length, self._plane.read_rows)
+
+
+@functools.lru_cache(maxsize=256)
+def _layout_for(shape: tuple[int, int], dtype, pixel_size: float | None) -> TiffLayout:
+    # Every plane of a store usually shares one layout; build its header once.
+    return TiffLayout.for_plane(shape, dtype, pixel_size)

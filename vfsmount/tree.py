@@ -1,0 +1,137 @@
+"""Build the mounted tree from a plate's metadata.
+
+    MOUNT/
+      images/                  the main subdirectory (same files as its own directory)
+      <key>/                   one directory per metadata subdirectory: workspace/, projection/,
+                               zarr/, root/ (for key "."), outputs/<name>/ ...
+      original/                the plate's real tree, read-only
+      openhcs_metadata.json    the plate's metadata, read-only
+
+Directories fill themselves on first use, so mounting a 100,000-image plate
+only reads its metadata.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from natsort import natsorted
+
+from backends.errors import PathEscapeError
+from backends.naming import try_parse_virtual_name
+from backends.paths import contained_path
+from backends.plate import Plate
+
+from .nodes import BytesFile, DirNode, PassthroughFile, SynthesizedTiff
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1
+MAIN_ALIAS = "images"
+ORIGINAL_DIR = "original"
+
+
+def display_name(key: str) -> str:
+    return "root" if key in (".", "") else key
+
+
+def image_xattrs(name: str, source) -> callable:
+    def compute() -> dict[bytes, bytes]:
+        out: dict[bytes, bytes] = {}
+        p = try_parse_virtual_name(name)
+        if p is not None:
+            for field, value in (("well", p.well), ("site", p.site), ("channel", p.channel),
+                                 ("z", p.z), ("t", p.t)):
+                out[f"user.vfsmount.{field}".encode()] = str(value).encode()
+        try:
+            out[b"user.vfsmount.source"] = str(source() if callable(source) else source).encode()
+        except Exception as e:  # a missing source still lists its coordinates
+            out[b"user.vfsmount.source"] = f"unavailable: {e}".encode()
+        return out
+    return compute
+
+
+def populate_images(plate: Plate, key: str):
+    """A populator that fills a directory with one node per image of subdirectory ``key``."""
+    def fill(directory: DirNode) -> None:
+        entry = plate.entry(key)
+        backend = plate.backend(key)
+        names = entry.get("image_files") or backend.list_files("")
+        started = time.perf_counter()
+        if hasattr(backend, "plane"):
+            mtime = _mtime_ns(getattr(backend, "root", plate.path))
+            for name in names:
+                directory.add(name, SynthesizedTiff(
+                    lambda n=name: backend.plane(n), mtime,
+                    image_xattrs(name, lambda n=name: backend.plane(n).source)))
+        elif hasattr(backend, "real_path"):
+            for name in names:
+                resolve = (lambda n=name: backend.real_path(n))
+                directory.add(name, PassthroughFile(resolve, image_xattrs(
+                    name, lambda n=name: os.path.relpath(backend.real_path(n), plate.path))))
+        else:
+            raise TypeError(f"backend {backend!r} serves neither planes nor real files")
+        log.info("listed %d images of %s in %.3f s", len(names), key, time.perf_counter() - started)
+    return fill
+
+
+def populate_original(plate_root: Path, rel: str = ""):
+    """A populator mirroring the real plate tree read-only; symlinks leaving the plate are hidden."""
+    def fill(directory: DirNode) -> None:
+        here = plate_root / rel if rel else plate_root
+        with os.scandir(here) as it:
+            entries = natsorted(it, key=lambda e: e.name)
+        for e in entries:
+            child_rel = f"{rel}/{e.name}" if rel else e.name
+            try:
+                real = contained_path(plate_root, child_rel)
+            except PathEscapeError:
+                log.warning("hiding %s: it points outside the plate", here / e.name)
+                continue
+            if real.is_dir():
+                directory.add(e.name, DirNode(_mtime_ns(real), populate_original(plate_root, child_rel)))
+            elif real.is_file():
+                directory.add(e.name, PassthroughFile(
+                    lambda r=child_rel: contained_path(plate_root, r),
+                    {b"user.vfsmount.source": child_rel.encode()}))
+    return fill
+
+
+def build_tree(plate: Plate) -> DirNode:
+    root = DirNode(_mtime_ns(plate.metadata_file), inode=ROOT_INODE)
+    dirs: dict[str, DirNode] = {}
+    for key in plate.subdirectories:
+        parent = root
+        parts = display_name(key).split("/")
+        for i, part in enumerate(parts):
+            if i == len(parts) - 1:
+                node = DirNode(_mtime_ns(plate.metadata_file), populate_images(plate, key))
+                dirs[key] = node
+                parent.add(part, node)
+            else:
+                child = parent.get(part.encode())
+                if child is None:
+                    child = parent.add(part, DirNode(_mtime_ns(plate.metadata_file)))
+                parent = child
+    if MAIN_ALIAS not in {display_name(k) for k in plate.subdirectories}:
+        main = dirs[plate.main]
+        alias = DirNode(main.mtime_ns, lambda d: d.share_children(main))
+        root.add(MAIN_ALIAS, alias)
+    root.add(ORIGINAL_DIR, DirNode(_mtime_ns(plate.path), populate_original(
+        Path(os.path.realpath(plate.path)))))
+    root.add("openhcs_metadata.json", BytesFile(
+        json.dumps(plate.metadata, indent=1).encode(), _mtime_ns(plate.metadata_file)))
+    # Keep root entries in a stable, natural order.
+    ordered = natsorted(root.children(), key=lambda kv: kv[0])
+    root._children = dict(ordered)
+    return root
+
+
+def _mtime_ns(path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return time.time_ns()
