@@ -32,7 +32,9 @@ def atomic_open(path: str | os.PathLike, *, overwrite: bool = True,
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=dest.parent)
     try:
         os.fchmod(fd, mode & ~_umask())
-        with os.fdopen(fd, "wb") as f:
+        os.close(fd)
+        # Reopened by name: some writers (tifffile) want a file object with a real name.
+        with open(tmp, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

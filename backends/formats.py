@@ -29,7 +29,10 @@ class Format:
 
 def _read_tiff(path: Path):
     import tifffile
-    return tifffile.imread(path)
+    with tifffile.TiffFile(path) as tif:
+        if len(tif.pages) == 0:  # tifffile only warns about a broken first IFD offset
+            raise ValueError("no readable image directory (IFD) in the file")
+        return tif.asarray()
 
 
 def _write_tiff(data, f: BinaryIO) -> None:

@@ -70,6 +70,8 @@ def make_imagexpress_plate(root: str | os.PathLike, spec: PlateSpec = PlateSpec(
                            write_pixels: bool = True) -> Path:
     """An ImageXpress export: TimePoint_N/ZStep_M/ folders (when nested), GUID suffixes,
     _thumb files and top-level maximum projections beside the ZStep folders."""
+    if not nested and (spec.z > 1 or spec.t > 1):
+        raise ValueError("ImageXpress keeps z and t in ZStep_/TimePoint_ folders: use nested=True")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     desc = (f'<MetaData><prop id="spatial-calibration-x" type="float" value="{pixel_size}"/>'
@@ -87,8 +89,6 @@ def make_imagexpress_plate(root: str | os.PathLike, spec: PlateSpec = PlateSpec(
         stem = f"{plate_name}_{p.well}_s{p.site}_w{p.channel}"
         img = synthetic_image(p, spec.shape, spec.dtype) if write_pixels else np.zeros(
             spec.shape, spec.dtype)
-        if not nested:
-            stem += f"_z{p.z}_t{p.t}"
         _imwrite(folder / f"{stem}{suffix}.tif", img, desc)
         if thumbnails:
             _imwrite(folder / f"{stem}_thumb{suffix}.tif", img[::4, ::4], desc)

@@ -74,15 +74,14 @@ def start_daemon(plate: str | os.PathLike, mountpoint: str | os.PathLike, *,
 def unmount(mountpoint: str | os.PathLike, *, timeout: float = 20.0) -> str:
     """Unmount; clear a dead mount ("Transport endpoint is not connected") lazily."""
     mnt = os.fspath(mountpoint)
+    if not is_mounted(mnt):   # a dead mount still appears in mountinfo
+        return "not mounted"
     fusermount = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
     res = subprocess.run([fusermount, "-u", mnt], capture_output=True, text=True)
     if res.returncode == 0:
         _wait_unmounted(mnt, timeout)
         return "unmounted"
     err = res.stderr.strip()
-    if "not mounted" in err or "not found in /etc/mtab" in err:
-        if not is_mounted(mnt):
-            return "not mounted"
     # Dead daemon, or busy: detach lazily so the path is usable again at once.
     lazy = subprocess.run([fusermount, "-u", "-z", mnt], capture_output=True, text=True)
     if lazy.returncode == 0:

@@ -32,6 +32,7 @@ NAME = re.compile(
     r"(?:_z(?P<z>\d+))?(?:_t(?P<t>\d+))?(?P<ext>\.tiff?)$", re.IGNORECASE)
 TIMEPOINT_DIR = re.compile(r"^TimePoint_(\d+)$", re.IGNORECASE)
 ZSTEP_DIR = re.compile(r"^ZStep_(\d+)$", re.IGNORECASE)
+_WELL_TOKEN = re.compile(r"(?:^|_)[A-Za-z]{1,2}\d{1,3}_[sw]\d+", re.IGNORECASE)
 _HTD_LINE = re.compile(r'^"([^"]+)"\s*(?:,\s*(.*))?$')
 
 
@@ -40,6 +41,8 @@ def parse_name(name: str) -> tuple[ParsedName, bool] | None:
     m = NAME.match(name)
     if not m:
         return None
+    if m["plate"] and _WELL_TOKEN.search(m["plate"]):
+        return None   # the "plate prefix" holds the real well and site: the match is spurious
     parsed = ParsedName(
         well=normalize_well(m["well"]),
         site=int(m["site"] or 1), channel=int(m["channel"] or 1),

@@ -1,0 +1,154 @@
+"""Shared fixtures: sample plates (real ones copied, synthetic ones generated) and
+mounts that are always unmounted, also when a test fails."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+REAL_PLATES = {
+    "Projection-Mix": SHARED_DATA / "imagexpress" / "Projection-Mix",
+    "1well-3C-2S-Zmix-T": SHARED_DATA / "imagexpress" / "1well-3C-2S-Zmix-T",
+    "Version1": SHARED_DATA / "opera-phenix" / "Version1",
+}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Metadata caches and daemon logs go to a temporary directory, not ~/.cache."""
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
+def real_plate(name: str) -> Path:
+    path = REAL_PLATES[name]
+    if not path.is_dir():
+        pytest.skip(f"shared sample plate {path} is not present")
+    return path
+
+
+@pytest.fixture
+def copy_real_plate(tmp_path):
+    """Copy a shared plate into a writable temporary directory (the shared copy stays untouched)."""
+    def copy(name: str) -> Path:
+        dest = tmp_path / name
+        shutil.copytree(real_plate(name), dest)
+        for dirpath, dirnames, filenames in os.walk(dest):
+            os.chmod(dirpath, 0o755)
+            for f in filenames:
+                os.chmod(os.path.join(dirpath, f), 0o644)
+        return dest
+    return copy
+
+
+class Mounts:
+    """Mounts made by one test; every one is unmounted at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.mountpoints: list[Path] = []
+        self.logs: dict[Path, Path] = {}
+        self.pids: dict[Path, int] = {}
+
+    def mount(self, plate: Path, *extra: str, name: str | None = None) -> Path:
+        from vfsmount.control import start_daemon
+        mnt = self.tmp_path / (name or f"mnt{len(self.mountpoints)}")
+        mnt.mkdir()
+        self.mountpoints.append(mnt)
+        subdir = None
+        args = list(extra)
+        if "--subdir" in args:
+            subdir = args[args.index("--subdir") + 1]
+        pid, log = start_daemon(plate, mnt, subdir=subdir, log_level="DEBUG",
+                                log_file=self.tmp_path / f"{mnt.name}.log")
+        self.logs[mnt] = log
+        self.pids[mnt] = pid
+        return mnt
+
+    def log(self, mnt: Path) -> str:
+        return self.logs[mnt].read_text()
+
+    def unmount_all(self) -> None:
+        from vfsmount.control import unmount
+        for mnt in self.mountpoints:
+            try:
+                unmount(mnt)
+            except Exception:
+                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+
+
+@pytest.fixture
+def mounts(tmp_path):
+    m = Mounts(tmp_path)
+    try:
+        yield m
+    finally:
+        m.unmount_all()
+
+
+@pytest.fixture
+def small_spec():
+    from backends.sample_plates import PlateSpec
+    return PlateSpec(wells=("A01", "B02"), sites=2, channels=2, z=3, t=2, shape=(64, 96))
+
+
+def run_cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    res = subprocess.run([sys.executable, "-m", "vfsmount", *args], capture_output=True, text=True,
+                         **kw)
+    if check and res.returncode != 0:
+        raise AssertionError(f"vfsmount {' '.join(args)} failed ({res.returncode}):\n"
+                             f"{res.stdout}\n{res.stderr}")
+    return res
+
+
+IMAGEJ_PROBE = r"""
+import ij.IJ; import ij.ImagePlus;
+public class Probe { public static void main(String[] a) {
+  ImagePlus imp = IJ.openImage(a[0]);
+  if (imp == null) { System.out.println("NULL"); System.exit(2); }
+  System.out.println("RESULT " + imp.getWidth() + " " + imp.getHeight() + " " + imp.getBitDepth()
+                     + " " + imp.getStackSize() + " " + imp.getStatistics().mean);
+  System.exit(0);
+}}
+"""
+
+IMAGEJ_MACRO = """
+path = getArgument();
+open(path);
+getStatistics(area, mean);
+print("RESULT " + getWidth() + " " + getHeight() + " " + bitDepth() + " " + nSlices + " " + mean);
+"""
+
+
+def imagej_available() -> bool:
+    return shutil.which("imagej") is not None and Path("/usr/share/java/ij.jar").exists()
+
+
+def imagej_open(path: Path, tmp_path: Path, *, macro: bool = False) -> tuple[int, int, int, int, float]:
+    """Open a file in real ImageJ 1.x, headless; return (width, height, bits, slices, mean)."""
+    if macro:
+        script = tmp_path / "probe.ijm"
+        script.write_text(IMAGEJ_MACRO)
+        cmd = ["xvfb-run", "-a", "imagej", "-b", str(script), str(path)]
+    else:
+        probe = tmp_path / "Probe.java"
+        probe.write_text(IMAGEJ_PROBE)
+        cmd = ["java", "-Djava.awt.headless=true", "-cp", "/usr/share/java/ij.jar", str(probe),
+               str(path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    lines = [l for l in res.stdout.splitlines() if l.startswith("RESULT ")]
+    assert lines, f"ImageJ could not open {path}:\n{res.stdout}\n{res.stderr}"
+    w, h, bits, slices, mean = lines[-1].split()[1:]
+    return int(w), int(h), int(bits), int(slices), float(mean)
