@@ -125,13 +125,20 @@ class VfsOperations(pyfuse3.Operations):
         return inode
 
     async def readdir(self, fh, start_id, token):
+        # Offsets: 1 after ".", 2 after "..", then 3 + index into the directory's name list,
+        # so a listing resumed at any offset continues exactly where the kernel stopped.
         d = self._node(fh)
+        if start_id < 2:
+            attr = self._attr(d)   # ".." reports this directory too; the kernel ignores its inode
+            for i, dot in ((0, b"."), (1, b"..")):
+                if i >= start_id and not pyfuse3.readdir_reply(token, dot, attr, i + 1):
+                    return
         names = d.names()
-        for i in range(start_id, len(names)):
+        for i in range(max(start_id - 2, 0), len(names)):
             name = names[i]
             node = d.get(name)
             self._remember(fh, name, node)
-            if not pyfuse3.readdir_reply(token, name, self._attr(node), i + 1):
+            if not pyfuse3.readdir_reply(token, name, self._attr(node), i + 3):
                 break
 
     async def releasedir(self, fh):
