@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Third-party chatter (pyfuse3 logs every worker task at DEBUG) would drown our own lines.
+    for noisy in ("pyfuse3", "numcodecs", "zarr", "asyncio", "fsspec"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
     faulthandler.enable()
     return serve(args.plate, args.mountpoint, allow_other=args.allow_other, subdir=args.subdir,
                  threads=args.threads, ready_fd=args.ready_fd)

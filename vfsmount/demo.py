@@ -1,0 +1,67 @@
+"""`vfsmount demo`: a sample ImageXpress plate, part of it converted to zarr, mounted."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from backends.convert import convert_plate
+from backends.metadata import cache_root
+from backends.plate import Plate
+from backends.sample_plates import PlateSpec, make_imagexpress_plate
+
+from .control import is_mounted, start_daemon, unmount
+
+DEMO_SPEC = PlateSpec(wells=("A01", "A02", "B01"), sites=2, channels=2, z=3, t=2, shape=(256, 256))
+
+
+def run_demo(base: Path | None = None, *, keep_mounted: bool = True) -> int:
+    base = (base or cache_root() / "demo").absolute()
+    plate_dir, mnt = base / "SamplePlate", base / "mnt"
+    mnt.mkdir(parents=True, exist_ok=True)
+    if is_mounted(mnt):
+        unmount(mnt)
+    if not (plate_dir / "zarr").exists():
+        shutil.rmtree(plate_dir, ignore_errors=True)
+        print(f"1. generating a sample ImageXpress plate in {plate_dir}")
+        make_imagexpress_plate(plate_dir, DEMO_SPEC, plate_name="SamplePlate")
+        print("2. converting its z-planes to OME-Zarr (projections stay as vendor TIFFs)")
+        convert_plate(plate_dir, progress=False)
+    else:
+        print(f"1-2. reusing the sample plate in {plate_dir}")
+    plate = Plate.open(plate_dir)
+    pid, log = start_daemon(plate_dir, mnt)
+    print(f"3. mounted on {mnt} (daemon pid {pid}, log {log})\n")
+
+    first = sorted(os.listdir(mnt / "images"))[0]
+    print(f"$ ls {mnt}")
+    print("   " + "  ".join(sorted(os.listdir(mnt))))
+    print(f"$ ls -l {mnt}/images | head -4")
+    out = subprocess.run(["ls", "-l", str(mnt / "images")], capture_output=True, text=True).stdout
+    print("\n".join("   " + line for line in out.splitlines()[:4]))
+    import tifffile
+    img = tifffile.imread(mnt / "images" / first)
+    direct = plate.backend().load(first)
+    print(f"\ntifffile through the mount: {first} {img.shape} {img.dtype}, "
+          f"identical to the zarr plane: {bool(np.array_equal(img, direct))}")
+    print(f"source of {first}: {os.getxattr(mnt / 'images' / first, 'user.vfsmount.source').decode()}")
+    n_zarr = len(os.listdir(mnt / "zarr"))
+    n_ws = len(os.listdir(mnt / "workspace"))
+    n_proj = len(os.listdir(mnt / "projection"))
+    print(f"\n{n_zarr} zarr-backed TIFFs (images/, zarr/), {n_ws} pass-through vendor files "
+          f"(workspace/), {n_proj} projections (projection/), the raw tree under original/.")
+    if keep_mounted:
+        print(f"""
+Try:
+  tiffinfo {mnt}/images/{first}
+  getfattr -d {mnt}/images/{first}
+  imagej {mnt}/images/{first}          # or Fiji: File > Open
+  vfsmount info {plate_dir}
+Unmount with:
+  vfsmount umount {mnt}""")
+    else:
+        print(f"\n{unmount(mnt)} {mnt}")
+    return 0
