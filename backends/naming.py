@@ -7,7 +7,8 @@ Every image of every plate appears under ``{well}_s{site:03d}_w{channel}_z{z:03d
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import functools
+from typing import NamedTuple
 
 from .errors import PlateFormatError
 
@@ -17,9 +18,12 @@ _NORMALIZED = re.compile(
     r"(?P<ext>\.tiff?)$", re.IGNORECASE)
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class ParsedName:
-    """One image's coordinates on the plate. All indices are 1-based."""
+class ParsedName(NamedTuple):
+    """One image's coordinates on the plate. All indices are 1-based.
+
+    A NamedTuple rather than a frozen dataclass: plates have 100,000s of images and
+    this is built once per file while mapping them.
+    """
 
     well: str
     site: int = 1
@@ -40,17 +44,26 @@ class ParsedName:
         return split_well(self.well)[1]
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_well(well: str) -> str:
     """``a1`` -> ``A01``, ``AF048`` -> ``AF48``; refuses anything else."""
     row, col = split_well(well)
     return f"{row}{col:02d}"
 
 
+@functools.lru_cache(maxsize=4096)
 def split_well(well: str) -> tuple[str, int]:
     m = _WELL.match(well)
     if not m or int(m.group(2)) == 0:
         raise PlateFormatError(f"not a well name: {well!r} (expected row letters and a column, e.g. A01)")
     return m.group(1).upper(), int(m.group(2))
+
+
+def natural_key(p: ParsedName) -> tuple:
+    """Sort key giving the natural order of virtual names (w2 before w10, A01 before AA01),
+    from the coordinates: much faster than natsort on 100,000s of names."""
+    row, col = split_well(p.well)
+    return (row, col, p.site, p.channel, p.z, p.t)
 
 
 def row_letters(index: int) -> str:
@@ -74,11 +87,10 @@ def row_index(letters: str) -> int:
 
 def virtual_name(p: ParsedName) -> str:
     """The single place where a normalized image name is built."""
-    for field in ("site", "channel", "z", "t"):
-        value = getattr(p, field)
-        if not isinstance(value, int) or value < 0:
-            raise PlateFormatError(f"{field} must be a non-negative integer, got {value!r} for {p}")
-    return f"{p.well}_s{p.site:03d}_w{p.channel}_z{p.z:03d}_t{p.t:03d}.tif"
+    try:
+        return f"{p.well}_s{p.site:03d}_w{p.channel}_z{p.z:03d}_t{p.t:03d}.tif"
+    except (TypeError, ValueError):
+        raise PlateFormatError(f"site, channel, z and t must be integers: {p}") from None
 
 
 def parse_virtual_name(name: str) -> ParsedName:

@@ -10,7 +10,7 @@ from pathlib import Path
 from natsort import natsorted
 
 from ..errors import NameCollisionError
-from ..naming import ParsedName
+from ..naming import ParsedName, natural_key
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ class PlateScan:
 
 
 def subdirectory_entry(scan: PlateScan, s: ImageSet) -> dict:
-    names = natsorted(s.images)
+    images = s.images
+    names = sorted(images, key=lambda n: natural_key(images[n]))
     coords = s.images.values()
     channels = sorted({p.channel for p in coords})
     entry = {

@@ -36,17 +36,22 @@ _WELL_TOKEN = re.compile(r"(?:^|_)[A-Za-z]{1,2}\d{1,3}_[sw]\d+", re.IGNORECASE)
 _HTD_LINE = re.compile(r'^"([^"]+)"\s*(?:,\s*(.*))?$')
 
 
-def parse_name(name: str) -> tuple[ParsedName, bool] | None:
-    """(coordinates, is_thumbnail) or None if the name is not an ImageXpress image name."""
+def parse_name(name: str, z: int | None = None, t: int | None = None
+               ) -> tuple[ParsedName, bool] | None:
+    """(coordinates, is_thumbnail) or None if the name is not an ImageXpress image name.
+
+    ``z``/``t`` from ZStep_/TimePoint_ folders take precedence over the name's own.
+    """
     m = NAME.match(name)
     if not m:
         return None
     if m["plate"] and _WELL_TOKEN.search(m["plate"]):
         return None   # the "plate prefix" holds the real well and site: the match is spurious
+    site, channel = m["site"], m["channel"]
     parsed = ParsedName(
-        well=normalize_well(m["well"]),
-        site=int(m["site"] or 1), channel=int(m["channel"] or 1),
-        z=int(m["z"] or 1), t=int(m["t"] or 1), extension=m["ext"].lower())
+        normalize_well(m["well"]), int(site) if site else 1, int(channel) if channel else 1,
+        z if z is not None else int(m["z"] or 1), t if t is not None else int(m["t"] or 1),
+        m["ext"].lower())
     return parsed, m["thumb"] is not None
 
 
@@ -126,20 +131,14 @@ class ImageXpressHandler(MicroscopeHandler):
                 name = f.name
                 if not name.endswith(TIFF_SUFFIXES):
                     continue
-                rel = f.path[cut:]
-                found = parse_name(name)
-                if found is None:
-                    scan.unparsed.append(rel)
-                    continue
-                parsed, thumb = found
-                if thumb:
+                if "_thumb" in name:      # thumbnails are never images of the plate
                     scan.ignored += 1
                     continue
-                if z is not None or t is not None:
-                    parsed = ParsedName(parsed.well, parsed.site, parsed.channel,
-                                        parsed.z if z is None else z, parsed.t if t is None else t,
-                                        parsed.extension)
-                target.add(parsed, rel)
+                found = parse_name(name, z, t)
+                if found is None:
+                    scan.unparsed.append(f.path[cut:])
+                    continue
+                target.add(found[0], f.path[cut:])
         if not workspace.images and not projection.images:
             raise PlateFormatError(
                 f"no ImageXpress images found ({len(scan.unparsed)} TIFF names did not parse)",

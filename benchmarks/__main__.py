@@ -1,0 +1,36 @@
+"""python -m benchmarks NAME [options] -- NAME is one of `list`, `all` or a benchmark module."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+from .common import machine
+
+BENCHMARKS = {
+    "mapping": "virtual-workspace mapping for 1k/10k/100k files vs creating a symlink farm",
+    "mount_read": "sequential reads through the mount vs cat (pass-through) and zarr direct (synthesized)",
+    "mount_ls": "ls -l of 100k virtual vs 100k real files; mount ready time and daemon RSS",
+    "zarr": "conversion vs cp -r, store size per compressor, WELL vs FILE reads, peak memory",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks")
+    p.add_argument("name", choices=["list", "all", *BENCHMARKS])
+    p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    p.add_argument("--size-gb", type=float, default=1.0, help="zarr: synthetic plate size")
+    args = p.parse_args(argv)
+    if args.name == "list":
+        for name, text in BENCHMARKS.items():
+            print(f"{name:12s} {text}")
+        return 0
+    print(f"# vfsmount benchmarks, {time.strftime('%Y-%m-%d %H:%M')}, {machine()}")
+    for name in (BENCHMARKS if args.name == "all" else [args.name]):
+        importlib.import_module(f"benchmarks.{name}").run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
