@@ -55,6 +55,9 @@ class ArrayCache:
                 self._inflight.pop(key, None)
             event.set()
 
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._items
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

@@ -69,6 +69,9 @@ class ZarrPlane:
     def read_rows(self, y0: int, y1: int) -> np.ndarray:
         return self.backend.read_rows(self.ref, self.name, y0, y1)
 
+    def is_decoded(self) -> bool:
+        return self.backend.is_decoded(self.ref)
+
     @property
     def source(self) -> str:
         return f"{self.backend.root}/{self.ref.array}[{','.join(map(str, self.ref.index))}]"
@@ -217,15 +220,25 @@ class ZarrStorageBackend(StorageBackend):
             raise StorageNotFoundError("no such plane in zarr store", backend=self.name,
                                        path=f"{self.root}/{name}") from None
 
-    def read_rows(self, ref: PlaneRef, name: str, y0: int, y1: int) -> np.ndarray:
-        """Rows of one plane through the decoded cache (whole field if it is one chunk)."""
+    def _cache_key(self, ref: PlaneRef):
         info = self._arrays[ref.array]
         if tuple(info.chunks) == tuple(info.shape) and \
                 int(np.prod(info.shape)) * info.dtype.itemsize <= self.cache.max_bytes // 4:
-            whole = self.cache.get_or_load(ref.array, lambda: self._read_whole(ref.array))
+            return ref.array            # a single-chunk field: decode it once, serve every plane
+        return (ref.array, ref.index)
+
+    def read_rows(self, ref: PlaneRef, name: str, y0: int, y1: int) -> np.ndarray:
+        """Rows of one plane through the decoded cache (whole field if it is one chunk)."""
+        key = self._cache_key(ref)
+        if isinstance(key, str):
+            whole = self.cache.get_or_load(key, lambda: self._read_whole(ref.array))
             return whole[ref.index][y0:y1]
-        plane = self.cache.get_or_load((ref.array, ref.index), lambda: self._read(ref, name))
+        plane = self.cache.get_or_load(key, lambda: self._read(ref, name))
         return plane[y0:y1]
+
+    def is_decoded(self, ref: PlaneRef) -> bool:
+        """True when rows of this plane can be served from memory without decoding."""
+        return self._cache_key(ref) in self.cache
 
     def _read_whole(self, array_path: str) -> np.ndarray:
         try:

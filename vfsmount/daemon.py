@@ -49,7 +49,7 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 
 
 def serve(plate_path: str, mountpoint: str, *, allow_other: bool = False, subdir: str | None = None,
-          threads: int = DEFAULT_THREADS, ready_fd: int | None = None) -> int:
+          threads: int = DEFAULT_THREADS, ready_fd: int | None = None, xattrs: bool = True) -> int:
     from backends.plate import Plate
 
     def ready(message: str) -> None:
@@ -63,7 +63,7 @@ def serve(plate_path: str, mountpoint: str, *, allow_other: bool = False, subdir
             plate.entry(subdir)   # raises with the list of subdirectories
             plate.metadata = {**plate.metadata, "subdirectories": {
                 k: {**v, "main": k == subdir} for k, v in plate.subdirectories.items()}}
-        ops = VfsOperations(build_tree(plate), threads=threads)
+        ops = VfsOperations(build_tree(plate), threads=threads, xattrs=xattrs)
         pyfuse3.init(ops, mountpoint, fuse_options(allow_other=allow_other,
                                                    plate_name=plate.path.name))
     except Exception as e:
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subdir")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     p.add_argument("--ready-fd", type=int)
+    p.add_argument("--no-xattrs", action="store_true")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
     faulthandler.enable()
     return serve(args.plate, args.mountpoint, allow_other=args.allow_other, subdir=args.subdir,
-                 threads=args.threads, ready_fd=args.ready_fd)
+                 threads=args.threads, ready_fd=args.ready_fd, xattrs=not args.no_xattrs)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 ATTR_TIMEOUT = 3600.0          # seconds: the read-only tree does not change under the kernel
 BLOCK_SIZE = 1 << 20           # st_blksize: cp/cat size their reads from it
 DEFAULT_THREADS = 8
+XATTR_PREFIX = b"user.vfsmount."
 
 
 class VfsOperations(pyfuse3.Operations):
@@ -36,13 +37,16 @@ class VfsOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, root: DirNode, *, threads: int = DEFAULT_THREADS) -> None:
+    def __init__(self, root: DirNode, *, threads: int = DEFAULT_THREADS, xattrs: bool = True) -> None:
         super().__init__()
+        # Without xattrs, getxattr answers ENOSYS once and the kernel stops asking: `ls -l`
+        # then costs no round trip per file for security.selinux/ACL probes.
+        self.xattrs = xattrs
         self.root = root
         self.limiter = trio.CapacityLimiter(threads)
         self.uid, self.gid = os.getuid(), os.getgid()
         self._nodes: dict[int, Node] = {root.inode: root}
-        self._labels: dict[int, str] = {root.inode: "/"}
+        self._labels: dict[int, bytes] = {root.inode: b"/"}
         self._handles: dict[int, tuple[FileNode, object]] = {}
         self._fh = itertools.count(1)
         self.nursery: trio.Nursery | None = None
@@ -57,14 +61,17 @@ class VfsOperations(pyfuse3.Operations):
     def _remember(self, parent: int, name: bytes, node: Node) -> None:
         if node.inode not in self._nodes:
             self._nodes[node.inode] = node
-            self._labels[node.inode] = f"{self._labels.get(parent, '?').rstrip('/')}/{os.fsdecode(name)}"
+            self._labels[node.inode] = name    # for log lines; the key bytes are shared, not copied
+
+    def _label(self, inode: int) -> str:
+        return os.fsdecode(self._labels.get(inode, str(inode).encode()))
 
     async def _ensure_listed(self, d: DirNode) -> None:
         if not d.populated:
             try:
                 await trio.to_thread.run_sync(d._ensure, limiter=self.limiter)
             except Exception:
-                log.exception("cannot list %s", self._labels.get(d.inode, d.inode))
+                log.exception("cannot list %s", self._label(d.inode))
                 raise pyfuse3.FUSEError(errno.EIO) from None
 
     def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -83,7 +90,7 @@ class VfsOperations(pyfuse3.Operations):
             try:
                 e.st_size = node.size
             except Exception as exc:  # missing or unreadable source: still list it, reads fail
-                log.warning("%s: size unavailable: %s", self._labels.get(node.inode, node.inode), exc)
+                log.warning("%s: size unavailable: %s", self._label(node.inode), exc)
                 e.st_size = 0
         e.st_blocks = (e.st_size + 511) // 512
         e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = node.mtime_ns
@@ -151,7 +158,7 @@ class VfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
-        label = self._labels.get(inode, str(inode))
+        label = self._label(inode)
         changed = False
         try:
             if isinstance(node, PassthroughFile):
@@ -176,12 +183,13 @@ class VfsOperations(pyfuse3.Operations):
     async def read(self, fh, off, size):
         node, handle = self._handles[fh]
         try:
-            if node.cheap:
-                return node.read(handle, off, size)
+            data = node.read_nowait(handle, off, size)
+            if data is not None:
+                return data
             return await trio.to_thread.run_sync(node.read, handle, off, size, limiter=self.limiter)
         except Exception as e:
             log.error("%s: read of %d bytes at %d failed: %s: %s",
-                      self._labels.get(node.inode, node.inode), size, off, type(e).__name__, e)
+                      self._label(node.inode), size, off, type(e).__name__, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def release(self, fh):
@@ -204,12 +212,20 @@ class VfsOperations(pyfuse3.Operations):
 
     # -- extended attributes ----------------------------------------------------------
     async def getxattr(self, inode, name, ctx):
+        # `ls -l` asks every file for security.selinux and ACLs: answer those without
+        # computing anything (this runs 100,000 times for a large directory).
+        if not self.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        if not name.startswith(XATTR_PREFIX):
+            raise pyfuse3.FUSEError(errno.ENODATA)
         value = self._node(inode).get_xattrs().get(name)
         if value is None:
             raise pyfuse3.FUSEError(errno.ENODATA)
         return value
 
     async def listxattr(self, inode, ctx):
+        if not self.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         return list(self._node(inode).get_xattrs())
 
     async def setxattr(self, inode, name, value, ctx):

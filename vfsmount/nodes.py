@@ -5,11 +5,16 @@ A file node never says where its bytes come from beyond these capabilities:
 - ``size`` and ``mtime_ns`` -- known without reading content;
 - ``read(offset, length)`` -- blocking; the FUSE layer runs it in a worker
   thread unless ``cheap`` is true (bytes already in memory);
+- ``read_nowait`` -- the same bytes if already in memory, so the FUSE layer can
+  answer inline instead of in a worker thread;
 - ``immutable`` -- the kernel may keep its page cache across opens;
-- ``xattrs`` -- extended attributes (name -> bytes).
+- ``get_xattrs()`` -- extended attributes (name -> bytes), computed on demand.
 
 Pass-through files read a real file in place; synthesized TIFFs are laid out
-by ``tiff_layout`` and filled from a plane source (e.g. zarr chunks).
+by ``tiff_layout`` and filled from a plane source (e.g. zarr chunks). A large
+plate has 100,000s of file nodes, so they hold only their name and a reference
+to one shared *source* object per directory, which knows how to resolve a name
+(``PathSource``) or produce its plane (``PlaneSourceFactory``).
 """
 from __future__ import annotations
 
@@ -19,8 +24,7 @@ import os
 import stat as stat_mod
 import threading
 from pathlib import Path
-from typing import Callable, Iterator
-
+from typing import Callable, Iterator, Protocol
 
 from .tiff_layout import TiffLayout
 
@@ -33,23 +37,33 @@ def next_inode() -> int:
 
 
 class Node:
-    __slots__ = ("inode", "mode", "mtime_ns", "xattrs")
+    __slots__ = ("inode", "mode", "mtime_ns")
 
-    def __init__(self, mode: int, mtime_ns: int, xattrs: dict[bytes, bytes] | None = None,
-                 inode: int | None = None) -> None:
+    def __init__(self, mode: int, mtime_ns: int, inode: int | None = None) -> None:
         self.inode = inode if inode is not None else next_inode()
         self.mode = mode
         self.mtime_ns = mtime_ns
-        self.xattrs = xattrs or {}
 
     @property
     def is_dir(self) -> bool:
         return stat_mod.S_ISDIR(self.mode)
 
     def get_xattrs(self) -> dict[bytes, bytes]:
-        """Extended attributes; image files compute theirs from their name on demand."""
-        x = self.xattrs
-        return x() if callable(x) else x
+        return {}
+
+
+class PathSource(Protocol):
+    """Shared by the pass-through files of one directory."""
+
+    def path(self, name: str) -> Path: ...          # the real file, checked to stay in the plate
+    def xattrs(self, name: str) -> dict[bytes, bytes]: ...
+
+
+class PlaneSourceFactory(Protocol):
+    """Shared by the synthesized TIFFs of one directory."""
+
+    def plane(self, name: str): ...                 # a backends.planes.PlaneSource
+    def xattrs(self, name: str) -> dict[bytes, bytes]: ...
 
 
 class DirNode(Node):
@@ -118,6 +132,13 @@ class FileNode(Node):
     def size(self) -> int:
         raise NotImplementedError
 
+    def read_nowait(self, handle: object, offset: int, length: int) -> bytes | None:
+        """The bytes if they are already in memory (no I/O, no decoding), else None.
+
+        The FUSE layer serves such reads inline and sends only the rest to worker threads.
+        """
+        return self.read(handle, offset, length) if self.cheap else None
+
     def open(self) -> object:
         """Per-open state handed back to ``read``/``release`` (e.g. a file descriptor)."""
         return None
@@ -148,39 +169,53 @@ class BytesFile(FileNode):
 
 
 class PassthroughFile(FileNode):
-    """A real file read in place. ``resolve`` returns its path (checked to stay in the plate)."""
+    """A real file read in place, found through the directory's shared PathSource."""
 
-    __slots__ = ("_resolve", "_stat")
+    __slots__ = ("name", "_source", "_seen")
 
-    def __init__(self, resolve: Callable[[], Path], xattrs: dict[bytes, bytes] | None = None,
-                 mode: int = 0o444) -> None:
-        super().__init__(stat_mod.S_IFREG | mode, 0, xattrs)
-        self._resolve = resolve
-        self._stat: os.stat_result | None = None
+    def __init__(self, name: str, source: PathSource, mode: int = 0o444) -> None:
+        super().__init__(stat_mod.S_IFREG | mode, 0)
+        self.name = name
+        self._source = source
+        self._seen: tuple[int, int, int] | None = None     # (size, mtime_ns, inode) of the source
 
     def path(self) -> Path:
-        return self._resolve()
+        return self._source.path(self.name)
+
+    def get_xattrs(self) -> dict[bytes, bytes]:
+        return self._source.xattrs(self.name)
 
     def refresh(self) -> bool:
         """Re-stat the source; True if it changed since last seen (replaced while mounted)."""
         st = os.stat(self.path())
-        changed = self._stat is not None and (st.st_size, st.st_mtime_ns, st.st_ino) != (
-            self._stat.st_size, self._stat.st_mtime_ns, self._stat.st_ino)
-        self._stat = st
+        seen = (st.st_size, st.st_mtime_ns, st.st_ino)
+        changed = self._seen is not None and seen != self._seen
+        self._seen = seen
         self.mtime_ns = st.st_mtime_ns
         return changed
 
     @property
     def size(self) -> int:
-        if self._stat is None:
+        if self._seen is None:
             self.refresh()
-        return self._stat.st_size
+        return self._seen[0]
 
     def open(self) -> int:
         return os.open(self.path(), os.O_RDONLY | os.O_CLOEXEC)
 
     def read(self, handle: int, offset: int, length: int) -> bytes:
         return os.pread(handle, length, offset)
+
+    def read_nowait(self, handle: int, offset: int, length: int) -> bytes | None:
+        # RWF_NOWAIT: served from the page cache or refused with EAGAIN, never blocking on disk.
+        buf = bytearray(length)
+        try:
+            n = os.preadv(handle, [buf], offset, os.RWF_NOWAIT)
+        except OSError:
+            return None
+        if n < length and offset + n < os.fstat(handle).st_size:
+            return None   # partly cached: let a worker read the rest
+        return bytes(memoryview(buf)[:n])
 
     def release(self, handle: int) -> None:
         os.close(handle)
@@ -189,25 +224,36 @@ class PassthroughFile(FileNode):
 class SynthesizedTiff(FileNode):
     """A TIFF laid out from a plane's shape and dtype; pixels come from ``plane.read_rows``."""
 
-    __slots__ = ("_plane_factory", "_plane", "_layout")
+    __slots__ = ("name", "_source", "_plane", "_layout")
 
-    def __init__(self, plane_factory: Callable[[], object], mtime_ns: int,
-                 xattrs: dict[bytes, bytes] | None = None) -> None:
-        super().__init__(stat_mod.S_IFREG | 0o444, mtime_ns, xattrs)
-        self._plane_factory = plane_factory
+    def __init__(self, name: str, source: PlaneSourceFactory, mtime_ns: int) -> None:
+        super().__init__(stat_mod.S_IFREG | 0o444, mtime_ns)
+        self.name = name
+        self._source = source
         self._plane = None
         self._layout: TiffLayout | None = None
+
+    def get_xattrs(self) -> dict[bytes, bytes]:
+        return self._source.xattrs(self.name)
 
     @property
     def layout(self) -> TiffLayout:
         if self._layout is None:
-            plane = self._plane = self._plane_factory()
+            plane = self._plane = self._source.plane(self.name)
             self._layout = _layout_for(tuple(plane.shape), plane.dtype, plane.pixel_size)
         return self._layout
 
     @property
     def size(self) -> int:
         return self.layout.size
+
+    def read_nowait(self, handle, offset: int, length: int) -> bytes | None:
+        # Once the plane is decoded, serving the kernel's 128 KiB requests is a memcpy:
+        # cheaper inline than a hop to a worker thread.
+        plane = self._plane
+        if plane is not None and getattr(plane, "is_decoded", lambda: False)():
+            return self.read(handle, offset, length)
+        return None
 
     def read(self, handle, offset: int, length: int) -> bytes:
         layout = self.layout

@@ -38,20 +38,62 @@ def display_name(key: str) -> str:
     return "root" if key in (".", "") else key
 
 
-def image_xattrs(name: str, source) -> callable:
-    def compute() -> dict[bytes, bytes]:
-        out: dict[bytes, bytes] = {}
-        p = try_parse_virtual_name(name)
-        if p is not None:
-            for field, value in (("well", p.well), ("site", p.site), ("channel", p.channel),
-                                 ("z", p.z), ("t", p.t)):
-                out[f"user.vfsmount.{field}".encode()] = str(value).encode()
+def coordinate_xattrs(name: str, source: str) -> dict[bytes, bytes]:
+    out: dict[bytes, bytes] = {}
+    p = try_parse_virtual_name(name)
+    if p is not None:
+        for field, value in (("well", p.well), ("site", p.site), ("channel", p.channel),
+                             ("z", p.z), ("t", p.t)):
+            out[f"user.vfsmount.{field}".encode()] = str(value).encode()
+    out[b"user.vfsmount.source"] = source.encode()
+    return out
+
+
+class BackendFiles:
+    """PathSource for a subdirectory whose backend serves real files (virtual workspace, disk)."""
+
+    def __init__(self, backend, plate_root: Path) -> None:
+        self.backend, self.plate_root = backend, plate_root
+
+    def path(self, name: str) -> Path:
+        return self.backend.real_path(name)
+
+    def xattrs(self, name: str) -> dict[bytes, bytes]:
         try:
-            out[b"user.vfsmount.source"] = str(source() if callable(source) else source).encode()
-        except Exception as e:  # a missing source still lists its coordinates
-            out[b"user.vfsmount.source"] = f"unavailable: {e}".encode()
-        return out
-    return compute
+            source = os.path.relpath(self.path(name), self.plate_root)
+        except Exception as e:    # a refused or missing source still lists its coordinates
+            source = f"unavailable: {e}"
+        return coordinate_xattrs(name, source)
+
+
+class BackendPlanes:
+    """PlaneSourceFactory for a subdirectory whose backend serves planes (zarr)."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+
+    def plane(self, name: str):
+        return self.backend.plane(name)
+
+    def xattrs(self, name: str) -> dict[bytes, bytes]:
+        try:
+            source = self.plane(name).source
+        except Exception as e:
+            source = f"unavailable: {e}"
+        return coordinate_xattrs(name, source)
+
+
+class OriginalFiles:
+    """PathSource for the plate's real tree; names are plate-relative paths."""
+
+    def __init__(self, plate_root: Path) -> None:
+        self.plate_root = plate_root
+
+    def path(self, rel: str) -> Path:
+        return contained_path(self.plate_root, rel)
+
+    def xattrs(self, rel: str) -> dict[bytes, bytes]:
+        return {b"user.vfsmount.source": rel.encode()}
 
 
 def populate_images(plate: Plate, key: str):
@@ -62,24 +104,24 @@ def populate_images(plate: Plate, key: str):
         names = entry.get("image_files") or backend.list_files("")
         started = time.perf_counter()
         if hasattr(backend, "plane"):
+            source = BackendPlanes(backend)
             mtime = _mtime_ns(getattr(backend, "root", plate.path))
             for name in names:
-                directory.add(name, SynthesizedTiff(
-                    lambda n=name: backend.plane(n), mtime,
-                    image_xattrs(name, lambda n=name: backend.plane(n).source)))
+                directory.add(name, SynthesizedTiff(name, source, mtime))
         elif hasattr(backend, "real_path"):
+            source = BackendFiles(backend, plate.path)
             for name in names:
-                resolve = (lambda n=name: backend.real_path(n))
-                directory.add(name, PassthroughFile(resolve, image_xattrs(
-                    name, lambda n=name: os.path.relpath(backend.real_path(n), plate.path))))
+                directory.add(name, PassthroughFile(name, source))
         else:
             raise TypeError(f"backend {backend!r} serves neither planes nor real files")
         log.info("listed %d images of %s in %.3f s", len(names), key, time.perf_counter() - started)
     return fill
 
 
-def populate_original(plate_root: Path, rel: str = ""):
+def populate_original(plate_root: Path, rel: str = "", source: OriginalFiles | None = None):
     """A populator mirroring the real plate tree read-only; symlinks leaving the plate are hidden."""
+    source = source or OriginalFiles(plate_root)
+
     def fill(directory: DirNode) -> None:
         here = plate_root / rel if rel else plate_root
         with os.scandir(here) as it:
@@ -92,11 +134,10 @@ def populate_original(plate_root: Path, rel: str = ""):
                 log.warning("hiding %s: it points outside the plate", here / e.name)
                 continue
             if real.is_dir():
-                directory.add(e.name, DirNode(_mtime_ns(real), populate_original(plate_root, child_rel)))
+                directory.add(e.name, DirNode(_mtime_ns(real),
+                                              populate_original(plate_root, child_rel, source)))
             elif real.is_file():
-                directory.add(e.name, PassthroughFile(
-                    lambda r=child_rel: contained_path(plate_root, r),
-                    {b"user.vfsmount.source": child_rel.encode()}))
+                directory.add(e.name, PassthroughFile(child_rel, source))
     return fill
 
 
