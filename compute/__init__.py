@@ -1,1 +1,19 @@
-"""compute/: memory-typed functions and pipelines over plates (see the issues tracker)."""
+"""compute/: memory-typed functions over plate images.
+
+Importing this package imports no array framework besides NumPy; torch, JAX,
+TensorFlow, CuPy and pyclesperanto are loaded the first time data is converted
+to or from them.
+"""
+from .conversion import convert_memory, data_pointer
+from .decorators import cupy, jax, memory_types, numpy, pyclesperanto, tensorflow, torch
+from .errors import MemoryConversionError, MemoryTypeError
+from .gpu_cleanup import cleanup_all_gpu_frameworks, cleanup_gpu_memory_by_framework
+from .memory_types import MemoryType, detect_memory_type, device_of
+from .stack_utils import stack_slices, unstack_slices
+
+__all__ = [
+    "MemoryType", "detect_memory_type", "device_of", "convert_memory", "data_pointer",
+    "MemoryConversionError", "MemoryTypeError", "memory_types", "numpy", "cupy", "torch",
+    "tensorflow", "jax", "pyclesperanto", "stack_slices", "unstack_slices",
+    "cleanup_gpu_memory_by_framework", "cleanup_all_gpu_frameworks",
+]

@@ -25,7 +25,7 @@ VENV="${VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 
 # Re-install only when the dependency declarations change.
-EXTRAS="${VFSMOUNT_EXTRAS:-test}"
+EXTRAS="${VFSMOUNT_EXTRAS:-test,all}"   # everything the tests exercise; torch is the CPU wheel
 stamp="$VENV/.vfsmount-setup-$(cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)-${EXTRAS//,/_}"
 if [ ! -f "$stamp" ]; then
     echo "setup: installing Python environment (extras: $EXTRAS)"
