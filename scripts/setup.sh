@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc libtiff-tools attr rsync
-              imagej default-jre-headless xvfb xauth pocl-opencl-icd ocl-icd-opencl-dev
+              imagej xvfb xauth pocl-opencl-icd ocl-icd-opencl-dev
               systemd)
 
 missing=()
