@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", choices=["list", "all", *BENCHMARKS])
     p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     p.add_argument("--size-gb", type=float, default=1.0, help="zarr: synthetic plate size")
+    p.add_argument("--memory-only", action="store_true",
+                   help="zarr: only the conversion's peak memory (for plates larger than RAM/4)")
     args = p.parse_args(argv)
     if args.name == "list":
         for name, text in BENCHMARKS.items():

@@ -75,6 +75,12 @@ def run(args) -> None:
         plate = base / "plate"
         raw_bytes, names = make_plate(plate, size_gb)
         Plate.open(plate)
+        if getattr(args, "memory_only", False):
+            seconds, peak = convert_subprocess(plate)
+            table("Conversion peak memory", [(f"{raw_bytes / 2**30:.2f} GiB", f"{peak / 2**20:.0f} MiB",
+                                              f"{peak / raw_bytes:.3f}", f"{mib_s(raw_bytes, seconds):.0f}")],
+                  ("plate size", "peak RSS of `vfsmount convert`", "peak / plate", "MiB/s"))
+            return
         source_bytes = du(plate)
         src_files = [p for p in plate.rglob("*.tif")]
 
