@@ -9,7 +9,7 @@ from pathlib import Path
 from .base import DataSink, get_backend_class
 from .disk import DiskStorageBackend
 from .errors import MetadataError, PlateFormatError
-from .handlers import HANDLERS_BY_NAME, PlateScan, detect_handler
+from .handlers import PlateScan, detect_handler
 from .metadata import (main_subdirectory, metadata_path, primary_backend, read_metadata,
                        update_metadata)
 
@@ -104,10 +104,3 @@ def index_plate(path: str | os.PathLike) -> Plate:
     main = keep_main or next(iter(entries))
     written = update_metadata(plate, entries, main=main, remove=tuple(stale))
     return Plate(plate, read_metadata(plate), written, scan)
-
-
-def handler_by_name(name: str):
-    try:
-        return HANDLERS_BY_NAME[name]()
-    except KeyError:
-        raise PlateFormatError(f"unknown microscope handler {name!r}") from None

@@ -14,11 +14,10 @@ have neither; their names are derived from the plate/well/field structure.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -387,7 +386,6 @@ class ZarrStorageBackend(StorageBackend):
             if shape != info.shape:
                 self._array(array_path).resize(shape)
                 info.shape = shape
-        _ = root
         arr = self._array(array_path)
         t_vals, c_vals, z_vals = axes_values
         index_of = {}

@@ -5,7 +5,6 @@ virtual names onto them, so both listings stat the same number of real files.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile

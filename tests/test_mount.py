@@ -6,12 +6,10 @@ import filecmp
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import psutil

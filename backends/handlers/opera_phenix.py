@@ -7,7 +7,6 @@ channel names come from the XML where present.
 """
 from __future__ import annotations
 
-import math
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
