@@ -429,8 +429,15 @@ class ZarrStorageBackend(StorageBackend):
 
     # -- tree operations (a store is one flat directory of planes) --------------
     def delete(self, path, *, recursive: bool = False) -> None:
-        raise ReadOnlyError("deleting single planes from a zarr store is not supported",
-                            backend=self.name, path=path)
+        """Forget a plane: it leaves the index (its chunk stays until the field is rewritten)."""
+        self._writable(path)
+        name, ref = self._ref(path)
+        with self._lock:
+            del self._files[name]
+            arr = self._array(ref.array)
+            files = {n: list(r.index) for n, r in self._files.items() if r.array == ref.array}
+            arr.attrs[INDEX_KEY] = {**dict(arr.attrs).get(INDEX_KEY, {}), "files": files}
+            self.flush()
 
     def ensure_directory(self, path) -> None:
         self._writable(path)

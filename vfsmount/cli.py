@@ -81,11 +81,12 @@ def _cmd_mount(args) -> int:
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return serve(args.plate, args.mountpoint, allow_other=args.allow_other, subdir=args.subdir,
-                     xattrs=not args.no_xattrs)
+                     xattrs=not args.no_xattrs, writable=args.writable, materialize=args.materialize)
+    extra = (["--no-xattrs"] if args.no_xattrs else []) + \
+        (["--writable", "--materialize", args.materialize] if args.writable else [])
     pid, log_file = start_daemon(args.plate, args.mountpoint, allow_other=args.allow_other,
                                  subdir=args.subdir, log_level=args.log_level,
-                                 log_file=args.log_file,
-                                 extra_args=["--no-xattrs"] if args.no_xattrs else None)
+                                 log_file=args.log_file, extra_args=extra)
     print(f"mounted {args.plate} on {args.mountpoint} (daemon pid {pid}, log {log_file})")
     return 0
 
@@ -130,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--foreground", action="store_true", help="do not detach; log to stderr")
     s.add_argument("--allow-other", action="store_true", help="let other users see the mount")
     s.add_argument("--subdir", help="subdirectory shown as images/ (default: the main one)")
+    s.add_argument("--writable", action="store_true",
+                   help="make outputs/ writable; what is written lands in the plate")
+    s.add_argument("--materialize", choices=["disk", "zarr"], default="disk",
+                   help="with --writable: plate images written to outputs/<dir>/ go to OME-Zarr")
     s.add_argument("--no-xattrs", action="store_true",
                    help="no user.vfsmount.* attributes; makes `ls -l` of huge folders faster")
     s.add_argument("--log-file", help="daemon log (default: ~/.cache/vfsmount/logs/)")

@@ -36,8 +36,20 @@ async def _serve(ops: VfsOperations) -> None:
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        if ops.outputs is not None and ops.outputs.writable:
+            nursery.start_soon(_record_outputs, ops)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()   # unmounted from outside: stop the signal watcher
+
+
+async def _record_outputs(ops: VfsOperations) -> None:
+    """Keep openhcs_metadata.json in step with outputs/ (at most once a second)."""
+    while True:
+        await trio.sleep(1)
+        try:
+            await trio.to_thread.run_sync(ops.outputs.write_metadata, limiter=ops.limiter)
+        except Exception:
+            log.exception("cannot record outputs in the plate metadata")
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:
@@ -49,8 +61,10 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 
 
 def serve(plate_path: str, mountpoint: str, *, allow_other: bool = False, subdir: str | None = None,
-          threads: int = DEFAULT_THREADS, ready_fd: int | None = None, xattrs: bool = True) -> int:
+          threads: int = DEFAULT_THREADS, ready_fd: int | None = None, xattrs: bool = True,
+          writable: bool = False, materialize: str = "disk") -> int:
     from backends.plate import Plate
+    from .outputs import OUTPUTS, OutputsArea
 
     def ready(message: str) -> None:
         if ready_fd is not None:
@@ -63,7 +77,13 @@ def serve(plate_path: str, mountpoint: str, *, allow_other: bool = False, subdir
             plate.entry(subdir)   # raises with the list of subdirectories
             plate.metadata = {**plate.metadata, "subdirectories": {
                 k: {**v, "main": k == subdir} for k, v in plate.subdirectories.items()}}
-        ops = VfsOperations(build_tree(plate), threads=threads, xattrs=xattrs)
+        outputs = None
+        if writable or (plate.path / OUTPUTS).is_dir():
+            outputs = OutputsArea(plate, writable=writable, materialize=materialize)
+            if writable:
+                outputs.write_metadata(force=True)   # reconcile after a crash
+        ops = VfsOperations(build_tree(plate, outputs), threads=threads, xattrs=xattrs,
+                            outputs=outputs)
         pyfuse3.init(ops, mountpoint, fuse_options(allow_other=allow_other,
                                                    plate_name=plate.path.name))
     except Exception as e:
@@ -81,6 +101,8 @@ def serve(plate_path: str, mountpoint: str, *, allow_other: bool = False, subdir
         raise
     finally:
         pyfuse3.close(unmount=unmount)
+        if ops.outputs is not None and ops.outputs.writable:
+            ops.outputs.write_metadata(force=True)
         log.info("unmounted %s", mountpoint)
     return 0
 
@@ -94,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     p.add_argument("--ready-fd", type=int)
     p.add_argument("--no-xattrs", action="store_true")
+    p.add_argument("--writable", action="store_true")
+    p.add_argument("--materialize", choices=["disk", "zarr"], default="disk")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -103,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
     faulthandler.enable()
     return serve(args.plate, args.mountpoint, allow_other=args.allow_other, subdir=args.subdir,
-                 threads=args.threads, ready_fd=args.ready_fd, xattrs=not args.no_xattrs)
+                 threads=args.threads, ready_fd=args.ready_fd, xattrs=not args.no_xattrs,
+                 writable=args.writable, materialize=args.materialize)
 
 
 if __name__ == "__main__":

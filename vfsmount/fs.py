@@ -23,6 +23,7 @@ import trio
 from backends.errors import PathEscapeError, StorageNotFoundError
 
 from .nodes import DirNode, FileNode, Node, PassthroughFile
+from .outputs import CommitError, OutDir, OutFile, OutputsArea
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ ATTR_TIMEOUT = 3600.0          # seconds: the read-only tree does not change und
 BLOCK_SIZE = 1 << 20           # st_blksize: cp/cat size their reads from it
 DEFAULT_THREADS = 8
 XATTR_PREFIX = b"user.vfsmount."
+OUT_DIR_HANDLES = 1 << 40       # outputs/ directory handles live above every inode number
 
 
 class VfsOperations(pyfuse3.Operations):
@@ -37,8 +39,11 @@ class VfsOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, root: DirNode, *, threads: int = DEFAULT_THREADS, xattrs: bool = True) -> None:
+    def __init__(self, root: DirNode, *, threads: int = DEFAULT_THREADS, xattrs: bool = True,
+                 outputs: OutputsArea | None = None) -> None:
         super().__init__()
+        self.outputs = outputs
+        self._dir_handles: dict[int, list] = {}
         # Without xattrs, getxattr answers ENOSYS once and the kernel stops asking: `ls -l`
         # then costs no round trip per file for security.selinux/ACL probes.
         self.xattrs = xattrs
@@ -78,17 +83,22 @@ class VfsOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.inode
         e.generation = 0
-        e.entry_timeout = e.attr_timeout = ATTR_TIMEOUT
+        # outputs/ changes under the kernel (a committed image changes size): no caching there
+        e.entry_timeout = e.attr_timeout = 0 if isinstance(node, (OutDir, OutFile)) else ATTR_TIMEOUT
         e.st_mode = node.mode
         e.st_uid, e.st_gid = self.uid, self.gid
         e.st_blksize = BLOCK_SIZE
-        if isinstance(node, DirNode):
+        if node.is_dir:
             e.st_nlink = 2
             e.st_size = 0
         else:
             e.st_nlink = 1
             try:
                 e.st_size = node.size
+            except FileNotFoundError:
+                if isinstance(node, OutFile):
+                    raise pyfuse3.FUSEError(errno.ENOENT) from None
+                e.st_size = 0
             except Exception as exc:  # missing or unreadable source: still list it, reads fail
                 log.warning("%s: size unavailable: %s", self._label(node.inode), exc)
                 e.st_size = 0
@@ -99,6 +109,12 @@ class VfsOperations(pyfuse3.Operations):
     # -- lookups and attributes ---------------------------------------------------
     async def lookup(self, parent_inode, name, ctx=None):
         parent = self._node(parent_inode)
+        if isinstance(parent, OutDir):
+            node = parent.lookup(os.fsdecode(name))
+            if node is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            self._remember(parent_inode, name, node)
+            return self._attr(node)
         if not isinstance(parent, DirNode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         await self._ensure_listed(parent)
@@ -121,11 +137,24 @@ class VfsOperations(pyfuse3.Operations):
         s.f_files = len(self._nodes)
         s.f_ffree = s.f_favail = 0
         s.f_namemax = 255
+        if self.outputs is not None and self.outputs.writable:
+            real = os.statvfs(self.outputs.root)   # what cp/df need to know: space for outputs
+            scale = real.f_frsize / BLOCK_SIZE
+            s.f_blocks = int(real.f_blocks * scale)
+            s.f_bfree = int(real.f_bfree * scale)
+            s.f_bavail = int(real.f_bavail * scale)
+            s.f_ffree, s.f_favail = real.f_ffree, real.f_favail
         return s
 
     # -- directories ------------------------------------------------------------
     async def opendir(self, inode, ctx):
         node = self._node(inode)
+        if isinstance(node, OutDir):
+            # a snapshot of the changing folder, paged through by offset
+            fh = OUT_DIR_HANDLES + next(self._fh)
+            entries = [(os.fsencode(n), child) for n, child in node.entries()]
+            self._dir_handles[fh] = [node, entries]
+            return fh
         if not isinstance(node, DirNode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         await self._ensure_listed(node)
@@ -134,26 +163,38 @@ class VfsOperations(pyfuse3.Operations):
     async def readdir(self, fh, start_id, token):
         # Offsets: 1 after ".", 2 after "..", then 3 + index into the directory's name list,
         # so a listing resumed at any offset continues exactly where the kernel stopped.
-        d = self._node(fh)
+        if fh in self._dir_handles:
+            d, entries = self._dir_handles[fh]
+            names = [n for n, _ in entries]
+            children = dict(entries)
+        else:
+            d = self._node(fh)
+            names = d.names()
+            children = None
         if start_id < 2:
             attr = self._attr(d)   # ".." reports this directory too; the kernel ignores its inode
             for i, dot in ((0, b"."), (1, b"..")):
                 if i >= start_id and not pyfuse3.readdir_reply(token, dot, attr, i + 1):
                     return
-        names = d.names()
         for i in range(max(start_id - 2, 0), len(names)):
             name = names[i]
-            node = d.get(name)
-            self._remember(fh, name, node)
-            if not pyfuse3.readdir_reply(token, name, self._attr(node), i + 3):
+            node = children[name] if children is not None else d.get(name)
+            self._remember(d.inode, name, node)
+            try:
+                attr = self._attr(node)
+            except pyfuse3.FUSEError:
+                continue          # deleted since the snapshot
+            if not pyfuse3.readdir_reply(token, name, attr, i + 3):
                 break
 
     async def releasedir(self, fh):
-        pass
+        self._dir_handles.pop(fh, None)
 
     # -- files --------------------------------------------------------------------
     async def open(self, inode, flags, ctx):
         node = self._node(inode)
+        if isinstance(node, OutFile):
+            return await self._open_output(node, flags)
         if not isinstance(node, FileNode):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
@@ -182,6 +223,8 @@ class VfsOperations(pyfuse3.Operations):
 
     async def read(self, fh, off, size):
         node, handle = self._handles[fh]
+        if isinstance(node, OutFile):
+            return await self._read_output(node, handle, off, size)
         try:
             data = node.read_nowait(handle, off, size)
             if data is not None:
@@ -194,6 +237,9 @@ class VfsOperations(pyfuse3.Operations):
 
     async def release(self, fh):
         node, handle = self._handles.pop(fh)
+        if isinstance(node, OutFile):
+            await self._release_output(node, handle)
+            return
         try:
             node.release(handle)
         except OSError:
@@ -234,33 +280,219 @@ class VfsOperations(pyfuse3.Operations):
     async def removexattr(self, inode, name, ctx):
         raise pyfuse3.FUSEError(errno.EROFS)
 
-    # -- everything that would modify the tree: read-only ------------------------------
-    async def setattr(self, inode, attr, fields, fh, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS)
+    # -- writes: only inside outputs/ (see outputs.py); EROFS everywhere else ----------------
+    def _out_dir(self, inode: int) -> OutDir:
+        node = self._node(inode)
+        if not isinstance(node, OutDir) or not node.area.writable:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return node
+
+    def _out_name(self, name: bytes) -> str:
+        try:
+            return OutputsArea.check_name(name)
+        except OSError as e:
+            log.warning("refused name %r in outputs/: %s", name, e)
+            raise pyfuse3.FUSEError(e.errno) from None
+
+    def _new_handle(self, node: FileNode, handle) -> int:
+        fh = next(self._fh)
+        self._handles[fh] = (node, handle)
+        return fh
+
+    async def _open_output(self, node: OutFile, flags: int):
+        writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND))
+        if writing:
+            if not node.area.writable:
+                raise pyfuse3.FUSEError(errno.EROFS)
+            await self._run(node.begin_write, bool(flags & os.O_TRUNC), what=node.rel)
+            node.writers += 1
+        elif not node.exists() and not node.pending:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return pyfuse3.FileInfo(fh=self._new_handle(node, "write" if writing else "read"),
+                                keep_cache=False)
+
+    async def _read_output(self, node: OutFile, handle: str, off: int, size: int) -> bytes:
+        # the writer reads its own staged bytes; everyone else the committed content
+        staged = node.staging_fd is not None and (handle == "write" or not node.exists())
+        fn = node.read_staged if staged else node.read_committed
+        return await self._run(fn, off, size, what=node.rel)
+
+    async def _release_output(self, node: OutFile, handle: str) -> None:
+        if handle != "write":
+            return
+        node.writers -= 1
+        if node.writers == 0:
+            if node.deleted:
+                node.discard()
+            elif node.pending:        # written after the last flush (e.g. through mmap)
+                try:
+                    await self._commit(node)
+                except pyfuse3.FUSEError:
+                    pass              # already logged; nothing more to tell a closed file
+
+    async def _commit(self, node: OutFile) -> None:
+        try:
+            await trio.to_thread.run_sync(node.commit, limiter=self.limiter)
+        except CommitError as e:
+            log.error("commit of outputs/%s failed: %s", node.rel, e)
+            raise pyfuse3.FUSEError(e.errno) from None
+        except Exception:
+            log.exception("commit of outputs/%s failed", node.rel)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        self._invalidate_later(node.inode)
+
+    async def _run(self, fn, *args, what: str = ""):
+        """Run blocking outputs work in a worker; OSErrors keep their errno."""
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        except OSError as e:
+            log.error("outputs/%s: %s", what, e)
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:
+            log.exception("outputs/%s failed", what)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    async def write(self, fh, off, buf):
+        node, handle = self._handles[fh]
+        if not isinstance(node, OutFile) or handle != "write":
+            raise pyfuse3.FUSEError(errno.EROFS if not isinstance(node, OutFile) else errno.EBADF)
+        try:
+            return node.write(off, buf)    # a pwrite into the staging file's page cache
+        except OSError as e:
+            log.error("write to outputs/%s failed: %s", node.rel, e)
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+
+    async def flush(self, fh):
+        # close(2) waits for FLUSH (release comes later, asynchronously): committing here is
+        # what makes "close() returned 0" mean "the file is complete in the plate". A flush
+        # from closing a dup before anything was written (`cmd > file`) commits nothing.
+        node, handle = self._handles[fh]
+        if isinstance(node, OutFile) and handle == "write" and node.pending and node.dirty:
+            await self._commit(node)
+
+    async def fsync(self, fh, datasync):
+        node, handle = self._handles[fh]
+        if isinstance(node, OutFile) and handle == "write" and node.pending:
+            await self._commit(node)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
+        parent = self._out_dir(parent_inode)
+        text = self._out_name(name)
+        existing = parent.lookup(text)
+        if isinstance(existing, OutDir):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        node = parent.node(text, is_dir=False)
+        await self._run(node.begin_write, True, what=node.rel)
+        node.writers += 1
+        self._remember(parent_inode, name, node)
+        return (pyfuse3.FileInfo(fh=self._new_handle(node, "write"), keep_cache=False),
+                self._attr(node))
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self._node(inode)
+        if isinstance(node, OutFile) and node.area.writable:
+            if fields.update_size:
+                await self._run(node.truncate, attr.st_size, what=node.rel)
+                if node.writers == 0:          # truncate(2) on a path: commit at once
+                    await self._commit(node)
+            if fields.update_mtime or fields.update_atime:
+                node.mtime_ns = attr.st_mtime_ns or node.mtime_ns
+            return self._attr(node)            # modes and owners are fixed in outputs/
+        if isinstance(node, OutDir) and node.area.writable:
+            return self._attr(node)
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS)
+        parent = self._out_dir(parent_inode)
+        text = self._out_name(name)
+        await self._run(os.mkdir, parent.area.real(parent.child_rel(text)), what=parent.child_rel(text))
+        node = parent.node(text, is_dir=True)
+        self._remember(parent_inode, name, node)
+        return self._attr(node)
 
     async def unlink(self, parent_inode, name, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS)
+        parent = self._out_dir(parent_inode)
+        text = os.fsdecode(name)
+        node = parent.lookup(text)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if isinstance(node, OutDir):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        await self._run(self._remove_committed, node, what=node.rel)
+        if node.pending:
+            node.deleted = True
+            if node.writers == 0:
+                node.discard()
+        parent.forget(text)
+        node.area.mark_dirty()
+
+    @staticmethod
+    def _remove_committed(node: OutFile) -> None:
+        real = node.area.real(node.rel)
+        if real.is_file():
+            real.unlink()
+        target = node.area.zarr_target(node.rel)
+        if target is not None and node.committed_plane() is not None:
+            node.area.store(target[0]).delete(target[1])
 
     async def rmdir(self, parent_inode, name, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS)
+        parent = self._out_dir(parent_inode)
+        text = os.fsdecode(name)
+        node = parent.lookup(text)
+        if not isinstance(node, OutDir):
+            raise pyfuse3.FUSEError(errno.ENOTDIR if node is not None else errno.ENOENT)
+        if node.entries():
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        await self._run(os.rmdir, node.area.real(node.rel), what=node.rel)
+        parent.forget(text)
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS)
+        if flags:
+            raise pyfuse3.FUSEError(errno.EINVAL)   # RENAME_NOREPLACE/EXCHANGE: not supported
+        old_dir, new_dir = self._out_dir(parent_inode_old), self._out_dir(parent_inode_new)
+        old_name, new_name = os.fsdecode(name_old), self._out_name(name_new)
+        node = old_dir.lookup(old_name)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        target = new_dir.lookup(new_name)
+        if isinstance(target, OutDir) and not isinstance(node, OutDir):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        await self._run(self._move, node, old_dir, new_dir, new_name, what=new_dir.child_rel(new_name))
+        node.area.mark_dirty()
 
-    async def symlink(self, parent_inode, name, target, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS)
+    @staticmethod
+    def _move(node, old_dir: OutDir, new_dir: OutDir, new_name: str) -> None:
+        area = node.area
+        old_rel, new_rel = node.rel, new_dir.child_rel(new_name)
+        with area.lock:
+            if isinstance(node, OutDir):
+                os.rename(area.real(old_rel), area.real(new_rel))
+                if "/" not in old_rel and (area.root / f"{old_rel}.zarr").exists():
+                    os.rename(area.root / f"{old_rel}.zarr", area.root / f"{new_rel}.zarr")
+                    area._stores.clear()
+                new_dir.adopt(new_name, node)
+                return
+            committed_file = area.real(old_rel).is_file()
+            plane = node.committed_plane()
+            if committed_file or plane is not None:
+                if area.zarr_target(new_rel) is not None or plane is not None:
+                    # content changes representation: restage it and commit under the new name
+                    node.begin_write(truncate=False)
+                    VfsOperations._remove_committed(node)
+                    new_dir.adopt(new_name, node)
+                    node.commit()
+                    return
+                os.replace(area.real(old_rel), area.real(new_rel))
+            new_dir.adopt(new_name, node)
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS)
+        self._out_dir(new_parent_inode)
+        raise pyfuse3.FUSEError(errno.EPERM)     # hard links: not supported in outputs/
 
-    async def write(self, fh, off, buf):
-        raise pyfuse3.FUSEError(errno.EROFS)
+    async def symlink(self, parent_inode, name, target, ctx):
+        self._out_dir(parent_inode)
+        raise pyfuse3.FUSEError(errno.EPERM)     # symlinks could point anywhere: refused
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        self._out_dir(parent_inode)
+        raise pyfuse3.FUSEError(errno.EPERM)

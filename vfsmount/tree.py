@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 ROOT_INODE = 1
 MAIN_ALIAS = "images"
 ORIGINAL_DIR = "original"
+OUTPUTS_DIR = "outputs"
 
 
 def display_name(key: str) -> str:
@@ -127,6 +128,8 @@ def populate_original(plate_root: Path, rel: str = "", source: OriginalFiles | N
         with os.scandir(here) as it:
             entries = natsorted(it, key=lambda e: e.name)
         for e in entries:
+            if e.name.startswith(".vfsmount"):      # staging files of the outputs area
+                continue
             child_rel = f"{rel}/{e.name}" if rel else e.name
             try:
                 real = contained_path(plate_root, child_rel)
@@ -141,10 +144,14 @@ def populate_original(plate_root: Path, rel: str = "", source: OriginalFiles | N
     return fill
 
 
-def build_tree(plate: Plate) -> DirNode:
+def build_tree(plate: Plate, outputs=None) -> DirNode:
+    """The mount's tree; ``outputs`` (an OutputsArea) serves outputs/ and every
+    ``outputs/...`` subdirectory of the metadata."""
     root = DirNode(_mtime_ns(plate.metadata_file), inode=ROOT_INODE)
     dirs: dict[str, DirNode] = {}
     for key in plate.subdirectories:
+        if outputs is not None and (key == OUTPUTS_DIR or key.startswith(OUTPUTS_DIR + "/")):
+            continue
         parent = root
         parts = display_name(key).split("/")
         for i, part in enumerate(parts):
@@ -157,7 +164,9 @@ def build_tree(plate: Plate) -> DirNode:
                 if child is None:
                     child = parent.add(part, DirNode(_mtime_ns(plate.metadata_file)))
                 parent = child
-    if MAIN_ALIAS not in {display_name(k) for k in plate.subdirectories}:
+    if outputs is not None:
+        root.add(OUTPUTS_DIR, outputs.top)
+    if MAIN_ALIAS not in {display_name(k) for k in plate.subdirectories} and plate.main in dirs:
         main = dirs[plate.main]
         alias = DirNode(main.mtime_ns, lambda d: d.share_children(main))
         root.add(MAIN_ALIAS, alias)
