@@ -70,15 +70,23 @@ class Mounts:
         subdir = None
         args = list(extra)
         if "--subdir" in args:
-            subdir = args[args.index("--subdir") + 1]
+            i = args.index("--subdir")
+            subdir = args[i + 1]
+            del args[i:i + 2]
         pid, log = start_daemon(plate, mnt, subdir=subdir, log_level="DEBUG",
-                                log_file=self.tmp_path / f"{mnt.name}.log")
+                                log_file=self.tmp_path / f"{mnt.name}.log", extra_args=args)
         self.logs[mnt] = log
         self.pids[mnt] = pid
         return mnt
 
     def log(self, mnt: Path) -> str:
         return self.logs[mnt].read_text()
+
+    def remount(self, plate: Path, mnt: Path, *extra: str) -> Path:
+        """Unmount ``mnt`` and mount ``plate`` again on a fresh mount point."""
+        from vfsmount.control import unmount
+        unmount(mnt)
+        return self.mount(plate, *extra)
 
     def unmount_all(self) -> None:
         from vfsmount.control import unmount

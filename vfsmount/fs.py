@@ -324,15 +324,15 @@ class VfsOperations(pyfuse3.Operations):
         if node.writers == 0:
             if node.deleted:
                 node.discard()
-            elif node.pending:        # written after the last flush (e.g. through mmap)
+            elif node.pending:        # written after the last flush, or refused there
                 try:
-                    await self._commit(node)
+                    await self._commit(node, final=True)
                 except pyfuse3.FUSEError:
                     pass              # already logged; nothing more to tell a closed file
 
-    async def _commit(self, node: OutFile) -> None:
+    async def _commit(self, node: OutFile, final: bool = False) -> None:
         try:
-            await trio.to_thread.run_sync(node.commit, limiter=self.limiter)
+            await trio.to_thread.run_sync(node.commit, final, limiter=self.limiter)
         except CommitError as e:
             log.error("commit of outputs/%s failed: %s", node.rel, e)
             raise pyfuse3.FUSEError(e.errno) from None
@@ -359,15 +359,17 @@ class VfsOperations(pyfuse3.Operations):
         try:
             return node.write(off, buf)    # a pwrite into the staging file's page cache
         except OSError as e:
+            node.failed = e.errno or errno.EIO
             log.error("write to outputs/%s failed: %s", node.rel, e)
-            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+            raise pyfuse3.FUSEError(node.failed) from None
 
     async def flush(self, fh):
         # close(2) waits for FLUSH (release comes later, asynchronously): committing here is
         # what makes "close() returned 0" mean "the file is complete in the plate". A flush
         # from closing a dup before anything was written (`cmd > file`) commits nothing.
         node, handle = self._handles[fh]
-        if isinstance(node, OutFile) and handle == "write" and node.pending and node.dirty:
+        if isinstance(node, OutFile) and handle == "write" and node.pending and \
+                (node.dirty or node.failed):
             await self._commit(node)
 
     async def fsync(self, fh, datasync):
@@ -480,7 +482,7 @@ class VfsOperations(pyfuse3.Operations):
                     node.begin_write(truncate=False)
                     VfsOperations._remove_committed(node)
                     new_dir.adopt(new_name, node)
-                    node.commit()
+                    node.commit(final=True)
                     return
                 os.replace(area.real(old_rel), area.real(new_rel))
             new_dir.adopt(new_name, node)

@@ -94,11 +94,14 @@ class OutputsArea:
         return self.root / rel if rel else self.root
 
     def zarr_target(self, rel: str) -> tuple[str, str] | None:
-        """(sub, plane name) if ``rel`` is materialized into a zarr store, else None."""
-        if self.materialize != "zarr":
-            return None
+        """(sub, plane name) if ``rel`` is materialized into a zarr store, else None.
+
+        A folder whose store already exists stays zarr-backed whatever ``--materialize`` says
+        (so a read-only remount serves what a zarr-materializing mount wrote)."""
         parts = rel.split("/")
         if len(parts) != 2:
+            return None
+        if self.materialize != "zarr" and not (self.root / f"{parts[0]}.zarr").is_dir():
             return None
         name = image_name(parts[1])
         return (parts[0], name) if name and name == parts[1] else None
@@ -235,7 +238,8 @@ class OutDir(Node):
 class OutFile(FileNode):
     """A file of the outputs area: committed content plus, while written, a staging file."""
 
-    __slots__ = ("area", "parent", "name", "staging", "staging_fd", "writers", "deleted", "dirty")
+    __slots__ = ("area", "parent", "name", "staging", "staging_fd", "writers", "deleted", "dirty",
+                 "failed")
     immutable = False
 
     def __init__(self, area: OutputsArea, parent: OutDir, name: str) -> None:
@@ -246,6 +250,7 @@ class OutFile(FileNode):
         self.writers = 0
         self.deleted = False
         self.dirty = False      # staged content differs from what a commit would keep
+        self.failed = 0         # errno of a failed write: the staged content is incomplete
 
     @property
     def rel(self) -> str:
@@ -348,27 +353,49 @@ class OutFile(FileNode):
                 self.staging.unlink(missing_ok=True)
             self.staging = self.staging_fd = None
 
-    def commit(self) -> None:
-        """Make the staged content the committed one, atomically; raises CommitError."""
+    def commit(self, final: bool = False) -> None:
+        """Make the staged content the committed one, atomically; raises CommitError.
+
+        Content that is not acceptable (a TIFF name with bytes that are no TIFF, a plane
+        that does not fit its zarr field) is refused with EINVAL but stays staged unless
+        ``final``: programs close dup'ed descriptors half-way through writing a file
+        (numpy's ``tofile`` under tifffile does), and the next close must still see
+        everything written so far.
+        """
         area = self.area
         with area.lock:
             if self.staging_fd is None or self.deleted:
                 return
             fd, staging = self.staging_fd, self.staging
+            if self.failed:        # a write was lost (e.g. ENOSPC): never commit the rest
+                err, self.failed = self.failed, 0
+                self._drop(fd, staging)
+                raise CommitError(err, f"{self.rel}: a write failed ({os.strerror(err)}); "
+                                       "nothing stored")
             try:
                 os.fsync(fd)
                 target = area.zarr_target(self.rel)
                 if target is not None:
-                    self._commit_plane(staging, *target)
+                    plane = self._decode(staging)
+                    try:
+                        area.store(target[0], create=True).save(plane, target[1])
+                    except StorageError as e:
+                        raise CommitError(errno.EINVAL, f"{self.rel}: {e}") from e
+                    real = area.real(self.rel)
+                    if real.is_file():      # it was a plain file before: the plane replaces it
+                        real.unlink()
                     staging.unlink(missing_ok=True)
                 else:
+                    if self.rel.lower().endswith((".tif", ".tiff")):
+                        self._decode(staging, pixels=False)
                     dest = area.real(self.rel)
                     if not dest.parent.is_dir():
                         raise CommitError(errno.ENOENT, f"folder of {self.rel} is gone")
                     os.replace(staging, dest)
                     _fsync_dir(dest.parent)
-            except CommitError:
-                self._drop(fd, staging)
+            except CommitError as e:
+                if final or e.errno != errno.EINVAL:
+                    self._drop(fd, staging)
                 raise
             except OSError as e:
                 self._drop(fd, staging)
@@ -386,13 +413,16 @@ class OutFile(FileNode):
         self.staging = self.staging_fd = None
         self.dirty = False
 
-    def _commit_plane(self, staging: Path, sub: str, name: str) -> None:
+    def _decode(self, staging: Path, pixels: bool = True):
+        """The staged TIFF's single plane (or, without ``pixels``, just a check of its structure)."""
         import numpy as np
         import tifffile
         try:
             with tifffile.TiffFile(staging) as tif:
                 if len(tif.pages) == 0:
                     raise ValueError("no image directory")
+                if not pixels:
+                    return None
                 data = tif.asarray()
         except Exception as e:
             raise CommitError(errno.EINVAL, f"{self.rel}: not a valid TIFF ({e}); nothing stored") from e
@@ -400,13 +430,7 @@ class OutFile(FileNode):
         if data.ndim != 2:
             raise CommitError(errno.EINVAL, f"{self.rel}: a plate image must be one 2D plane, got "
                                             f"shape {data.shape}")
-        try:
-            self.area.store(sub, create=True).save(data, name)
-        except StorageError as e:
-            raise CommitError(errno.EINVAL, f"{self.rel}: {e}") from e
-        real = self.area.real(self.rel)
-        if real.is_file():     # it was a plain file before: the plane replaces it
-            real.unlink()
+        return data
 
 
 def _fsync_dir(path: Path) -> None:
