@@ -75,9 +75,7 @@ def convert_plate(plate_path: str | os.PathLike, output: str | os.PathLike | Non
                 chunk = field_names[i:i + batch]
                 store.save_batch(source.load_batch(chunk), chunk, flush=False)
                 bar.update(len(chunk))
-        channel_names = {int(c): n for c, n in entry.get("channels", {}).items()}
-        store.flush(plate_name=plate.path.name, pixel_size=entry.get("pixel_size"),
-                    channel_names=channel_names)
+        store.flush(plate_name=plate.path.name, pixel_size=entry.get("pixel_size"))
     finally:
         bar.close()
 

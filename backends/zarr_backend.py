@@ -98,6 +98,8 @@ class ZarrStorageBackend(StorageBackend):
         self._files: dict[str, PlaneRef] = {}
         self._open: dict[str, zarr.Array] = {}
         self._group: zarr.Group | None = None
+        self._described: set[str] = set()                 # arrays whose NGFF metadata is written
+        self._plate_described: frozenset[str] = frozenset()
         if mode == "r" or (self.root / "zarr.json").exists() or (self.root / ".zgroup").exists():
             self._load_index()
         elif mode not in ("w", "a"):
@@ -408,16 +410,28 @@ class ZarrStorageBackend(StorageBackend):
                                           if r.array == array_path},
                                 "t": t_vals, "c": c_vals, "z": z_vals}
 
-    def flush(self, *, plate_name: str | None = None, pixel_size: float | None = None,
-              channel_names: dict[int, str | None] | None = None) -> None:
-        """Write OME-Zarr plate/well/image metadata and the root index for what is stored."""
-        from .zarr_ngff import write_ngff_metadata
+    def flush(self, *, plate_name: str | None = None, pixel_size: float | None = None) -> None:
+        """Write OME-Zarr plate/well/image metadata and the root index for what is stored.
+
+        Incremental: image metadata is written once per new field and plate metadata when
+        the set of fields changes, so saving planes one by one stays cheap.
+        """
+        from .zarr_ngff import write_image_metadata, write_plate_metadata
         with self._lock:
+            root = self._root_group()
             if pixel_size is not None:
                 for info in self._arrays.values():
                     info.pixel_size = pixel_size
-            write_ngff_metadata(self._root_group(), self._arrays, self.config,
-                                name=plate_name or self.root.name, channel_names=channel_names)
+                self._described.clear()
+            for path, info in self._arrays.items():
+                if path not in self._described:
+                    write_image_metadata(root, path, info, self.config)
+                    self._described.add(path)
+            fields = frozenset(self._arrays)
+            if fields != self._plate_described:
+                write_plate_metadata(root, self._arrays, self.config,
+                                     name=plate_name or self.root.name)
+                self._plate_described = fields
             index = {
                 "format": 1,
                 "arrays": {p: {"shape": list(a.shape), "dtype": a.dtype.str, "chunks": list(a.chunks),

@@ -19,25 +19,29 @@ def ngff_format(config: ZarrConfig):
     return FormatV04() if config.ngff_version == "0.4" else FormatV05()
 
 
-def write_ngff_metadata(root, arrays: dict, config: ZarrConfig, *, name: str,
-                        channel_names: dict | None = None) -> None:
-    """(Re)write plate, well and multiscales metadata for arrays at ``row/col/field/0``."""
-    from ome_zarr.writer import (write_multiscales_metadata, write_plate_metadata,
-                                 write_well_metadata)
+def write_image_metadata(root, path: str, info, config: ZarrConfig) -> None:
+    """Multiscales metadata of one field image (its level-0 array at ``path``)."""
+    from ome_zarr.writer import write_multiscales_metadata
+    row, col, field, _level = path.split("/")
+    scale = [1.0, 1.0, 1.0] + [float(info.pixel_size or 1.0)] * 2
+    write_multiscales_metadata(
+        root[f"{row}/{col}/{field}"],
+        datasets=[{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+        fmt=ngff_format(config), axes=_AXES, name=f"{row}{col}_f{field}")
+
+
+def write_plate_metadata(root, arrays: dict, config: ZarrConfig, *, name: str) -> None:
+    """Plate and well metadata for the fields at ``row/col/field/0``."""
+    from ome_zarr.writer import write_plate_metadata as _plate, write_well_metadata
     fmt = ngff_format(config)
     fields: dict[str, list[str]] = {}
-    for path, info in arrays.items():
+    for path in arrays:
         row, col, field, _level = path.split("/")
         fields.setdefault(f"{row}/{col}", []).append(field)
-        scale = [1.0, 1.0, 1.0] + [float(info.pixel_size or 1.0)] * 2
-        write_multiscales_metadata(
-            root[f"{row}/{col}/{field}"],
-            datasets=[{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
-            fmt=fmt, axes=_AXES, name=f"{row}{col}_f{field}")
     wells = natsorted(fields)
     rows = natsorted({w.split("/")[0] for w in wells}, key=lambda r: (len(r), r))
     columns = natsorted({w.split("/")[1] for w in wells})
-    write_plate_metadata(root, rows, columns, wells, fmt=fmt,
-                         field_count=max(len(f) for f in fields.values()), name=name)
+    _plate(root, rows, columns, wells, fmt=fmt, field_count=max(len(f) for f in fields.values()),
+           name=name)
     for well, fs in fields.items():
         write_well_metadata(root[well], [{"path": f} for f in natsorted(fs)], fmt=fmt)

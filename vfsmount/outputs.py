@@ -209,8 +209,10 @@ class OutDir(Node):
         if real.is_file():
             return self.node(name, is_dir=False)
         target = self.area.zarr_target(rel)
-        if target and target[1] in set(self.area.store_names(target[0])):
-            return self.node(name, is_dir=False)
+        if target:
+            store = self.area.store(target[0])
+            if store is not None and store.exists(target[1]):
+                return self.node(name, is_dir=False)
         return None
 
     def entries(self) -> list[tuple[str, Node]]:
