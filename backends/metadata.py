@@ -213,3 +213,26 @@ def get_primary_backend(plate: str | os.PathLike) -> str:
         raise MetadataError("plate has no metadata yet; run `vfsmount info PLATE` first",
                             path=metadata_path(plate))
     return primary_backend(main_subdirectory(doc)[1])
+
+
+def image_set_entry(names, backend: str, **extra) -> dict:
+    """A subdirectory entry for flat normalized image names (outputs written back, results)."""
+    from natsort import natsorted
+
+    from .naming import parse_virtual_name
+    coords = [parse_virtual_name(n) for n in names]
+    return {
+        "microscope_handler_name": "openhcs",
+        "source_filename_parser_name": "OpenHCSFilenameParser",
+        "image_files": natsorted(names),
+        "available_backends": {backend: True},
+        "main": False,
+        "grid_dimensions": None,
+        "pixel_size": None,
+        "channels": {str(c): None for c in sorted({p.channel for p in coords})},
+        "wells": natsorted({p.well for p in coords}),
+        "sites": sorted({p.site for p in coords}),
+        "z_indexes": sorted({p.z for p in coords}),
+        "timepoints": sorted({p.t for p in coords}),
+        **extra,
+    }

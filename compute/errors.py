@@ -15,3 +15,7 @@ class MemoryConversionError(Exception):
 
 class MemoryTypeError(TypeError):
     """A function received or returned data of the wrong memory type or shape."""
+
+
+class PipelineError(Exception):
+    """A pipeline was refused before running (naming the step), or some of its stacks failed."""

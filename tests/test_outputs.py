@@ -173,7 +173,7 @@ def test_posix_operations(plate, mounts):
     (out / "t.txt").write_text("t")
     for action, err in ((lambda: os.link(out / "t.txt", out / "hard.txt"), errno.EPERM),
                         (lambda: os.symlink("/etc/passwd", out / "sym"), errno.EPERM),
-                        (lambda: (out / ".vfsmount-evil").write_text("x"), errno.EPERM),
+                        (lambda: (out / "bell\x07.txt").write_text("x"), errno.EPERM),
                         (lambda: (out / "back\\slash.txt").write_text("x"), errno.EPERM)):
         with pytest.raises(OSError) as e:
             action()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from backends.errors import StorageError
+from compute.errors import PipelineError
 
 
 def _cmd_info(args) -> int:
@@ -97,6 +98,20 @@ def _cmd_umount(args) -> int:
     return 0
 
 
+def _cmd_run(args) -> int:
+    from compute.pipeline import load_pipeline_file, run_pipeline
+    pipeline = load_pipeline_file(args.pipeline)
+    if args.materialize:
+        from compute.pipeline import VFSConfig
+        pipeline.config = VFSConfig(materialization_backend=args.materialize)
+    result = run_pipeline(pipeline, args.target, output=args.output, workers=args.workers,
+                          progress=not args.no_progress)
+    where = Path(args.target) / "outputs" / (args.output or pipeline.name)
+    print(f"{pipeline.name}: {result.groups} stacks, {result.images_written} images and "
+          f"{len(result.files_written)} files written to {where}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(Path(args.dir) if args.dir else None, keep_mounted=not args.unmount)
@@ -145,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("mountpoint")
     s.set_defaults(func=_cmd_umount)
 
+    s = sub.add_parser("run", help="run a pipeline file over a plate or a --writable mountpoint")
+    s.add_argument("pipeline", help="a Python file defining `pipeline`")
+    s.add_argument("target", help="plate directory, or the mountpoint of a --writable mount")
+    s.add_argument("--output", help="output folder name under outputs/ (default: pipeline name)")
+    s.add_argument("--materialize", choices=["disk", "zarr"],
+                   help="override the pipeline's materialization backend (plate directories)")
+    s.add_argument("--workers", type=int, default=2, help="wells processed in parallel")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_run)
+
     s = sub.add_parser("demo", help="generate a sample plate, convert part of it, mount it")
     s.add_argument("--dir", help="where to put the sample plate (default: ~/.cache/vfsmount/demo)")
     s.add_argument("--unmount", action="store_true", help="unmount at the end")
@@ -159,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (StorageError, OSError, ValueError, RuntimeError) as e:
+    except (StorageError, OSError, ValueError, RuntimeError, PipelineError) as e:
         print(f"vfsmount {args.command}: error: {e}", file=sys.stderr)
         return 1
 

@@ -16,8 +16,8 @@ previous file or the complete new one; leftovers in the staging folder are remov
 next mount. A reader that opened the file before the commit keeps seeing the old content.
 
 Not supported (answered with an errno): hard links and symlinks (EPERM), special files
-(EPERM), rename flags such as RENAME_EXCHANGE (EINVAL), names starting with ``.vfsmount``
-(EPERM, reserved).
+(EPERM), rename flags such as RENAME_EXCHANGE (EINVAL), names with a backslash or control
+characters (EPERM).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from natsort import natsorted
 
 from backends.errors import StorageError
 from backends.handlers.imagexpress import parse_name as parse_imagexpress_name
-from backends.metadata import update_metadata
+from backends.metadata import image_set_entry, update_metadata
 from backends.naming import try_parse_virtual_name
 
 from .nodes import FileNode, Node, _layout_for
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 OUTPUTS = "outputs"
 STAGING = ".vfsmount-staging"
-RESERVED_PREFIX = ".vfsmount"
 
 
 class CommitError(Exception):
@@ -141,12 +140,10 @@ class OutputsArea:
                 key = f"{OUTPUTS}/{sub}" if sub else OUTPUTS
                 zarr_names = self.store_names(sub) if sub else []
                 if zarr_names:
-                    entries[key] = {"image_files": natsorted(zarr_names), "path": str(self.root / f"{sub}.zarr"),
-                                    "available_backends": {"zarr": True}, "main": False,
-                                    "microscope_handler_name": "openhcs", "files": natsorted(files)}
+                    entries[key] = image_set_entry(zarr_names, "zarr", path=str(self.root / f"{sub}.zarr"),
+                                                   files=natsorted(files))
                 elif images:
-                    entries[key] = {"image_files": natsorted(images), "available_backends": {"disk": True},
-                                    "main": False, "microscope_handler_name": "openhcs"}
+                    entries[key] = image_set_entry(images, "disk")
             if entries:
                 update_metadata(self.plate.path, entries)
                 self.plate.metadata["subdirectories"].update(entries)
@@ -155,7 +152,7 @@ class OutputsArea:
     @staticmethod
     def check_name(name: bytes) -> str:
         text = os.fsdecode(name)
-        if text.startswith(RESERVED_PREFIX) or "\\" in text or any(ord(c) < 32 for c in text):
+        if "\\" in text or any(ord(c) < 32 for c in text):
             raise OSError(errno.EPERM, f"name not allowed in outputs/: {text!r}")
         if len(name) > 255:
             raise OSError(errno.ENAMETOOLONG, text)
@@ -204,7 +201,7 @@ class OutDir(Node):
         if isinstance(n, OutFile) and (n.pending or n.exists()):
             return n
         real = self.area.real(rel)
-        if real.is_dir() and not name.endswith(".zarr") and not name.startswith(RESERVED_PREFIX):
+        if real.is_dir() and not name.endswith(".zarr"):
             return self.node(name, is_dir=True)
         if real.is_file():
             return self.node(name, is_dir=False)
@@ -220,7 +217,7 @@ class OutDir(Node):
         real = self.area.real(self.rel)
         if real.is_dir():
             for e in os.scandir(real):
-                if e.name.startswith(RESERVED_PREFIX) or (e.is_dir() and e.name.endswith(".zarr")):
+                if e.is_dir() and e.name.endswith(".zarr"):
                     continue
                 names.add(e.name)
         if self.rel and "/" not in self.rel:

@@ -1,0 +1,181 @@
+"""Writer-based materialization of special outputs: the options' type picks the writer.
+
+A function declares what it wants persisted::
+
+    @special_outputs(("measurements", MaterializationSpec(CsvOptions(filename_suffix="_cells.csv"))),
+                     ("rois", MaterializationSpec(ROIOptions())))
+
+and the pipeline stages the values in the memory backend, hands them to later steps that
+declare them with ``@special_inputs``, and finally writes them with these writers through
+a FileManager (atomic writes; through a mount they land in the plate's outputs).
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    filename_suffix: str = ".csv"
+    source: str | None = None          # key of a dict-valued output to write; None: the value
+    fields: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class JsonOptions:
+    filename_suffix: str = ".json"
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class ROIOptions:
+    filename_suffix: str = "_rois.zip"
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class TiffStackOptions:
+    filename_suffix: str = "_stack.tif"
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    filename_suffix: str = ".txt"
+    source: str | None = None
+
+
+OPTION_TYPES = (CsvOptions, JsonOptions, ROIOptions, TiffStackOptions, TextOptions)
+
+
+class MaterializationError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class MaterializationSpec:
+    options: tuple = field(default=())
+    primary: int = 0
+
+    def __init__(self, *options, primary: int = 0) -> None:
+        for o in options:
+            if not isinstance(o, OPTION_TYPES):
+                raise MaterializationError(
+                    f"unknown materialization option {type(o).__name__}; use one of "
+                    f"{', '.join(t.__name__ for t in OPTION_TYPES)}")
+        if not options:
+            raise MaterializationError("MaterializationSpec needs at least one options object")
+        if not 0 <= primary < len(options):
+            raise MaterializationError(f"primary={primary} but only {len(options)} options")
+        object.__setattr__(self, "options", tuple(options))
+        object.__setattr__(self, "primary", primary)
+
+    def filenames(self, stem: str) -> list[str]:
+        return [stem + o.filename_suffix for o in self.options]
+
+
+def _select(value: Any, source: str | None) -> Any:
+    if source is None:
+        return value
+    try:
+        return value[source]
+    except (KeyError, TypeError, IndexError) as e:
+        raise MaterializationError(f"output has no {source!r} to materialize") from e
+
+
+def _rows(value: Any, fields: Sequence[str] | None) -> list[dict]:
+    if hasattr(value, "to_dict"):                       # a pandas DataFrame
+        value = value.to_dict(orient="records")
+    if isinstance(value, dict) and value and all(isinstance(v, (list, tuple, np.ndarray))
+                                                 for v in value.values()):
+        keys = list(value)
+        value = [dict(zip(keys, row)) for row in zip(*(value[k] for k in keys))]
+    rows = [dict(r) for r in value]
+    if fields is not None:
+        rows = [{k: r.get(k) for k in fields} for r in rows]
+    return [{k: (v.item() if isinstance(v, np.generic) else v) for k, v in r.items()} for r in rows]
+
+
+def _roi_zip(value: Any) -> bytes:
+    """An ImageJ ROI zip (roifile) from ROI objects or label images / polygons."""
+    import roifile
+    import zipfile
+    rois = value
+    if isinstance(value, np.ndarray):                   # a label image: one polygon per label
+        from skimage import measure
+        rois = []
+        labels = value if value.ndim == 2 else value.max(axis=0)
+        for region in measure.regionprops(labels.astype(np.int32)):
+            contour = measure.find_contours(labels == region.label, 0.5)
+            if contour:
+                yx = max(contour, key=len)
+                roi = roifile.ImagejRoi.frompoints(yx[:, ::-1])
+                roi.name = f"label_{region.label}"
+                rois.append(roi)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i, roi in enumerate(rois):
+            name = getattr(roi, "name", "") or f"roi_{i + 1}"
+            zf.writestr(f"{name}.roi", roi.tobytes())
+    return buf.getvalue()
+
+
+def _tiff_stack(value: Any) -> bytes:
+    import tifffile
+    from .conversion import to_numpy_view
+    from .memory_types import detect_memory_type
+    arr = to_numpy_view(value, detect_memory_type(value))
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr, imagej=arr.dtype in (np.uint8, np.uint16, np.float32),
+                     photometric="minisblack")
+    return buf.getvalue()
+
+
+def _csv(value: Any, options: CsvOptions) -> str:
+    import csv
+    rows = _rows(_select(value, options.source), options.fields)
+    out = io.StringIO()
+    if rows:
+        w = csv.DictWriter(out, fieldnames=list(dict.fromkeys(k for r in rows for k in r)),
+                           lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return out.getvalue()
+
+
+def _json(value: Any, options: JsonOptions) -> str:
+    def default(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        raise TypeError(f"{type(o).__name__} is not JSON serializable")
+    return json.dumps(_select(value, options.source), indent=2, default=default)
+
+
+# options type -> (encoder to bytes)
+WRITERS: dict[type, Callable[[Any, Any], bytes]] = {
+    CsvOptions: lambda v, o: _csv(v, o).encode(),
+    JsonOptions: lambda v, o: _json(v, o).encode(),
+    ROIOptions: lambda v, o: _roi_zip(_select(v, o.source)),
+    TiffStackOptions: lambda v, o: _tiff_stack(_select(v, o.source)),
+    TextOptions: lambda v, o: str(_select(v, o.source)).encode(),
+}
+
+
+def materialize(value: Any, spec: MaterializationSpec, stem: str, write: Callable[[str, bytes], None]
+                ) -> list[str]:
+    """Encode ``value`` once per option and hand (file name, bytes) to ``write``; return names,
+    the primary one first."""
+    names = []
+    for options in spec.options:
+        name = stem + options.filename_suffix
+        write(name, WRITERS[type(options)](value, options))
+        names.append(name)
+    primary = names.pop(spec.primary)
+    return [primary, *names]

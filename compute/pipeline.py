@@ -1,0 +1,453 @@
+"""Pipelines of memory-typed functions over a plate, and the runner that executes them.
+
+    pipeline = Pipeline([
+        FunctionStep(gaussian_filter, sigma=2),
+        FunctionStep(threshold_otsu),
+        FunctionStep(label_with_measurements),
+    ], name="cells")
+    run_pipeline(pipeline, "/data/MyPlate")            # or a --writable mountpoint
+
+Reading goes through the plate's primary backend (zarr > virtual_workspace > disk) or, for a
+mountpoint, through ``MNT/images/``. Images with the same well, site, channel and time point
+are stacked over z (``variable_components``) into one [Z, Y, X] array, which flows through the
+steps; each decorated function converts it to its own memory type, so data changes type only
+where consecutive steps disagree. Intermediates and special outputs are staged in the
+memory backend. The last step (and any step with ``materialize=True``) is written to the
+materialization backend -- configuration resolved step -> pipeline -> global
+(``VFSConfig.materialization_backend``): ``PLATE/outputs/<name>/`` on disk, or
+``PLATE/outputs/<name>.zarr`` for images with zarr; through a mount, everything is written
+into ``MNT/outputs/<name>/`` exactly as another program would.
+
+Before any image is processed the pipeline is checked: every function resolves for every
+group, every special input has a producer, no two outputs collide, and one dry run on a
+small synthetic stack proves each step returns a 3D array of its declared memory type.
+Wells run in parallel threads; a failure in one well is reported with well and step and the
+other wells' outputs are kept.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+from natsort import natsorted
+
+from backends import Backend, FileManager
+from backends.disk import DiskStorageBackend
+from backends.naming import ParsedName, natural_key, parse_virtual_name
+
+from .conversion import to_numpy_view
+from .errors import MemoryTypeError, PipelineError
+from .materialization import OPTION_TYPES, materialize
+from .memory_types import MemoryType, detect_memory_type
+from .stack_utils import stack_slices, unstack_slices
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("well", "site", "channel", "z", "t")
+
+
+@dataclass(frozen=True)
+class VFSConfig:
+    materialization_backend: str = "disk"      # "disk" or "zarr"
+    intermediate_backend: str = "memory"
+
+
+GLOBAL_CONFIG = VFSConfig()
+
+
+class FunctionStep:
+    """One step: ``func`` is a callable, a (callable, kwargs) pair, a list (a chain), or a dict
+    keyed by the value of ``group_by`` (default: channel), e.g. ``{"1": f, "2": g}``."""
+
+    def __init__(self, func: Any, *, name: str | None = None,
+                 variable_components: Sequence[str] = ("z",), group_by: str = "channel",
+                 materialize: bool = False, materialization_backend: str | None = None,
+                 **kwargs: Any) -> None:
+        for c in variable_components:
+            if c not in COMPONENTS:
+                raise PipelineError(f"unknown variable component {c!r} (use {COMPONENTS})")
+        if group_by not in COMPONENTS:
+            raise PipelineError(f"unknown group_by component {group_by!r}")
+        self.func = func
+        self.name = name or _describe(func)
+        self.variable_components = tuple(variable_components)
+        self.group_by = group_by
+        self.materialize = materialize
+        self.materialization_backend = materialization_backend
+        self.kwargs = kwargs
+
+    def functions(self, group: dict) -> list[tuple[Callable, dict]]:
+        """The (function, kwargs) chain this step runs for one group."""
+        return _resolve(self.func, self.kwargs, group, self)
+
+    def all_functions(self) -> list[Callable]:
+        return [f for f, _ in _flatten(self.func, {})]
+
+    def __repr__(self) -> str:
+        return f"FunctionStep({self.name})"
+
+
+def _describe(func: Any) -> str:
+    if callable(func):
+        return getattr(func, "__name__", type(func).__name__)
+    if isinstance(func, tuple):
+        return _describe(func[0])
+    if isinstance(func, list):
+        return "+".join(_describe(f) for f in func)
+    if isinstance(func, dict):
+        return "|".join(f"{k}:{_describe(v)}" for k, v in func.items())
+    return repr(func)
+
+
+def _flatten(func: Any, kwargs: dict) -> list[tuple[Callable, dict]]:
+    if isinstance(func, tuple) and len(func) == 2 and callable(func[0]) and isinstance(func[1], dict):
+        return [(func[0], {**kwargs, **func[1]})]
+    if callable(func):
+        return [(func, dict(kwargs))]
+    if isinstance(func, list):
+        return [item for f in func for item in _flatten(f, kwargs)]
+    if isinstance(func, dict):
+        return [item for f in func.values() for item in _flatten(f, kwargs)]
+    raise PipelineError(f"not a function, (function, kwargs), list or dict: {func!r}")
+
+
+def _resolve(func: Any, kwargs: dict, group: dict, step: FunctionStep) -> list[tuple[Callable, dict]]:
+    if isinstance(func, dict):
+        key = str(group.get(step.group_by))
+        if key not in {str(k) for k in func}:
+            raise PipelineError(f"step {step.name!r}: no function for {step.group_by}={key} "
+                                f"(has {sorted(map(str, func))})")
+        chosen = next(v for k, v in func.items() if str(k) == key)
+        return _flatten(chosen, kwargs)
+    return _flatten(func, kwargs)
+
+
+class Pipeline:
+    def __init__(self, steps: Sequence[FunctionStep], *, name: str = "pipeline",
+                 config: VFSConfig | None = None) -> None:
+        if not steps:
+            raise PipelineError("a pipeline needs at least one step")
+        self.steps = [s if isinstance(s, FunctionStep) else FunctionStep(s) for s in steps]
+        self.name = name
+        self.config = config
+
+    def backend_for(self, step: FunctionStep) -> str:
+        """Materialization backend, resolved step -> pipeline -> global."""
+        return (step.materialization_backend
+                or (self.config.materialization_backend if self.config else None)
+                or GLOBAL_CONFIG.materialization_backend)
+
+
+# -- where images come from and where results go ---------------------------------------------
+
+class Target:
+    """A plate directory or a vfsmount mountpoint: image names, loading, and output writing."""
+
+    def __init__(self, path: str | os.PathLike, output: str) -> None:
+        self.path = Path(path).absolute()
+        self.output = output
+        self.through_mount = is_vfsmount(self.path)
+        self.fm = FileManager()
+        if self.through_mount:
+            self.names = natsorted(n for n in os.listdir(self.path / "images")
+                                   if n.lower().endswith((".tif", ".tiff")))
+            self.reader = DiskStorageBackend(self.path / "images")
+            self.out_dir = self.path / "outputs" / output
+            if not os.access(self.path / "outputs", os.W_OK):
+                raise PipelineError(f"{self.path} is a read-only mount: mount it with --writable")
+            self.plate = None
+        else:
+            from backends.plate import Plate
+            self.plate = Plate.open(self.path)
+            self.names = self.plate.image_files()
+            self.reader = self.plate.backend()
+            self.out_dir = self.plate.path / "outputs" / output
+        self.fm.register(Backend.DISK, DiskStorageBackend(self.out_dir.parent))
+        self._zarr = None
+        self._lock = threading.Lock()
+        self.written_images: list[str] = []
+
+    def load(self, names: Sequence[str]) -> list[np.ndarray]:
+        return self.reader.load_batch(list(names))
+
+    def write_file(self, name: str, data: bytes) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.fm.backend(Backend.DISK).save_bytes(data, self.out_dir / name)
+
+    def write_image(self, name: str, plane: np.ndarray, backend: str) -> None:
+        if backend == "zarr" and not self.through_mount:
+            with self._lock:
+                if self._zarr is None:
+                    from backends.zarr_backend import ZarrStorageBackend
+                    from backends.zarr_config import ZarrConfig
+                    self._zarr = ZarrStorageBackend(self.out_dir.parent / f"{self.output}.zarr", mode="a",
+                                                    config=ZarrConfig(chunk_strategy="file"))
+                self._zarr.save(plane, name)
+        else:
+            # through a mount, the mount's --materialize decides whether this becomes zarr
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.fm.save(plane, str(self.out_dir / name), Backend.DISK)
+        with self._lock:
+            self.written_images.append(name)
+
+    def record(self, backend: str) -> None:
+        """Add the output folder to the plate's metadata (a mount does this itself)."""
+        if self.through_mount or not self.written_images:
+            return
+        from backends.metadata import image_set_entry, update_metadata
+        images = sorted(set(self.written_images))
+        extra = {"path": str(self.out_dir.parent / f"{self.output}.zarr")} if backend == "zarr" else {}
+        update_metadata(self.plate.path, {f"outputs/{self.output}": image_set_entry(
+            [n for n in images if parse_virtual_name_or_none(n)], backend, **extra)})
+
+
+def parse_virtual_name_or_none(name: str):
+    from backends.naming import try_parse_virtual_name
+    return try_parse_virtual_name(name)
+
+
+def is_vfsmount(path: Path) -> bool:
+    """True if ``path`` is the root of a vfsmount FUSE mount (without importing vfsmount)."""
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == real:
+                    sep = fields.index("-")
+                    return fields[sep + 1] == "fuse.vfsmount"
+    except OSError:
+        return False
+    return False
+
+
+# -- grouping -------------------------------------------------------------------------------------
+
+@dataclass
+class Group:
+    key: tuple
+    components: dict
+    names: list[str]                  # ordered along the variable components
+    coords: list[ParsedName]
+
+    @property
+    def stem(self) -> str:
+        c = self.components
+        parts = [c["well"]]
+        for comp, prefix, width in (("site", "s", 3), ("channel", "w", 0), ("z", "z", 3), ("t", "t", 3)):
+            if comp in c:
+                parts.append(f"{prefix}{c[comp]:0{width}d}" if width else f"{prefix}{c[comp]}")
+        return "_".join(parts)
+
+
+def group_images(names: Iterable[str], variable: Sequence[str]) -> list[Group]:
+    groups: dict[tuple, Group] = {}
+    for name in names:
+        p = parse_virtual_name(name)
+        comps = {c: getattr(p, c) for c in COMPONENTS if c not in variable}
+        key = tuple(comps.values())
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = Group(key, comps, [], [])
+        g.names.append(name)
+        g.coords.append(p)
+    for g in groups.values():
+        order = sorted(range(len(g.names)), key=lambda i: natural_key(g.coords[i]))
+        g.names = [g.names[i] for i in order]
+        g.coords = [g.coords[i] for i in order]
+    return sorted(groups.values(), key=lambda g: natural_key(g.coords[0]))
+
+
+# -- checking before running ------------------------------------------------------------------
+
+SOURCE_INPUT = "source"     # a special input every step may declare: the stack as loaded
+
+
+def check_pipeline(pipeline: Pipeline, groups: list[Group], dtype: np.dtype,
+                   plane_shape: tuple[int, int]) -> None:
+    produced: dict[str, str] = {SOURCE_INPUT: "(the loaded images)"}
+    suffixes: dict[str, str] = {}
+    for step in pipeline.steps:
+        for g in groups:
+            step.functions(g.components)             # every dict key resolves
+        for f in step.all_functions():
+            for name in getattr(f, "special_inputs", ()):
+                if name not in produced:
+                    raise PipelineError(f"step {step.name!r}: special input {name!r} is produced by "
+                                        "no earlier step")
+            for name, spec in getattr(f, "special_outputs", {}).items():
+                if name in produced:
+                    raise PipelineError(f"step {step.name!r}: special output {name!r} collides with "
+                                        f"the one of step {produced[name]!r}")
+                produced[name] = step.name
+                if spec is not None:
+                    for o in spec.options:
+                        if not isinstance(o, OPTION_TYPES):
+                            raise PipelineError(f"step {step.name!r}: unknown materialization "
+                                                f"option {type(o).__name__}")
+                        if o.filename_suffix in suffixes:
+                            raise PipelineError(
+                                f"step {step.name!r}: output file suffix {o.filename_suffix!r} "
+                                f"collides with step {suffixes[o.filename_suffix]!r}")
+                        suffixes[o.filename_suffix] = step.name
+        if pipeline.backend_for(step) not in ("disk", "zarr"):
+            raise PipelineError(f"step {step.name!r}: materialization backend must be disk or zarr")
+    _dry_run(pipeline, groups[0], dtype, plane_shape)
+
+
+def _dry_run(pipeline: Pipeline, group: Group, dtype: np.dtype, plane_shape: tuple[int, int]) -> None:
+    """Run every step on a small synthetic stack: wrong shapes or memory types show up here."""
+    rng = np.random.default_rng(0)
+    h, w = min(plane_shape[0], 64), min(plane_shape[1], 64)
+    base = rng.random((2, h, w))
+    base[:, h // 4:h // 2, w // 4:w // 2] += 2      # something to find
+    stack = base.astype(dtype) if dtype.kind == "f" else (base * 1000).astype(dtype)
+    data: Any = stack
+    specials: dict[str, Any] = {SOURCE_INPUT: stack}
+    for step in pipeline.steps:
+        try:
+            data = _run_step(step, group, data, specials)
+        except PipelineError:
+            raise
+        except Exception as e:
+            raise PipelineError(f"step {step.name!r} fails on a test stack of shape {stack.shape} "
+                                f"{stack.dtype}: {type(e).__name__}: {e}") from e
+
+
+def _run_step(step: FunctionStep, group: Group, data: Any, specials: dict[str, Any]) -> Any:
+    for func, kwargs in step.functions(group.components):
+        inputs = {n: specials[n] for n in getattr(func, "special_inputs", ())}
+        result = func(data, **kwargs, **inputs)
+        declared = getattr(func, "special_outputs", {})
+        if declared:
+            if not isinstance(result, tuple) or len(result) != 1 + len(declared):
+                raise PipelineError(f"step {step.name!r}: {func.__name__} must return the image and "
+                                    f"{len(declared)} special output(s) {list(declared)}")
+            data = result[0]
+            specials.update(zip(declared, result[1:]))
+        else:
+            data = result
+        try:
+            detect_memory_type(data)
+        except MemoryTypeError as e:
+            raise PipelineError(f"step {step.name!r}: {func.__name__} returned {type(data).__name__}, "
+                                "not an array") from e
+        shape = tuple(int(n) for n in data.shape)
+        if len(shape) != 3:
+            raise PipelineError(f"step {step.name!r}: {func.__name__} returned shape {shape}; "
+                                "steps must return a [Z, Y, X] stack")
+    return data
+
+
+# -- running ---------------------------------------------------------------------------------
+
+@dataclass
+class RunResult:
+    groups: int = 0
+    images_written: int = 0
+    files_written: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+def run_pipeline(pipeline: Pipeline | Sequence[FunctionStep], target: str | os.PathLike, *,
+                 output: str | None = None, workers: int = 2, progress: bool = True) -> RunResult:
+    if not isinstance(pipeline, Pipeline):
+        pipeline = Pipeline(list(pipeline))
+    out = Target(target, output or pipeline.name)
+    if not out.names:
+        raise PipelineError(f"{out.path}: no images to process")
+    variable = pipeline.steps[0].variable_components
+    groups = group_images(out.names, variable)
+    first = out.load(groups[0].names[:1])[0]
+    check_pipeline(pipeline, groups, first.dtype, first.shape)
+
+    fm = FileManager()     # the memory backend stages intermediates and special outputs
+    result = RunResult(groups=len(groups))
+    by_well: dict[str, list[Group]] = {}
+    for g in groups:
+        by_well.setdefault(g.components.get("well", ""), []).append(g)
+    from tqdm import tqdm
+    bar = tqdm(total=len(groups), desc=f"{pipeline.name}", unit="stack", disable=not progress)
+    lock = threading.Lock()
+
+    def run_well(well: str) -> None:
+        for g in by_well[well]:
+            step_name = "load"
+            try:
+                planes = out.load(g.names)
+                first_type = getattr(pipeline.steps[0].all_functions()[0], "input_memory_type", "numpy")
+                data = stack_slices(planes, first_type)
+                specials: dict[str, Any] = {SOURCE_INPUT: stack_slices(planes, "numpy")}
+                for i, step in enumerate(pipeline.steps):
+                    step_name = step.name
+                    data = _run_step(step, g, data, specials)
+                    last = i == len(pipeline.steps) - 1
+                    stage = f"/{pipeline.name}/{g.stem}/{i}_{step.name}"
+                    fm.save(data, f"{stage}/image", Backend.MEMORY, overwrite=True)
+                    if last or step.materialize:
+                        _write_images(out, g, data, pipeline.backend_for(step),
+                                      None if last else step.name)
+                    for fn in step.all_functions():
+                        for name, spec in getattr(fn, "special_outputs", {}).items():
+                            if name in specials:
+                                fm.save(specials[name], f"{stage}/special/{name}", Backend.MEMORY,
+                                        overwrite=True)
+                                if spec is not None:
+                                    written = materialize(specials[name], spec, g.stem, out.write_file)
+                                    with lock:
+                                        result.files_written.extend(written)
+                    fm.delete(stage, Backend.MEMORY, recursive=True)
+            except Exception as e:
+                msg = f"well {well}, {g.stem}, step {step_name!r}: {type(e).__name__}: {e}"
+                log.error("%s", msg)
+                with lock:
+                    result.failures.append(msg)
+                return
+            finally:
+                bar.update(1)
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            list(pool.map(run_well, natsorted(by_well)))
+    finally:
+        bar.close()
+    result.images_written = len(out.written_images)
+    out.record(pipeline.backend_for(pipeline.steps[-1]))
+    if result.failures:
+        raise PipelineError(f"{len(result.failures)} stack(s) failed (outputs of the others are kept):\n"
+                            + "\n".join(result.failures))
+    return result
+
+
+def _write_images(out: Target, g: Group, data: Any, backend: str, suffix: str | None) -> None:
+    planes = unstack_slices(data, "numpy")
+    coords = g.coords if len(planes) == len(g.coords) else [
+        ParsedName(g.coords[0].well, g.coords[0].site, g.coords[0].channel, z + 1, g.coords[0].t)
+        for z in range(len(planes))]
+    for plane, p in zip(planes, coords):
+        name = p.virtual_name()
+        if suffix:                            # an intermediate step kept beside the result
+            name = name[:-4] + f"_{suffix}.tif"
+        out.write_image(name, np.ascontiguousarray(to_numpy_view(plane, MemoryType.NUMPY)), backend)
+
+
+def load_pipeline_file(path: str | os.PathLike) -> Pipeline:
+    """Run a pipeline file; it must define ``pipeline`` (a Pipeline or a list of FunctionSteps)."""
+    import runpy
+    namespace = runpy.run_path(str(path))
+    found = namespace.get("pipeline")
+    if found is None:
+        raise PipelineError(f"{path}: defines no variable named 'pipeline'")
+    if isinstance(found, Pipeline):
+        return found
+    return Pipeline(list(found), name=Path(path).stem)
+
+
+__all__ = ["FunctionStep", "Pipeline", "VFSConfig", "PipelineError", "RunResult", "run_pipeline",
+           "load_pipeline_file", "group_images"]
