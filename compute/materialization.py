@@ -111,9 +111,10 @@ def _roi_zip(value: Any) -> bytes:
         rois = []
         labels = value if value.ndim == 2 else value.max(axis=0)
         for region in measure.regionprops(labels.astype(np.int32)):
-            contour = measure.find_contours(labels == region.label, 0.5)
+            # contour of the object's own bounding box (padded), not of the whole image
+            contour = measure.find_contours(np.pad(region.image, 1), 0.5)
             if contour:
-                yx = max(contour, key=len)
+                yx = max(contour, key=len) - 1 + np.array(region.bbox[:2])
                 roi = roifile.ImagejRoi.frompoints(yx[:, ::-1])
                 roi.name = f"label_{region.label}"
                 rois.append(roi)
