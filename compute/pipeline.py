@@ -345,6 +345,27 @@ def _run_step(step: FunctionStep, group: Group, data: Any, specials: dict[str, A
     return data
 
 
+def compute_group(pipeline: Pipeline, group: Group, planes: Sequence[np.ndarray]) -> np.ndarray:
+    """Run every step on one group's planes; the last step's image stack, as NumPy."""
+    first_type = getattr(pipeline.steps[0].all_functions()[0], "input_memory_type", "numpy")
+    data = stack_slices(list(planes), first_type)
+    specials: dict[str, Any] = {SOURCE_INPUT: stack_slices(list(planes), "numpy")}
+    for step in pipeline.steps:
+        data = _run_step(step, group, data, specials)
+    return np.ascontiguousarray(to_numpy_view(data, detect_memory_type(data)))
+
+
+def output_layout(pipeline: Pipeline, group: Group, dtype: np.dtype, plane_shape: tuple[int, int]
+                  ) -> tuple[bool, tuple[int, int], np.dtype]:
+    """(keeps z, output plane shape, output dtype), learnt from one run on a synthetic stack of
+    the real plane size -- so sizes are known before any real image is computed."""
+    rng = np.random.default_rng(0)
+    base = rng.random((2, *plane_shape))
+    stack = base.astype(dtype) if np.dtype(dtype).kind == "f" else (base * 1000).astype(dtype)
+    out = compute_group(pipeline, group, list(stack))
+    return out.shape[0] == 2, tuple(out.shape[1:]), out.dtype
+
+
 # -- running ---------------------------------------------------------------------------------
 
 @dataclass

@@ -246,3 +246,65 @@ def test_dict_pattern_per_channel(tmp_path):
                           -src.load("A01_s001_w2_z001_t001.tif").astype(np.int32))
     with pytest.raises(PipelineError, match=r"no function for channel=2"):
         run_pipeline(Pipeline([FunctionStep({"1": double})], name="dict2"), plate, progress=False)
+
+
+# -- compute on read ------------------------------------------------------------------------------
+
+COUNTING_PIPELINE = '''
+import os
+import numpy as np
+from compute import numpy as numpy_function
+from compute.functions import gaussian_filter, label_with_measurements, threshold_otsu
+from compute.pipeline import FunctionStep, Pipeline
+
+@numpy_function
+def count_and_check(stack):
+    with open({counter!r}, "a") as f:     # one "x" per stack computed
+        f.write("x")
+    return stack
+
+@numpy_function
+def fail_on_b02(stack):
+    if os.environ.get("VFSMOUNT_TEST_FAIL") and stack.shape[0] == 3 and stack[0, 0, 0] == {marker}:
+        raise RuntimeError("this stack is broken on purpose")
+    return stack
+
+pipeline = Pipeline([FunctionStep(count_and_check), FunctionStep(fail_on_b02),
+                     FunctionStep(gaussian_filter, sigma=2.0), FunctionStep(threshold_otsu),
+                     FunctionStep(label_with_measurements)], name="cells")
+'''
+
+
+def test_compute_on_read(tmp_path, mounts):
+    plate = make_imagexpress_plate(tmp_path / "p", SPEC, thumbnails=False, projections=False)
+    run_pipeline(three_steps(), plate, progress=False)              # the reference outputs
+    counter = tmp_path / "counter"
+    marker = int(Plate.open(plate).backend().load("B02_s001_w2_z001_t001.tif")[0, 0])
+    pipeline_file = tmp_path / "counting.py"
+    pipeline_file.write_text(COUNTING_PIPELINE.format(counter=str(counter), marker=marker))
+    os.environ["VFSMOUNT_TEST_FAIL"] = "1"      # inherited by the daemon
+    try:
+        mnt = mounts.mount(plate, "--pipeline", str(pipeline_file))
+    finally:
+        del os.environ["VFSMOUNT_TEST_FAIL"]
+    folder = mnt / "processed" / "cells"
+    names = sorted(os.listdir(folder))
+    assert names == sorted(Plate.open(plate).image_files())
+    size_before = os.stat(folder / "A01_s001_w1_z002_t001.tif").st_size
+    runs_at_mount = len(counter.read_text())                         # the sizing dry run(s)
+    data = (folder / "A01_s001_w1_z002_t001.tif").read_bytes()
+    assert len(data) == size_before                                  # exact size before reading
+    want = tifffile.imread(plate / "outputs" / "cells" / "A01_s001_w1_z002_t001.tif")
+    got = tifffile.imread(folder / "A01_s001_w1_z002_t001.tif")
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert len(counter.read_text()) == runs_at_mount + 1            # one stack computed
+    for name in ("A01_s001_w1_z002_t001.tif", "A01_s001_w1_z003_t001.tif"):
+        with open(folder / name, "rb") as f:                         # page cache dropped: the
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)   # daemon must serve it
+            assert tifffile.imread(f).shape == (96, 128)
+    assert len(counter.read_text()) == runs_at_mount + 1            # served from the cache
+    with pytest.raises(OSError) as e:                                # the function raises: EIO
+        (folder / "B02_s001_w2_z001_t001.tif").read_bytes()
+    assert e.value.errno == 5
+    assert "this stack is broken on purpose" in mounts.log(mnt)
+    assert tifffile.imread(folder / "B02_s001_w1_z001_t001.tif").shape == (96, 128)   # alive

@@ -82,9 +82,12 @@ def _cmd_mount(args) -> int:
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return serve(args.plate, args.mountpoint, allow_other=args.allow_other, subdir=args.subdir,
-                     xattrs=not args.no_xattrs, writable=args.writable, materialize=args.materialize)
+                     xattrs=not args.no_xattrs, writable=args.writable, materialize=args.materialize,
+                     pipeline_file=args.pipeline, compute_cache_mb=args.compute_cache_mb)
     extra = (["--no-xattrs"] if args.no_xattrs else []) + \
-        (["--writable", "--materialize", args.materialize] if args.writable else [])
+        (["--writable", "--materialize", args.materialize] if args.writable else []) + \
+        (["--pipeline", str(Path(args.pipeline).absolute()),
+          "--compute-cache-mb", str(args.compute_cache_mb)] if args.pipeline else [])
     pid, log_file = start_daemon(args.plate, args.mountpoint, allow_other=args.allow_other,
                                  subdir=args.subdir, log_level=args.log_level,
                                  log_file=args.log_file, extra_args=extra)
@@ -150,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="make outputs/ writable; what is written lands in the plate")
     s.add_argument("--materialize", choices=["disk", "zarr"], default="disk",
                    help="with --writable: plate images written to outputs/<dir>/ go to OME-Zarr")
+    s.add_argument("--pipeline", help="add processed/<name>/: TIFFs this pipeline file computes "
+                                      "when they are first read")
+    s.add_argument("--compute-cache-mb", type=int, default=256,
+                   help="memory for computed stacks (LRU; default 256 MiB)")
     s.add_argument("--no-xattrs", action="store_true",
                    help="no user.vfsmount.* attributes; makes `ls -l` of huge folders faster")
     s.add_argument("--log-file", help="daemon log (default: ~/.cache/vfsmount/logs/)")

@@ -62,7 +62,8 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 
 def serve(plate_path: str, mountpoint: str, *, allow_other: bool = False, subdir: str | None = None,
           threads: int = DEFAULT_THREADS, ready_fd: int | None = None, xattrs: bool = True,
-          writable: bool = False, materialize: str = "disk") -> int:
+          writable: bool = False, materialize: str = "disk", pipeline_file: str | None = None,
+          compute_cache_mb: int = 256) -> int:
     from backends.plate import Plate
     from .outputs import OUTPUTS, OutputsArea
 
@@ -82,7 +83,14 @@ def serve(plate_path: str, mountpoint: str, *, allow_other: bool = False, subdir
             outputs = OutputsArea(plate, writable=writable, materialize=materialize)
             if writable:
                 outputs.write_metadata(force=True)   # reconcile after a crash
-        ops = VfsOperations(build_tree(plate, outputs), threads=threads, xattrs=xattrs,
+        computed = []
+        if pipeline_file:
+            from compute.pipeline import load_pipeline_file
+            from .computed import ComputedPlanes
+            computed.append(ComputedPlanes(load_pipeline_file(pipeline_file), plate.backend(),
+                                           plate.image_files(), cache_bytes=compute_cache_mb << 20,
+                                           pixel_size=plate.entry().get("pixel_size")))
+        ops = VfsOperations(build_tree(plate, outputs, computed), threads=threads, xattrs=xattrs,
                             outputs=outputs)
         pyfuse3.init(ops, mountpoint, fuse_options(allow_other=allow_other,
                                                    plate_name=plate.path.name))
@@ -118,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-xattrs", action="store_true")
     p.add_argument("--writable", action="store_true")
     p.add_argument("--materialize", choices=["disk", "zarr"], default="disk")
+    p.add_argument("--pipeline")
+    p.add_argument("--compute-cache-mb", type=int, default=256)
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -128,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.enable()
     return serve(args.plate, args.mountpoint, allow_other=args.allow_other, subdir=args.subdir,
                  threads=args.threads, ready_fd=args.ready_fd, xattrs=not args.no_xattrs,
-                 writable=args.writable, materialize=args.materialize)
+                 writable=args.writable, materialize=args.materialize,
+                 pipeline_file=args.pipeline, compute_cache_mb=args.compute_cache_mb)
 
 
 if __name__ == "__main__":

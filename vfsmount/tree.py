@@ -33,6 +33,7 @@ ROOT_INODE = 1
 MAIN_ALIAS = "images"
 ORIGINAL_DIR = "original"
 OUTPUTS_DIR = "outputs"
+PROCESSED_DIR = "processed"
 
 
 def display_name(key: str) -> str:
@@ -144,9 +145,10 @@ def populate_original(plate_root: Path, rel: str = "", source: OriginalFiles | N
     return fill
 
 
-def build_tree(plate: Plate, outputs=None) -> DirNode:
+def build_tree(plate: Plate, outputs=None, computed=()) -> DirNode:
     """The mount's tree; ``outputs`` (an OutputsArea) serves outputs/ and every
-    ``outputs/...`` subdirectory of the metadata."""
+    ``outputs/...`` subdirectory of the metadata; each of ``computed`` (ComputedPlanes)
+    becomes ``processed/<pipeline name>/``."""
     root = DirNode(_mtime_ns(plate.metadata_file), inode=ROOT_INODE)
     dirs: dict[str, DirNode] = {}
     for key in plate.subdirectories:
@@ -166,6 +168,12 @@ def build_tree(plate: Plate, outputs=None) -> DirNode:
                 parent = child
     if outputs is not None:
         root.add(OUTPUTS_DIR, outputs.top)
+    if computed:
+        processed = root.add(PROCESSED_DIR, DirNode(_mtime_ns(plate.metadata_file)))
+        for factory in computed:
+            mtime = time.time_ns()
+            processed.add(factory.pipeline.name, DirNode(mtime, lambda d, f=factory, m=mtime: [
+                d.add(n, SynthesizedTiff(n, f, m)) for n in f.names()]))
     if MAIN_ALIAS not in {display_name(k) for k in plate.subdirectories} and plate.main in dirs:
         main = dirs[plate.main]
         alias = DirNode(main.mtime_ns, lambda d: d.share_children(main))
