@@ -7,7 +7,6 @@ import io
 import mmap
 import os
 import random
-import shutil
 import signal
 import subprocess
 import threading

@@ -37,7 +37,7 @@ from backends.handlers.imagexpress import parse_name as parse_imagexpress_name
 from backends.metadata import image_set_entry, update_metadata
 from backends.naming import try_parse_virtual_name
 
-from .nodes import FileNode, Node, _layout_for
+from .nodes import FileNode, Node, layout_for
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ class OutFile(FileNode):
             return real.stat().st_size
         plane = self.committed_plane()
         if plane is not None:
-            return _layout_for(tuple(plane.shape), plane.dtype, plane.pixel_size).size
+            return layout_for(tuple(plane.shape), plane.dtype, plane.pixel_size).size
         raise FileNotFoundError(errno.ENOENT, "no committed content", self.rel)
 
     def read_committed(self, offset: int, length: int) -> bytes:
@@ -290,7 +290,7 @@ class OutFile(FileNode):
         plane = self.committed_plane()
         if plane is None:
             raise FileNotFoundError(errno.ENOENT, "no committed content", self.rel)
-        layout = _layout_for(tuple(plane.shape), plane.dtype, plane.pixel_size)
+        layout = layout_for(tuple(plane.shape), plane.dtype, plane.pixel_size)
         return layout.read(offset, length, plane.read_rows)
 
     @property

@@ -120,6 +120,14 @@ def populate_images(plate: Plate, key: str):
     return fill
 
 
+def populate_computed(factory):
+    """A populator listing the TIFFs a pipeline computes on read (see computed.py)."""
+    def fill(directory: DirNode) -> None:
+        for name in factory.names():
+            directory.add(name, SynthesizedTiff(name, factory, directory.mtime_ns))
+    return fill
+
+
 def populate_original(plate_root: Path, rel: str = "", source: OriginalFiles | None = None):
     """A populator mirroring the real plate tree read-only; symlinks leaving the plate are hidden."""
     source = source or OriginalFiles(plate_root)
@@ -171,9 +179,7 @@ def build_tree(plate: Plate, outputs=None, computed=()) -> DirNode:
     if computed:
         processed = root.add(PROCESSED_DIR, DirNode(_mtime_ns(plate.metadata_file)))
         for factory in computed:
-            mtime = time.time_ns()
-            processed.add(factory.pipeline.name, DirNode(mtime, lambda d, f=factory, m=mtime: [
-                d.add(n, SynthesizedTiff(n, f, m)) for n in f.names()]))
+            processed.add(factory.pipeline.name, DirNode(time.time_ns(), populate_computed(factory)))
     if MAIN_ALIAS not in {display_name(k) for k in plate.subdirectories} and plate.main in dirs:
         main = dirs[plate.main]
         alias = DirNode(main.mtime_ns, lambda d: d.share_children(main))
