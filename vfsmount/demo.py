@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,14 +55,20 @@ def run_demo(base: Path | None = None, *, keep_mounted: bool = True) -> int:
     print(f"\n{n_zarr} zarr-backed TIFFs (images/, zarr/), {n_ws} pass-through vendor files "
           f"(workspace/), {n_proj} projections (projection/), the raw tree under original/.")
     if keep_mounted:
+        exe = shutil.which("vfsmount") or str(Path(sys.executable).parent / "vfsmount")
+        example = Path(__file__).resolve().parents[1] / "examples" / "cells.py"
         print(f"""
 Try:
   tiffinfo {mnt}/images/{first}
   getfattr -d {mnt}/images/{first}
   imagej {mnt}/images/{first}          # or Fiji: File > Open
-  vfsmount info {plate_dir}
+  {exe} info {plate_dir}
+Write results back, and compute on read:
+  {exe} umount {mnt} && {exe} mount {plate_dir} {mnt} --writable --pipeline {example}
+  {exe} run {example} {mnt}            # -> {mnt}/outputs/cells/, stored in the plate
+  ls {mnt}/processed/cells/            # computed when read
 Unmount with:
-  vfsmount umount {mnt}""")
+  {exe} umount {mnt}""")
     else:
         print(f"\n{unmount(mnt)} {mnt}")
     return 0
