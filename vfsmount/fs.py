@@ -275,10 +275,13 @@ class VfsOperations(pyfuse3.Operations):
         return list(self._node(inode).get_xattrs())
 
     async def setxattr(self, inode, name, value, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS)
+        # outputs/ stores no extended attributes (cp -a, rsync -X then skip them quietly)
+        node = self._node(inode)
+        raise pyfuse3.FUSEError(errno.ENOTSUP if isinstance(node, (OutFile, OutDir)) and
+                                node.area.writable else errno.EROFS)
 
     async def removexattr(self, inode, name, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS)
+        await self.setxattr(inode, name, b"", ctx)
 
     # -- writes: only inside outputs/ (see outputs.py); EROFS everywhere else ----------------
     def _out_dir(self, inode: int) -> OutDir:
