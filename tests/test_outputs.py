@@ -173,7 +173,8 @@ def test_posix_operations(plate, mounts):
     for action, err in ((lambda: os.link(out / "t.txt", out / "hard.txt"), errno.EPERM),
                         (lambda: os.symlink("/etc/passwd", out / "sym"), errno.EPERM),
                         (lambda: (out / "bell\x07.txt").write_text("x"), errno.EPERM),
-                        (lambda: (out / "back\\slash.txt").write_text("x"), errno.EPERM)):
+                        (lambda: (out / "back\\slash.txt").write_text("x"), errno.EPERM),
+                        (lambda: os.setxattr(out / "t.txt", "user.k", b"v"), errno.ENOTSUP)):
         with pytest.raises(OSError) as e:
             action()
         assert e.value.errno == err
