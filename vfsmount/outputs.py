@@ -372,9 +372,10 @@ class OutFile(FileNode):
                 raise CommitError(err, f"{self.rel}: a write failed ({os.strerror(err)}); "
                                        "nothing stored")
             try:
-                os.fsync(fd)
                 target = area.zarr_target(self.rel)
                 if target is not None:
+                    # the staged bytes are only decoded, never kept: no fsync. zarr writes each
+                    # chunk and metadata document atomically (temp file + rename), unfsynced.
                     plane = self._decode(staging)
                     try:
                         area.store(target[0], create=True).save(plane, target[1])
@@ -387,6 +388,7 @@ class OutFile(FileNode):
                 else:
                     if self.rel.lower().endswith((".tif", ".tiff")):
                         self._decode(staging, pixels=False)
+                    os.fsync(fd)
                     dest = area.real(self.rel)
                     if not dest.parent.is_dir():
                         raise CommitError(errno.ENOENT, f"folder of {self.rel} is gone")
