@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .naming import ParsedName, row_letters, split_well
+from .naming import ParsedName, row_index, split_well
 
 
 @dataclass(frozen=True)
@@ -113,10 +113,7 @@ def make_opera_plate(root: str | os.PathLike, spec: PlateSpec = PlateSpec(), *,
     entries = []
     for p in spec.coordinates():
         row_letter, col = split_well(p.well)
-        row = 0
-        for ch in row_letter:
-            row = row * 26 + ord(ch) - 64
-        assert row_letters(row) == row_letter
+        row = row_index(row_letter)
         name = f"r{row:02d}c{col:02d}f{p.site:02d}p{p.z:02d}-ch{p.channel}sk{p.t}fk1fl1.tiff"
         _imwrite(images / name, synthetic_image(p, spec.shape, spec.dtype))
         entries.append(

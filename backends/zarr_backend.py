@@ -15,6 +15,7 @@ have neither; their names are derived from the plate/well/field structure.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -224,7 +225,7 @@ class ZarrStorageBackend(StorageBackend):
     def _cache_key(self, ref: PlaneRef):
         info = self._arrays[ref.array]
         if tuple(info.chunks) == tuple(info.shape) and \
-                int(np.prod(info.shape)) * info.dtype.itemsize <= self.cache.max_bytes // 4:
+                math.prod(info.shape) * info.dtype.itemsize <= self.cache.max_bytes // 4:
             return ref.array            # a single-chunk field: decode it once, serve every plane
         return (ref.array, ref.index)
 

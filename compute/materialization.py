@@ -20,37 +20,38 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class CsvOptions:
+class WriterOptions:
+    """What every writer takes: the file name suffix, and which part of the output to write
+    (``source``: a key of a dict-valued output; None: the whole value)."""
+
+    filename_suffix: str = ""
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class CsvOptions(WriterOptions):
     filename_suffix: str = ".csv"
-    source: str | None = None          # key of a dict-valued output to write; None: the value
-    fields: Sequence[str] | None = None
+    fields: Sequence[str] | None = None      # column subset and order; None: every field
 
 
 @dataclass(frozen=True)
-class JsonOptions:
+class JsonOptions(WriterOptions):
     filename_suffix: str = ".json"
-    source: str | None = None
 
 
 @dataclass(frozen=True)
-class ROIOptions:
+class ROIOptions(WriterOptions):
     filename_suffix: str = "_rois.zip"
-    source: str | None = None
 
 
 @dataclass(frozen=True)
-class TiffStackOptions:
+class TiffStackOptions(WriterOptions):
     filename_suffix: str = "_stack.tif"
-    source: str | None = None
 
 
 @dataclass(frozen=True)
-class TextOptions:
+class TextOptions(WriterOptions):
     filename_suffix: str = ".txt"
-    source: str | None = None
-
-
-OPTION_TYPES = (CsvOptions, JsonOptions, ROIOptions, TiffStackOptions, TextOptions)
 
 
 class MaterializationError(ValueError):
@@ -167,6 +168,7 @@ WRITERS: dict[type, Callable[[Any, Any], bytes]] = {
     TiffStackOptions: lambda v, o: _tiff_stack(_select(v, o.source)),
     TextOptions: lambda v, o: str(_select(v, o.source)).encode(),
 }
+OPTION_TYPES = tuple(WRITERS)   # the writer is chosen by the options' type
 
 
 def materialize(value: Any, spec: MaterializationSpec, stem: str, write: Callable[[str, bytes], None]

@@ -39,7 +39,8 @@ from natsort import natsorted
 
 from backends import Backend, FileManager
 from backends.disk import DiskStorageBackend
-from backends.naming import ParsedName, natural_key, parse_virtual_name
+from backends.mountinfo import mount_type
+from backends.naming import ParsedName, natural_key, parse_virtual_name, try_parse_virtual_name
 
 from .conversion import to_numpy_view
 from .errors import MemoryTypeError, PipelineError
@@ -204,27 +205,12 @@ class Target:
         images = sorted(set(self.written_images))
         extra = {"path": str(self.out_dir.parent / f"{self.output}.zarr")} if backend == "zarr" else {}
         update_metadata(self.plate.path, {f"outputs/{self.output}": image_set_entry(
-            [n for n in images if parse_virtual_name_or_none(n)], backend, **extra)})
-
-
-def parse_virtual_name_or_none(name: str):
-    from backends.naming import try_parse_virtual_name
-    return try_parse_virtual_name(name)
+            [n for n in images if try_parse_virtual_name(n)], backend, **extra)})
 
 
 def is_vfsmount(path: Path) -> bool:
     """True if ``path`` is the root of a vfsmount FUSE mount (without importing vfsmount)."""
-    real = os.path.realpath(path)
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and fields[4] == real:
-                    sep = fields.index("-")
-                    return fields[sep + 1] == "fuse.vfsmount"
-    except OSError:
-        return False
-    return False
+    return mount_type(path) == "fuse.vfsmount"
 
 
 # -- grouping -------------------------------------------------------------------------------------

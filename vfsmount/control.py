@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from backends.metadata import cache_root
+from backends.mountinfo import mount_type
 
 
 class MountError(RuntimeError):
@@ -24,13 +25,7 @@ def default_log_file(mountpoint: str | os.PathLike) -> Path:
 
 
 def is_mounted(mountpoint: str | os.PathLike) -> bool:
-    real = os.path.realpath(mountpoint)
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4 and fields[4].replace("\\040", " ") == real:
-                return True
-    return False
+    return mount_type(mountpoint) is not None
 
 
 def start_daemon(plate: str | os.PathLike, mountpoint: str | os.PathLike, *,

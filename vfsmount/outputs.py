@@ -32,6 +32,7 @@ from pathlib import Path
 
 from natsort import natsorted
 
+from backends.atomic import fsync_dir
 from backends.errors import StorageError
 from backends.handlers.imagexpress import parse_name as parse_imagexpress_name
 from backends.metadata import image_set_entry, update_metadata
@@ -393,7 +394,7 @@ class OutFile(FileNode):
                     if not dest.parent.is_dir():
                         raise CommitError(errno.ENOENT, f"folder of {self.rel} is gone")
                     os.replace(staging, dest)
-                    _fsync_dir(dest.parent)
+                    fsync_dir(dest.parent)
             except CommitError as e:
                 if final or e.errno != errno.EINVAL:
                     self._drop(fd, staging)
@@ -432,14 +433,6 @@ class OutFile(FileNode):
             raise CommitError(errno.EINVAL, f"{self.rel}: a plate image must be one 2D plane, got "
                                             f"shape {data.shape}")
         return data
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["OutputsArea", "OutDir", "OutFile", "CommitError", "image_name"]
