@@ -6,7 +6,7 @@ need them are imported the first time they are asked for.
 from .base import (STORAGE_BACKENDS, Backend, DataSink, StorageBackend, StorageBackendMeta,
                    VirtualBackend, discover_all_backends, get_backend_class)
 from .errors import (CorruptDataError, MetadataError, NameCollisionError, PathEscapeError,
-                     PlateFormatError, ReadOnlyError, StorageError, StorageExistsError,
+                     PlateFormatError, ReadOnlyError, RemoteStorageError, StorageError, StorageExistsError,
                      StorageNotFoundError, UnknownBackendError, UnsupportedFormatError)
 from .filemanager import FileManager
 from .memory import MemoryStorageBackend
@@ -18,5 +18,5 @@ __all__ = [
     "MemoryStorageBackend", "DiskStorageBackend",
     "StorageError", "StorageNotFoundError", "StorageExistsError", "UnknownBackendError",
     "UnsupportedFormatError", "PathEscapeError", "ReadOnlyError", "CorruptDataError",
-    "MetadataError", "PlateFormatError", "NameCollisionError",
+    "MetadataError", "PlateFormatError", "NameCollisionError", "RemoteStorageError",
 ]

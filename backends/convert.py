@@ -6,6 +6,10 @@ hidden ``.NAME.partial`` directory beside the output and renamed into place only
 when complete; only then is it recorded in openhcs_metadata.json as main. An
 interrupted run leaves the source and its metadata untouched, and the next run
 removes the partial store and starts again.
+
+Object storage (``--output s3://bucket/plate.zarr``) has no rename: the store is
+written in place, flagged incomplete from its first object until its index is
+written last, and recorded in the plate's metadata (with its URL) only after that.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from .errors import StorageError, StorageExistsError
 from .metadata import update_metadata
 from .naming import parse_virtual_name
 from .plate import Plate
+from .remote import is_url
 from .zarr_config import ZarrChunkStrategy, ZarrConfig
 
 log = logging.getLogger(__name__)
@@ -40,15 +45,19 @@ def source_subdirectory(plate: Plate) -> str:
 
 def convert_plate(plate_path: str | os.PathLike, output: str | os.PathLike | None = None, *,
                   config: ZarrConfig | None = None, overwrite: bool = False,
-                  progress: bool = True, key: str = "zarr") -> Path:
-    """Convert the plate's main image set; return the store's path."""
-    from .zarr_backend import ZarrStorageBackend  # heavy import, only when converting
-
+                  progress: bool = True, key: str = "zarr") -> Path | str:
+    """Convert the plate's main image set; return the store's path (or URL)."""
     config = config or ZarrConfig()
     plate = Plate.open(plate_path)
     source_key = source_subdirectory(plate)
     entry = plate.entry(source_key)
     source = plate.backend(source_key)
+    names = entry.get("image_files") or source.list_files("")
+    if is_url(output):
+        out_url = os.fspath(output).rstrip("/")
+        _convert_to_url(plate, source_key, source, names, out_url, config, overwrite, progress)
+        _record(plate, entry, source_key, names, config, key, {"path": out_url})
+        return out_url
     out = Path(output) if output is not None else plate.path / key
     out = out.absolute()
     if out.exists() and not overwrite:
@@ -59,13 +68,29 @@ def convert_plate(plate_path: str | os.PathLike, output: str | os.PathLike | Non
         shutil.rmtree(partial)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    names = entry.get("image_files") or source.list_files("")
+    from .zarr_backend import ZarrStorageBackend  # heavy import, only when converting
+    _copy_fields(plate, source, names, ZarrStorageBackend(partial, mode="w", config=config),
+                 config, progress)
+
+    old = out.parent / f".{out.name}.old"
+    if out.exists():
+        os.rename(out, old)
+    os.rename(partial, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+    inside = out.parent == plate.path.absolute()
+    _record(plate, entry, source_key, names, config, out.name if inside else key,
+            {} if inside else {"path": str(out)})
+    return out
+
+
+def _copy_fields(plate: Plate, source, names: list[str], store, config: ZarrConfig,
+                 progress: bool) -> None:
+    """Every plane into ``store``, a field at a time; the index is written last."""
     fields: dict[tuple[str, int], list[str]] = {}
     for name in names:
         p = parse_virtual_name(name)
         fields.setdefault((p.well, p.site), []).append(name)
-
-    store = ZarrStorageBackend(partial, mode="w", config=config)
     bar = _progress(len(names), f"convert {plate.path.name}", progress)
     try:
         for (_well, _site), field_names in sorted(fields.items(), key=lambda kv: (
@@ -75,29 +100,42 @@ def convert_plate(plate_path: str | os.PathLike, output: str | os.PathLike | Non
                 chunk = field_names[i:i + batch]
                 store.save_batch(source.load_batch(chunk), chunk, flush=False)
                 bar.update(len(chunk))
-        store.flush(plate_name=plate.path.name, pixel_size=entry.get("pixel_size"))
+        store.flush(plate_name=plate.path.name, pixel_size=plate.entry(
+            source_subdirectory(plate)).get("pixel_size"))
     finally:
         bar.close()
 
-    old = out.parent / f".{out.name}.old"
-    if out.exists():
-        os.rename(out, old)
-    os.rename(partial, out)
-    shutil.rmtree(old, ignore_errors=True)
 
-    inside = out.parent == plate.path.absolute()
-    store_key = out.name if inside else key
-    new_entry = {k: v for k, v in entry.items() if k not in ("workspace_mapping", "main")}
+def _convert_to_url(plate: Plate, source_key: str, source, names: list[str], url: str,
+                    config: ZarrConfig, overwrite: bool, progress: bool) -> None:
+    from .remote import check_access, remove_tree, store_exists
+    from .zarr_backend import ZarrStorageBackend
+    check_access(url, must_exist=False)             # endpoint, credentials, bucket: fail now
+    if store_exists(url):
+        if not overwrite:
+            raise StorageExistsError("output store exists (use --overwrite to replace it)", path=url)
+        # the old store is about to go: no subdirectory may stay main while it is rewritten
+        for k, e in plate.subdirectories.items():
+            if e.get("path") == url and e.get("main"):
+                update_metadata(plate.path, {}, main=source_key)
+        remove_tree(url)
+    store = ZarrStorageBackend(url, mode="w", config=config)
+    store.mark_incomplete()
+    _copy_fields(plate, source, names, store, config, progress)
+
+
+def _record(plate: Plate, entry: dict, source_key: str, names: list[str], config: ZarrConfig,
+            store_key: str, extra: dict) -> None:
+    """The finished store becomes the plate's main subdirectory."""
+    new_entry = {k: v for k, v in entry.items() if k not in ("workspace_mapping", "main", "path")}
     new_entry.update({
         "available_backends": {"zarr": True},
         "image_files": natsorted(names),
         "source_subdirectory": source_key,
         "zarr_config": {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(config).items()},
+        **extra,
     })
-    if not inside:
-        new_entry["path"] = str(out)
     update_metadata(plate.path, {store_key: new_entry}, main=store_key)
-    return out
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -68,3 +68,7 @@ class PlateFormatError(StorageError, ValueError):
 
 class NameCollisionError(StorageError, ValueError):
     """Two sources would appear under one virtual name."""
+
+
+class RemoteStorageError(StorageError, OSError):
+    """Object storage could not be reached, refused the credentials, or has no such bucket."""

@@ -127,3 +127,13 @@ def read_file(path: Path, *, backend: str = "disk") -> Any:
         raise
     except Exception as e:  # a decoder's own error: report it as corrupt data with the path
         raise CorruptDataError(f"cannot read {fmt.name} file", backend=backend, path=path, cause=e) from e
+
+
+def encode_file(data: Any, path: str | Path, *, backend: str = "disk") -> bytes:
+    """The bytes ``save`` would write for ``path``'s extension (for stores that take whole
+    objects, like S3)."""
+    import io
+    fmt = format_for(path, backend=backend)
+    buf = io.BytesIO()
+    fmt.write(data, buf)
+    return buf.getvalue()

@@ -1,6 +1,13 @@
-"""A plate on disk: its handler, its metadata, and a backend for each image set."""
+"""A plate: its handler, its metadata, and a backend for each image set.
+
+A plate is a local directory, or an OME-Zarr store in object storage
+(``s3://bucket/plate.zarr``). A remote plate's openhcs_metadata.json is derived from
+the store's index and kept in the per-user cache (``Plate.path`` is that folder);
+``Plate.location`` is what the user named.
+"""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -10,8 +17,9 @@ from .base import DataSink, get_backend_class
 from .disk import DiskStorageBackend
 from .errors import MetadataError, PlateFormatError
 from .handlers import PlateScan, detect_handler
-from .metadata import (main_subdirectory, metadata_path, primary_backend, read_metadata,
-                       update_metadata)
+from .metadata import (cache_root, image_set_entry, main_subdirectory, metadata_path,
+                       primary_backend, read_metadata, update_metadata)
+from .remote import is_url
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +30,21 @@ class Plate:
     metadata: dict
     metadata_file: Path
     scan: PlateScan | None = None       # set when this call (re)indexed the plate
+    url: str | None = None              # a remote plate's store URL
+
+    @property
+    def location(self) -> str:
+        return self.url or str(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.location.rstrip("/").rsplit("/", 1)[-1]
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, rescan: bool = False) -> "Plate":
         """Open a plate, indexing it first if it has no metadata (or ``rescan``)."""
+        if is_url(path):
+            return open_remote_plate(os.fspath(path))
         plate = Path(path).absolute()
         if not plate.is_dir():
             raise PlateFormatError("plate is not a directory", path=plate)
@@ -67,7 +86,8 @@ class Plate:
             return cls(self.path, entry.get("workspace_mapping", {}))
         if kind == "zarr":
             cls = get_backend_class(kind)
-            return cls(Path(entry.get("path") or self.path / key), mode="r")
+            where = entry.get("path")
+            return cls(where if is_url(where) else Path(where or self.path / key), mode="r")
         if kind == "disk":
             return DiskStorageBackend(root=self.path if key == "." else self.path / key)
         raise MetadataError(f"subdirectory {key!r} names an unknown backend {kind!r}",
@@ -76,6 +96,29 @@ class Plate:
     @property
     def handler_name(self) -> str:
         return self.entry().get("microscope_handler_name", "")
+
+
+def remote_plate_dir(url: str) -> Path:
+    """The local folder that holds a remote plate's metadata (and nothing else)."""
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return cache_root() / "remote" / f"{url.rstrip('/').rsplit('/', 1)[-1]}-{digest}"
+
+
+def open_remote_plate(url: str) -> Plate:
+    """A zarr store in object storage as a plate: checked now, so a wrong endpoint, credentials
+    or bucket is one clear error here rather than EIO on every read later."""
+    from .remote import check_access
+    from .zarr_backend import ZarrStorageBackend
+    url = url.rstrip("/")
+    check_access(url, must_exist=True)
+    store = ZarrStorageBackend(url, mode="r")
+    names = store.list_files()
+    pixel = next((a.pixel_size for a in store.arrays().values() if a.pixel_size), None)
+    entry = image_set_entry(names, "zarr", path=url, pixel_size=pixel)
+    local = remote_plate_dir(url)
+    local.mkdir(parents=True, exist_ok=True)
+    written = update_metadata(local, {"zarr": entry}, main="zarr")
+    return Plate(local, read_metadata(local), written, url=url)
 
 
 def index_plate(path: str | os.PathLike) -> Plate:

@@ -11,6 +11,11 @@ Every array carries ``attrs["vfsmount"]["files"]``: normalized file name ->
 [t, c, z]. The root carries the same index for the whole store, so opening a
 store of 100,000 planes reads one JSON document. Stores written by other tools
 have neither; their names are derived from the plate/well/field structure.
+
+The root may be a local directory or an object-storage URL (``s3://bucket/plate.zarr``,
+see backends.remote). A store still being written remotely carries
+``attrs["vfsmount"] = {"incomplete": true}`` until its index is written last, because object
+storage has no rename to publish a finished store in one step.
 """
 from __future__ import annotations
 
@@ -28,9 +33,10 @@ from natsort import natsorted
 
 from .base import Backend, StorageBackend
 from .cache import ArrayCache
-from .errors import (CorruptDataError, MetadataError, ReadOnlyError, StorageError,
-                     StorageNotFoundError)
+from .errors import (CorruptDataError, MetadataError, ReadOnlyError, RemoteStorageError,
+                     StorageError, StorageNotFoundError)
 from .naming import ParsedName, normalize_well, parse_virtual_name, split_well
+from .remote import S3Options, describe_error, is_url
 from .zarr_config import ZarrChunkStrategy, ZarrConfig
 
 log = logging.getLogger(__name__)
@@ -86,8 +92,13 @@ class ZarrStorageBackend(StorageBackend):
     _backend_type = Backend.ZARR
 
     def __init__(self, root: str | os.PathLike, mode: str = "r",
-                 config: ZarrConfig | None = None, cache_bytes: int = 256 << 20) -> None:
-        self.root = Path(root)
+                 config: ZarrConfig | None = None, cache_bytes: int = 256 << 20, *,
+                 chunk_cache_bytes: int | None = None, options: S3Options | None = None) -> None:
+        if mode not in ("r", "w", "a"):
+            raise ValueError(f"mode must be 'r', 'w' or 'a', got {mode!r}")
+        self.remote = is_url(root)
+        self.root: Path | str = os.fspath(root).rstrip("/") if self.remote else Path(root)
+        self.options = options
         # Decoded planes (and whole single-chunk field arrays) for row-range reads:
         # a FUSE read asks for 128 KiB at a time, and decoding a chunk per request
         # would decode each chunk dozens of times.
@@ -101,22 +112,66 @@ class ZarrStorageBackend(StorageBackend):
         self._group: zarr.Group | None = None
         self._described: set[str] = set()                 # arrays whose NGFF metadata is written
         self._plate_described: frozenset[str] = frozenset()
-        if mode == "r" or (self.root / "zarr.json").exists() or (self.root / ".zgroup").exists():
+        self._written: set[str] = set()                   # arrays this instance wrote to
+        self._order: list[str] | None = None              # read-ahead state (remote stores)
+        self._position: dict[str, int] = {}
+        self._last_started: int | None = None
+        self._prefetcher = None
+        self._store = self._make_store(chunk_cache_bytes)
+        if mode == "r" or (mode == "a" and self._store_exists()):
             self._load_index()
-        elif mode not in ("w", "a"):
-            raise ValueError(f"mode must be 'r', 'w' or 'a', got {mode!r}")
+
+    @property
+    def store_name(self) -> str:
+        return os.fspath(self.root).rstrip("/").rsplit("/", 1)[-1]
+
+    def _where(self, rel: str = "") -> str:
+        return f"{self.root}/{rel}" if rel else str(self.root)
+
+    def _make_store(self, chunk_cache_bytes: int | None):
+        if self.remote:
+            from .remote import zarr_store
+            try:
+                return zarr_store(self.root, read_only=self.mode == "r", options=self.options,
+                                  cache_bytes=chunk_cache_bytes)
+            except StorageError:
+                raise
+            except Exception as e:
+                raise RemoteStorageError(describe_error(e), backend=self.name, path=self.root) from e
+        from zarr.storage import LocalStore
+        if self.mode == "r" and not self.root.is_dir():
+            raise StorageNotFoundError("no zarr store", backend=self.name, path=self.root)
+        return LocalStore(self.root, read_only=self.mode == "r")
+
+    def _store_exists(self) -> bool:
+        if self.remote:
+            from .remote import store_exists
+            return store_exists(self.root, self.options)
+        return (self.root / "zarr.json").exists() or (self.root / ".zgroup").exists()
+
+    def _failure(self, what: str, rel: str, e: BaseException) -> StorageError:
+        """Remote I/O failures (server down, timeouts) are not corrupt data: say which it is."""
+        if self.remote and _is_io_failure(e):
+            return RemoteStorageError(f"cannot fetch {what}: {describe_error(e)}",
+                                      backend=self.name, path=self._where(rel))
+        return CorruptDataError(f"cannot decode {what}", backend=self.name, path=self._where(rel),
+                                cause=e)
 
     # -- opening --------------------------------------------------------------
     def _root_group(self) -> zarr.Group:
         if self._group is None:
             try:
-                self._group = zarr.open_group(self.root, mode="r" if self.mode == "r" else "a",
+                self._group = zarr.open_group(store=self._store,
+                                              mode="r" if self.mode == "r" else "a",
                                               zarr_format=None if self.mode == "r" else
                                               self.config.zarr_format)
             except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
                 raise StorageNotFoundError("no zarr store", backend=self.name, path=self.root,
                                            cause=e) from e
             except Exception as e:
+                if self.remote and _is_io_failure(e):
+                    raise RemoteStorageError(describe_error(e), backend=self.name,
+                                             path=self.root) from e
                 raise MetadataError("cannot open zarr store", backend=self.name,
                                     path=self.root, cause=e) from e
         return self._group
@@ -125,10 +180,17 @@ class ZarrStorageBackend(StorageBackend):
         root = self._root_group()
         attrs = dict(root.attrs)
         own = attrs.get(INDEX_KEY)
+        if isinstance(own, dict) and own.get("incomplete"):
+            if self.mode == "r":
+                raise MetadataError("zarr store is incomplete: its conversion was interrupted "
+                                    "(convert again with --overwrite)", backend=self.name,
+                                    path=self.root)
+            return
         if own is not None:
             self._load_own_index(own)
-        else:
+        elif self.mode == "r" or "plate" in _ome(attrs):
             self._load_foreign_index(root, attrs)
+        # else: an empty store opened for writing
 
     def _load_own_index(self, own: dict) -> None:
         try:
@@ -210,7 +272,8 @@ class ZarrStorageBackend(StorageBackend):
             with self._lock:
                 arr = self._open.get(path)
                 if arr is None:
-                    arr = zarr.open_array(self.root / path, mode="r" if self.mode == "r" else "a")
+                    arr = zarr.open_array(store=self._store, path=path,
+                                          mode="r" if self.mode == "r" else "a")
                     self._open[path] = arr
         return arr
 
@@ -220,7 +283,7 @@ class ZarrStorageBackend(StorageBackend):
             return name, self._files[name]
         except KeyError:
             raise StorageNotFoundError("no such plane in zarr store", backend=self.name,
-                                       path=f"{self.root}/{name}") from None
+                                       path=self._where(name)) from None
 
     def _cache_key(self, ref: PlaneRef):
         info = self._arrays[ref.array]
@@ -231,12 +294,40 @@ class ZarrStorageBackend(StorageBackend):
 
     def read_rows(self, ref: PlaneRef, name: str, y0: int, y1: int) -> np.ndarray:
         """Rows of one plane through the decoded cache (whole field if it is one chunk)."""
+        if y0 == 0 and self.remote:
+            self._read_ahead(name)
         key = self._cache_key(ref)
         if isinstance(key, str):
             whole = self.cache.get_or_load(key, lambda: self._read_whole(ref.array))
             return whole[ref.index][y0:y1]
         plane = self.cache.get_or_load(key, lambda: self._read(ref, name))
         return plane[y0:y1]
+
+    def _read_ahead(self, name: str) -> None:
+        """A reader going through the planes in order (cp, rsync, cat *) is about to want the
+        next one: fetch it in the background so the network wait overlaps this plane's reads."""
+        with self._lock:
+            if self._order is None:
+                self._order = natsorted(self._files)
+                self._position = {n: i for i, n in enumerate(self._order)}
+            i = self._position.get(name)
+            sequential = i is not None and self._last_started == i - 1
+            self._last_started = i
+            if not sequential or i + 1 >= len(self._order):
+                return
+            nxt = self._order[i + 1]
+            if self._prefetcher is None:
+                from concurrent.futures import ThreadPoolExecutor
+                self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="zarr-read-ahead")
+        ref = self._files[nxt]
+        if self._cache_key(ref) not in self.cache:
+            self._prefetcher.submit(self._prefetch, ref, nxt)
+
+    def _prefetch(self, ref: PlaneRef, name: str) -> None:
+        try:
+            self.read_rows(ref, name, 1, 1)     # y0 != 0: no read-ahead of the read-ahead
+        except StorageError as e:               # the real read will report it
+            log.debug("read-ahead of %s failed: %s", name, e)
 
     def is_decoded(self, ref: PlaneRef) -> bool:
         """True when rows of this plane can be served from memory without decoding."""
@@ -246,21 +337,19 @@ class ZarrStorageBackend(StorageBackend):
         try:
             return self._array(array_path)[...]
         except Exception as e:
-            raise CorruptDataError(f"cannot decode array {array_path!r}", backend=self.name,
-                                   path=self.root / array_path, cause=e) from e
+            raise self._failure(f"array {array_path!r}", array_path, e) from e
 
     def _read(self, ref: PlaneRef, name: str, rows: slice = slice(None)) -> np.ndarray:
-        arr = self._array(ref.array)
         try:
+            arr = self._array(ref.array)
             out = arr[ref.index + (rows, slice(None))]
         except Exception as e:  # codec errors have no common type; name the chunk
             info = self._arrays[ref.array]
             y0 = rows.start or 0
             chunk = [i // c for i, c in zip(ref.index + (y0, 0), info.chunks)]
             sep = "/"
-            raise CorruptDataError(
-                f"cannot decode chunk {sep.join(map(str, chunk))} of array {ref.array!r} "
-                f"(plane {name})", backend=self.name, path=self.root / ref.array, cause=e) from e
+            raise self._failure(f"chunk {sep.join(map(str, chunk))} of array {ref.array!r} "
+                                f"(plane {name})", ref.array, e) from e
         return np.ascontiguousarray(out)
 
     def load(self, path: str | os.PathLike, **_) -> np.ndarray:
@@ -378,14 +467,14 @@ class ZarrStorageBackend(StorageBackend):
                     overwrite=True)
             except Exception as e:
                 raise StorageError("cannot create zarr array", backend=self.name,
-                                   path=self.root / array_path, cause=e) from e
+                                   path=self._where(array_path), cause=e) from e
             info = ArrayInfo(array_path, shape, first.dtype, chunks, AXES)
             self._arrays[array_path] = info
         else:
             if info.shape[-2:] != first.shape or info.dtype != first.dtype:
                 raise StorageError(f"planes {first.shape} {first.dtype} do not match the existing "
                                    f"field array {info.shape[-2:]} {info.dtype}", backend=self.name,
-                                   path=self.root / array_path)
+                                   path=self._where(array_path))
             if shape != info.shape:
                 self._array(array_path).resize(shape)
                 info.shape = shape
@@ -407,6 +496,7 @@ class ZarrStorageBackend(StorageBackend):
                 arr[index_of[name]] = data
         for name, idx in index_of.items():
             self._files[name] = PlaneRef(array_path, idx)
+        self._written.add(array_path)
         arr.attrs[INDEX_KEY] = {"files": {n: list(r.index) for n, r in self._files.items()
                                           if r.array == array_path},
                                 "t": t_vals, "c": c_vals, "z": z_vals}
@@ -431,16 +521,41 @@ class ZarrStorageBackend(StorageBackend):
             fields = frozenset(self._arrays)
             if fields != self._plate_described:
                 write_plate_metadata(root, self._arrays, self.config,
-                                     name=plate_name or self.root.name)
+                                     name=plate_name or self.store_name)
                 self._plate_described = fields
-            index = {
-                "format": 1,
-                "arrays": {p: {"shape": list(a.shape), "dtype": a.dtype.str, "chunks": list(a.chunks),
-                               "axes": list(a.axes), "pixel_size": a.pixel_size}
-                           for p, a in self._arrays.items()},
-                "files": {n: [r.array, *r.index] for n, r in natsorted(self._files.items())},
-            }
-            self._root_group().attrs[INDEX_KEY] = index
+            self._root_group().attrs[INDEX_KEY] = self.index_document()
+
+    def index_document(self, arrays: Iterable[str] | None = None) -> dict:
+        """The root index (or the part of it for ``arrays``): what :meth:`adopt` takes."""
+        keep = set(self._arrays) if arrays is None else set(arrays)
+        return {
+            "format": 1,
+            "arrays": {p: {"shape": list(a.shape), "dtype": a.dtype.str, "chunks": list(a.chunks),
+                           "axes": list(a.axes), "pixel_size": a.pixel_size}
+                       for p, a in self._arrays.items() if p in keep},
+            "files": {n: [r.array, *r.index] for n, r in natsorted(self._files.items())
+                      if r.array in keep},
+        }
+
+    def written_arrays(self) -> set[str]:
+        return set(self._written)
+
+    def adopt(self, index: dict) -> None:
+        """Take in field arrays another process wrote into this store (a Dask worker: each
+        writes its own wells' arrays and no shared document; the client calls flush())."""
+        with self._lock:
+            paths = set(index.get("arrays", {}))
+            self._files = {n: r for n, r in self._files.items() if r.array not in paths}
+            for path in paths:
+                self._open.pop(path, None)
+                self._described.discard(path)
+            self.cache.clear()
+            self._load_own_index(index)
+
+    def mark_incomplete(self) -> None:
+        """Flag a store being written remotely, until flush() writes the index over the flag."""
+        self._writable(self.root)
+        self._root_group().attrs[INDEX_KEY] = {"incomplete": True}
 
     # -- tree operations (a store is one flat directory of planes) --------------
     def delete(self, path, *, recursive: bool = False) -> None:
@@ -483,3 +598,16 @@ def _axis_values(existing: dict[str, PlaneRef], info: ArrayInfo) -> tuple[list, 
             if v is None:
                 vals[i] = -(i + 1)
     return t_vals, c_vals, z_vals
+
+
+def _is_io_failure(e: BaseException) -> bool:
+    """Network and server failures somewhere in an exception chain (not a codec error)."""
+    seen = 0
+    while e is not None and seen < 10:
+        mod = type(e).__module__.split(".", 1)[0]
+        if mod in ("botocore", "aiobotocore", "aiohttp", "s3fs", "urllib3") \
+                or isinstance(e, (OSError, TimeoutError)):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False

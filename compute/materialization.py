@@ -123,7 +123,9 @@ def _roi_zip(value: Any) -> bytes:
     with zipfile.ZipFile(buf, "w") as zf:
         for i, roi in enumerate(rois):
             name = getattr(roi, "name", "") or f"roi_{i + 1}"
-            zf.writestr(f"{name}.roi", roi.tobytes())
+            # a fixed timestamp: the same ROIs give the same bytes, run after run
+            zf.writestr(zipfile.ZipInfo(f"{name}.roi", date_time=(1980, 1, 1, 0, 0, 0)),
+                        roi.tobytes())
     return buf.getvalue()
 
 

@@ -26,6 +26,8 @@ other wells' outputs are kept.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -41,6 +43,7 @@ from backends import Backend, FileManager
 from backends.disk import DiskStorageBackend
 from backends.mountinfo import mount_type
 from backends.naming import ParsedName, natural_key, parse_virtual_name, try_parse_virtual_name
+from backends.remote import is_url
 
 from .conversion import to_numpy_view
 from .errors import MemoryTypeError, PipelineError
@@ -137,6 +140,7 @@ class Pipeline:
         self.steps = [s if isinstance(s, FunctionStep) else FunctionStep(s) for s in steps]
         self.name = name
         self.config = config
+        self.source: tuple[str, str] | None = None      # (file, text) when loaded from a file
 
     def backend_for(self, step: FunctionStep) -> str:
         """Materialization backend, resolved step -> pipeline -> global."""
@@ -147,19 +151,50 @@ class Pipeline:
 
 # -- where images come from and where results go ---------------------------------------------
 
+@dataclass(frozen=True)
+class ReaderSpec:
+    """How any process (a Dask worker too) opens the images: a plate location and subdirectory,
+    or (``key`` None) the ``images/`` folder of a mount."""
+
+    location: str
+    key: str | None = None
+    token: str = ""                 # changes when the plate's image set does (worker cache key)
+
+    def open(self):
+        if self.key is None:
+            return DiskStorageBackend(self.location)
+        from backends.plate import Plate
+        return Plate.open(self.location).backend(self.key)
+
+
+_worker_readers: dict[ReaderSpec, Any] = {}
+_worker_lock = threading.Lock()
+
+
+def _cached_reader(spec: ReaderSpec):
+    """One reader per worker process and plate: opening a plate reads its metadata and index."""
+    with _worker_lock:
+        reader = _worker_readers.get(spec)
+        if reader is None:
+            reader = _worker_readers[spec] = spec.open()
+        return reader
+
+
 class Target:
-    """A plate directory or a vfsmount mountpoint: image names, loading, and output writing."""
+    """A plate (directory or s3:// store) or a vfsmount mountpoint: image names, a reader, and
+    the sink where results go."""
 
     def __init__(self, path: str | os.PathLike, output: str) -> None:
-        self.path = Path(path).absolute()
+        from compute.output_sink import (OutputSink, local_outputs_root, remote_outputs_root)
         self.output = output
-        self.through_mount = is_vfsmount(self.path)
-        self.fm = FileManager()
+        self.remote = is_url(path)
+        self.path: Path | str = os.fspath(path) if self.remote else Path(path).absolute()
+        self.through_mount = not self.remote and is_vfsmount(self.path)
         if self.through_mount:
             self.names = natsorted(n for n in os.listdir(self.path / "images")
                                    if n.lower().endswith((".tif", ".tiff")))
-            self.reader = DiskStorageBackend(self.path / "images")
-            self.out_dir = self.path / "outputs" / output
+            self.reader_spec = ReaderSpec(str(self.path / "images"))
+            self.sink = OutputSink(str(self.path / "outputs"), output, through_mount=True)
             if not os.access(self.path / "outputs", os.W_OK):
                 raise PipelineError(f"{self.path} is a read-only mount: mount it with --writable")
             self.plate = None
@@ -167,43 +202,24 @@ class Target:
             from backends.plate import Plate
             self.plate = Plate.open(self.path)
             self.names = self.plate.image_files()
-            self.reader = self.plate.backend()
-            self.out_dir = self.plate.path / "outputs" / output
-        self.fm.register(Backend.DISK, DiskStorageBackend(self.out_dir.parent))
-        self._zarr = None
-        self._lock = threading.Lock()
-        self.written_images: list[str] = []
+            digest = hashlib.sha256(json.dumps(self.plate.entry(), sort_keys=True).encode())
+            self.reader_spec = ReaderSpec(self.plate.location, self.plate.main,
+                                          digest.hexdigest()[:16])
+            root = (remote_outputs_root(self.plate.url) if self.plate.url
+                    else local_outputs_root(self.plate.path))
+            self.sink = OutputSink(root, output)
+        self.reader = self.reader_spec.open()
 
     def load(self, names: Sequence[str]) -> list[np.ndarray]:
         return self.reader.load_batch(list(names))
 
-    def write_file(self, name: str, data: bytes) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.fm.backend(Backend.DISK).save_bytes(data, self.out_dir / name)
-
-    def write_image(self, name: str, plane: np.ndarray, backend: str) -> None:
-        if backend == "zarr" and not self.through_mount:
-            with self._lock:
-                if self._zarr is None:
-                    from backends.zarr_backend import ZarrStorageBackend
-                    from backends.zarr_config import ZarrConfig
-                    self._zarr = ZarrStorageBackend(self.out_dir.parent / f"{self.output}.zarr", mode="a",
-                                                    config=ZarrConfig(chunk_strategy="file"))
-                self._zarr.save(plane, name)
-        else:
-            # through a mount, the mount's --materialize decides whether this becomes zarr
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.fm.save(plane, str(self.out_dir / name), Backend.DISK)
-        with self._lock:
-            self.written_images.append(name)
-
-    def record(self, backend: str) -> None:
+    def record(self, backend: str, images: Iterable[str]) -> None:
         """Add the output folder to the plate's metadata (a mount does this itself)."""
-        if self.through_mount or not self.written_images:
+        images = sorted(set(images))
+        if self.through_mount or not images:
             return
         from backends.metadata import image_set_entry, update_metadata
-        images = sorted(set(self.written_images))
-        extra = {"path": str(self.out_dir.parent / f"{self.output}.zarr")} if backend == "zarr" else {}
+        extra = {"path": self.sink.zarr_location} if backend == "zarr" else {}
         update_metadata(self.plate.path, {f"outputs/{self.output}": image_set_entry(
             [n for n in images if try_parse_virtual_name(n)], backend, **extra)})
 
@@ -360,10 +376,63 @@ class RunResult:
     images_written: int = 0
     files_written: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    output: str = ""                # where the results are
+
+
+@dataclass
+class WellResult:
+    images: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    zarr_index: dict | None = None      # the zarr arrays this well wrote (see OutputSink)
+
+
+def process_well(pipeline: Pipeline, reader, sink, well: str, groups: Sequence[Group],
+                 zarr_store=None) -> WellResult:
+    """Every stack of one well through every step, results written to ``sink`` (the last step
+    and any ``materialize=True`` step; images to ``zarr_store`` when their backend is zarr).
+    A failure stops this well only, and is reported with well, stack and step."""
+    fm = FileManager()     # the memory backend stages intermediates and special outputs
+    result = WellResult()
+    first_type = getattr(pipeline.steps[0].all_functions()[0], "input_memory_type", "numpy")
+    for g in groups:
+        step_name = "load"
+        try:
+            planes = reader.load_batch(list(g.names))
+            data = stack_slices(planes, first_type)
+            specials: dict[str, Any] = {SOURCE_INPUT: stack_slices(planes, "numpy")}
+            for i, step in enumerate(pipeline.steps):
+                step_name = step.name
+                data = _run_step(step, g, data, specials)
+                last = i == len(pipeline.steps) - 1
+                stage = f"/{pipeline.name}/{g.stem}/{i}_{step.name}"
+                fm.save(data, f"{stage}/image", Backend.MEMORY, overwrite=True)
+                if last or step.materialize:
+                    result.images += _write_images(sink, zarr_store, g, data,
+                                                   pipeline.backend_for(step),
+                                                   None if last else step.name)
+                for fn in step.all_functions():
+                    for name, spec in getattr(fn, "special_outputs", {}).items():
+                        if name in specials:
+                            fm.save(specials[name], f"{stage}/special/{name}", Backend.MEMORY,
+                                    overwrite=True)
+                            if spec is not None:
+                                result.files += materialize(specials[name], spec, g.stem,
+                                                            sink.write_file)
+                fm.delete(stage, Backend.MEMORY, recursive=True)
+        except Exception as e:
+            msg = f"well {well}, {g.stem}, step {step_name!r}: {type(e).__name__}: {e}"
+            log.error("%s", msg)
+            result.failures.append(msg)
+            return result
+    return result
 
 
 def run_pipeline(pipeline: Pipeline | Sequence[FunctionStep], target: str | os.PathLike, *,
-                 output: str | None = None, workers: int = 2, progress: bool = True) -> RunResult:
+                 output: str | None = None, workers: int = 2, progress: bool = True,
+                 dask: str | None = None) -> RunResult:
+    """Run ``pipeline`` over every well of ``target``, in threads, or on a Dask cluster when
+    ``dask`` is a scheduler address or ``local:N`` (see compute.dask_runner)."""
     if not isinstance(pipeline, Pipeline):
         pipeline = Pipeline(list(pipeline))
     out = Target(target, output or pipeline.name)
@@ -374,74 +443,67 @@ def run_pipeline(pipeline: Pipeline | Sequence[FunctionStep], target: str | os.P
     first = out.load(groups[0].names[:1])[0]
     check_pipeline(pipeline, groups, first.dtype, first.shape)
 
-    fm = FileManager()     # the memory backend stages intermediates and special outputs
-    result = RunResult(groups=len(groups))
     by_well: dict[str, list[Group]] = {}
     for g in groups:
         by_well.setdefault(g.components.get("well", ""), []).append(g)
+    image_backend = pipeline.backend_for(pipeline.steps[-1])
+    uses_zarr = not out.sink.through_mount and any(
+        pipeline.backend_for(s) == "zarr" for s in pipeline.steps)
+    zarr_store = out.sink.open_zarr() if uses_zarr else None
+    result = RunResult(groups=len(groups), output=out.sink.folder)
     from tqdm import tqdm
     bar = tqdm(total=len(groups), desc=f"{pipeline.name}", unit="stack", disable=not progress)
-    lock = threading.Lock()
-
-    def run_well(well: str) -> None:
-        for g in by_well[well]:
-            step_name = "load"
-            try:
-                planes = out.load(g.names)
-                first_type = getattr(pipeline.steps[0].all_functions()[0], "input_memory_type", "numpy")
-                data = stack_slices(planes, first_type)
-                specials: dict[str, Any] = {SOURCE_INPUT: stack_slices(planes, "numpy")}
-                for i, step in enumerate(pipeline.steps):
-                    step_name = step.name
-                    data = _run_step(step, g, data, specials)
-                    last = i == len(pipeline.steps) - 1
-                    stage = f"/{pipeline.name}/{g.stem}/{i}_{step.name}"
-                    fm.save(data, f"{stage}/image", Backend.MEMORY, overwrite=True)
-                    if last or step.materialize:
-                        _write_images(out, g, data, pipeline.backend_for(step),
-                                      None if last else step.name)
-                    for fn in step.all_functions():
-                        for name, spec in getattr(fn, "special_outputs", {}).items():
-                            if name in specials:
-                                fm.save(specials[name], f"{stage}/special/{name}", Backend.MEMORY,
-                                        overwrite=True)
-                                if spec is not None:
-                                    written = materialize(specials[name], spec, g.stem, out.write_file)
-                                    with lock:
-                                        result.files_written.extend(written)
-                    fm.delete(stage, Backend.MEMORY, recursive=True)
-            except Exception as e:
-                msg = f"well {well}, {g.stem}, step {step_name!r}: {type(e).__name__}: {e}"
-                log.error("%s", msg)
-                with lock:
-                    result.failures.append(msg)
-                return
-            finally:
-                bar.update(1)
-
     try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            list(pool.map(run_well, natsorted(by_well)))
+        if dask:
+            from .dask_runner import run_on_dask
+            well_results = run_on_dask(pipeline, out, by_well, dask, bar, zarr=uses_zarr)
+        else:
+            def run_well(well: str) -> WellResult:
+                try:
+                    return process_well(pipeline, out.reader, out.sink, well, by_well[well],
+                                        zarr_store)
+                finally:
+                    bar.update(len(by_well[well]))
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                well_results = list(pool.map(run_well, natsorted(by_well)))
     finally:
         bar.close()
-    result.images_written = len(out.written_images)
-    out.record(pipeline.backend_for(pipeline.steps[-1]))
+    images: list[str] = []
+    for wr in well_results:
+        images += wr.images
+        result.files_written += wr.files
+        result.failures += wr.failures
+        if zarr_store is not None and wr.zarr_index:
+            zarr_store.adopt(wr.zarr_index)
+    if zarr_store is not None:
+        zarr_store.flush()              # the shared documents, written once, last
+    result.images_written = len(images)
+    out.record(image_backend, images)
     if result.failures:
         raise PipelineError(f"{len(result.failures)} stack(s) failed (outputs of the others are kept):\n"
                             + "\n".join(result.failures))
     return result
 
 
-def _write_images(out: Target, g: Group, data: Any, backend: str, suffix: str | None) -> None:
+def _write_images(sink, zarr_store, g: Group, data: Any, backend: str,
+                  suffix: str | None) -> list[str]:
     planes = unstack_slices(data, "numpy")
     coords = g.coords if len(planes) == len(g.coords) else [
         ParsedName(g.coords[0].well, g.coords[0].site, g.coords[0].channel, z + 1, g.coords[0].t)
         for z in range(len(planes))]
+    names = []
     for plane, p in zip(planes, coords):
         name = p.virtual_name()
         if suffix:                            # an intermediate step kept beside the result
             name = name[:-4] + f"_{suffix}.tif"
-        out.write_image(name, np.ascontiguousarray(to_numpy_view(plane, MemoryType.NUMPY)), backend)
+        plane = np.ascontiguousarray(to_numpy_view(plane, MemoryType.NUMPY))
+        if backend == "zarr" and zarr_store is not None:
+            zarr_store.save_batch([plane], [name], flush=False)
+        else:
+            # through a mount, the mount's --materialize decides whether this becomes zarr
+            sink.write_image_file(name, plane)
+        names.append(name)
+    return names
 
 
 def load_pipeline_file(path: str | os.PathLike) -> Pipeline:
@@ -451,9 +513,11 @@ def load_pipeline_file(path: str | os.PathLike) -> Pipeline:
     found = namespace.get("pipeline")
     if found is None:
         raise PipelineError(f"{path}: defines no variable named 'pipeline'")
-    if isinstance(found, Pipeline):
-        return found
-    return Pipeline(list(found), name=Path(path).stem)
+    if not isinstance(found, Pipeline):
+        found = Pipeline(list(found), name=Path(path).stem)
+    # kept so a Dask worker can run the same file instead of unpickling its functions
+    found.source = (str(Path(path).absolute()), Path(path).read_text())
+    return found
 
 
 __all__ = ["FunctionStep", "Pipeline", "VFSConfig", "PipelineError", "RunResult", "run_pipeline",

@@ -15,7 +15,7 @@ def _cmd_info(args) -> int:
     from backends.plate import Plate
     plate = Plate.open(args.plate, rescan=not args.no_rescan)
     report = {
-        "plate": str(plate.path),
+        "plate": plate.location,
         "format": plate.handler_name,
         "metadata_file": str(plate.metadata_file),
         "main": plate.main,
@@ -83,8 +83,11 @@ def _cmd_mount(args) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return serve(args.plate, args.mountpoint, allow_other=args.allow_other, subdir=args.subdir,
                      xattrs=not args.no_xattrs, writable=args.writable, materialize=args.materialize,
-                     pipeline_file=args.pipeline, compute_cache_mb=args.compute_cache_mb)
-    extra = (["--no-xattrs"] if args.no_xattrs else []) + \
+                     pipeline_file=args.pipeline, compute_cache_mb=args.compute_cache_mb,
+                     chunk_cache_mb=args.chunk_cache_mb, s3_endpoint=args.s3_endpoint)
+    extra = ["--chunk-cache-mb", str(args.chunk_cache_mb)] + \
+        (["--s3-endpoint", args.s3_endpoint] if args.s3_endpoint else []) + \
+        (["--no-xattrs"] if args.no_xattrs else []) + \
         (["--writable", "--materialize", args.materialize] if args.writable else []) + \
         (["--pipeline", str(Path(args.pipeline).absolute()),
           "--compute-cache-mb", str(args.compute_cache_mb)] if args.pipeline else [])
@@ -108,16 +111,21 @@ def _cmd_run(args) -> int:
         from compute.pipeline import VFSConfig
         pipeline.config = VFSConfig(materialization_backend=args.materialize)
     result = run_pipeline(pipeline, args.target, output=args.output, workers=args.workers,
-                          progress=not args.no_progress)
-    where = Path(args.target) / "outputs" / (args.output or pipeline.name)
+                          progress=not args.no_progress, dask=args.dask)
     print(f"{pipeline.name}: {result.groups} stacks, {result.images_written} images and "
-          f"{len(result.files_written)} files written to {where}")
+          f"{len(result.files_written)} files written to {result.output}")
     return 0
 
 
 def _cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(Path(args.dir) if args.dir else None, keep_mounted=not args.unmount)
+
+
+def _s3_option(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--s3-endpoint", help="S3-compatible endpoint URL for s3:// locations "
+                   "(default: $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL); credentials come from "
+                   "$AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY or $AWS_PROFILE")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,24 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("info", help="detect a plate's format, map it, write its metadata, report")
-    s.add_argument("plate")
+    s.add_argument("plate", help="plate directory, or s3://bucket/plate.zarr")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--no-rescan", action="store_true", help="report the existing metadata as is")
+    _s3_option(s)
     s.set_defaults(func=_cmd_info)
 
     s = sub.add_parser("convert", help="convert a plate to OME-Zarr (PLATE/zarr by default)")
     s.add_argument("plate")
-    s.add_argument("--output", help="store path (default: PLATE/zarr)")
+    s.add_argument("--output", help="store path or s3://bucket/key.zarr (default: PLATE/zarr)")
     s.add_argument("--chunk-strategy", choices=["well", "file"], default="well")
     s.add_argument("--compressor", choices=["zstd", "lz4", "zlib", "none"], default="zstd")
     s.add_argument("--level", type=int, default=1, help="compression level 0-9")
     s.add_argument("--ngff-version", choices=["0.4", "0.5"], default="0.4")
     s.add_argument("--overwrite", action="store_true", help="replace an existing store")
     s.add_argument("--no-progress", action="store_true")
+    _s3_option(s)
     s.set_defaults(func=_cmd_convert)
 
     s = sub.add_parser("mount", help="serve a plate as a POSIX tree through FUSE")
-    s.add_argument("plate")
+    s.add_argument("plate", help="plate directory, or s3://bucket/plate.zarr")
     s.add_argument("mountpoint")
     s.add_argument("--foreground", action="store_true", help="do not detach; log to stderr")
     s.add_argument("--allow-other", action="store_true", help="let other users see the mount")
@@ -157,10 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "when they are first read")
     s.add_argument("--compute-cache-mb", type=int, default=256,
                    help="memory for computed stacks (LRU; default 256 MiB)")
+    s.add_argument("--chunk-cache-mb", type=int, default=1024,
+                   help="remote plates: local disk cache of fetched chunks (LRU; default 1024 MiB, "
+                        "0 = none), under ~/.cache/vfsmount/chunks/")
     s.add_argument("--no-xattrs", action="store_true",
                    help="no user.vfsmount.* attributes; makes `ls -l` of huge folders faster")
     s.add_argument("--log-file", help="daemon log (default: ~/.cache/vfsmount/logs/)")
     s.add_argument("--log-level", dest="log_level", default="INFO")
+    _s3_option(s)
     s.set_defaults(func=_cmd_mount)
 
     s = sub.add_parser("umount", help="unmount (also clears a dead mount)")
@@ -169,12 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="run a pipeline file over a plate or a --writable mountpoint")
     s.add_argument("pipeline", help="a Python file defining `pipeline`")
-    s.add_argument("target", help="plate directory, or the mountpoint of a --writable mount")
+    s.add_argument("target", help="plate directory, s3://bucket/plate.zarr, or the mountpoint "
+                                  "of a --writable mount")
     s.add_argument("--output", help="output folder name under outputs/ (default: pipeline name)")
     s.add_argument("--materialize", choices=["disk", "zarr"],
                    help="override the pipeline's materialization backend (plate directories)")
-    s.add_argument("--workers", type=int, default=2, help="wells processed in parallel")
+    s.add_argument("--workers", type=int, default=2, help="wells processed in parallel (threads)")
+    s.add_argument("--dask", metavar="SCHEDULER", help="run wells as tasks on a Dask cluster: "
+                   "tcp://host:8786, or local:N for N local worker processes")
     s.add_argument("--no-progress", action="store_true")
+    _s3_option(s)
     s.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("demo", help="generate a sample plate, convert part of it, mount it")
@@ -186,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "s3_endpoint", None):
+        from backends.remote import S3Options, set_default_options
+        set_default_options(S3Options(endpoint_url=args.s3_endpoint))
     logging.basicConfig(level=getattr(args, "log_level", "WARNING").upper()
                         if args.command != "mount" else "WARNING",
                         format="%(levelname)s %(name)s: %(message)s")

@@ -63,7 +63,9 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 def serve(plate_path: str, mountpoint: str, *, allow_other: bool = False, subdir: str | None = None,
           threads: int = DEFAULT_THREADS, ready_fd: int | None = None, xattrs: bool = True,
           writable: bool = False, materialize: str = "disk", pipeline_file: str | None = None,
-          compute_cache_mb: int = 256) -> int:
+          compute_cache_mb: int = 256, chunk_cache_mb: int = 1024,
+          s3_endpoint: str | None = None) -> int:
+    from backends import remote
     from backends.plate import Plate
     from .outputs import OUTPUTS, OutputsArea
 
@@ -73,13 +75,18 @@ def serve(plate_path: str, mountpoint: str, *, allow_other: bool = False, subdir
             os.close(ready_fd)
 
     try:
+        remote.set_default_options(remote.S3Options(endpoint_url=s3_endpoint))
+        remote.set_default_chunk_cache_bytes(chunk_cache_mb << 20)
         plate = Plate.open(plate_path)
+        if writable and plate.url is not None:
+            raise ValueError("a remote plate cannot be mounted --writable; write results with "
+                             "`vfsmount run PIPELINE " + plate.url + "` instead")
         if subdir is not None:
             plate.entry(subdir)   # raises with the list of subdirectories
             plate.metadata = {**plate.metadata, "subdirectories": {
                 k: {**v, "main": k == subdir} for k, v in plate.subdirectories.items()}}
         outputs = None
-        if writable or (plate.path / OUTPUTS).is_dir():
+        if writable or (plate.url is None and (plate.path / OUTPUTS).is_dir()):
             outputs = OutputsArea(plate, writable=writable, materialize=materialize)
             if writable:
                 outputs.write_metadata(force=True)   # reconcile after a crash
@@ -93,12 +100,12 @@ def serve(plate_path: str, mountpoint: str, *, allow_other: bool = False, subdir
         ops = VfsOperations(build_tree(plate, outputs, computed), threads=threads, xattrs=xattrs,
                             outputs=outputs)
         pyfuse3.init(ops, mountpoint, fuse_options(allow_other=allow_other,
-                                                   plate_name=plate.path.name))
+                                                   plate_name=plate.name))
     except Exception as e:
         log.exception("cannot mount %s on %s", plate_path, mountpoint)
         ready(f"error: {e}")
         return 1
-    log.info("mounted %s on %s (main: %s)", plate.path, mountpoint, plate.main)
+    log.info("mounted %s on %s (main: %s)", plate.location, mountpoint, plate.main)
     ready("ok")
     unmount = True
     try:
@@ -128,18 +135,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--materialize", choices=["disk", "zarr"], default="disk")
     p.add_argument("--pipeline")
     p.add_argument("--compute-cache-mb", type=int, default=256)
+    p.add_argument("--chunk-cache-mb", type=int, default=1024)
+    p.add_argument("--s3-endpoint")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Third-party chatter (pyfuse3 logs every worker task at DEBUG) would drown our own lines.
-    for noisy in ("pyfuse3", "numcodecs", "zarr", "asyncio", "fsspec"):
+    for noisy in ("pyfuse3", "numcodecs", "zarr", "asyncio", "fsspec", "s3fs", "botocore",
+                  "aiobotocore"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
     faulthandler.enable()
     return serve(args.plate, args.mountpoint, allow_other=args.allow_other, subdir=args.subdir,
                  threads=args.threads, ready_fd=args.ready_fd, xattrs=not args.no_xattrs,
                  writable=args.writable, materialize=args.materialize,
-                 pipeline_file=args.pipeline, compute_cache_mb=args.compute_cache_mb)
+                 pipeline_file=args.pipeline, compute_cache_mb=args.compute_cache_mb,
+                 chunk_cache_mb=args.chunk_cache_mb, s3_endpoint=args.s3_endpoint)
 
 
 if __name__ == "__main__":

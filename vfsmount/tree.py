@@ -184,8 +184,9 @@ def build_tree(plate: Plate, outputs=None, computed=()) -> DirNode:
         main = dirs[plate.main]
         alias = DirNode(main.mtime_ns, lambda d: d.share_children(main))
         root.add(MAIN_ALIAS, alias)
-    root.add(ORIGINAL_DIR, DirNode(_mtime_ns(plate.path), populate_original(
-        Path(os.path.realpath(plate.path)))))
+    if plate.url is None:     # a remote plate has no vendor tree to mirror
+        root.add(ORIGINAL_DIR, DirNode(_mtime_ns(plate.path), populate_original(
+            Path(os.path.realpath(plate.path)))))
     root.add("openhcs_metadata.json", BytesFile(
         json.dumps(plate.metadata, indent=1).encode(), _mtime_ns(plate.metadata_file)))
     # Keep root entries in a stable, natural order.
