@@ -105,7 +105,7 @@ def run_on_dask(pipeline, target, by_well: dict[str, list], address: str, bar, *
     from natsort import natsorted
 
     from .pipeline import WellResult
-    if target.remote is False and target.through_mount:
+    if target.through_mount:
         raise PipelineError("--dask reads the plate's storage directly: give the plate "
                             "directory or its s3:// store, not a mountpoint")
     shipped = (PipelineSource(*pipeline.source) if getattr(pipeline, "source", None)
