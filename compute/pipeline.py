@@ -208,7 +208,8 @@ class Target:
             root = (remote_outputs_root(self.plate.url) if self.plate.url
                     else local_outputs_root(self.plate.path))
             self.sink = OutputSink(root, output)
-        self.reader = self.reader_spec.open()
+        # the plate is open already: its backend, not a second Plate.open through the spec
+        self.reader = self.plate.backend() if self.plate else self.reader_spec.open()
 
     def load(self, names: Sequence[str]) -> list[np.ndarray]:
         return self.reader.load_batch(list(names))
