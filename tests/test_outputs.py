@@ -206,6 +206,47 @@ def test_bad_images_are_refused_without_touching_data(plate, mounts, tmp_path):
     assert "not a valid TIFF" in log and "do not match" in log
 
 
+def test_refused_image_is_gone_when_close_returns(plate, mounts):
+    """The kernel's RELEASE comes after close() returns; the next open must not see a refused
+    file half-gone (ENOENT from a stale inode) nor list it. Raced 1 cycle in ~20 before."""
+    mnt = mounts.mount(plate, "--writable", "--materialize", "zarr")
+    seg = mnt / "outputs" / "seg"
+    seg.mkdir()
+    tifffile.imwrite(seg / "A01_s001_w1_z001_t001.tif", np.full((48, 64), 7, np.uint16))
+    wrong = io.BytesIO()
+    tifffile.imwrite(wrong, np.zeros((10, 10), np.uint16))
+    errnos, listings = [], []
+    for _ in range(60):
+        for _ in range(2):
+            try:
+                with open(seg / "A01_s001_w2_z001_t001.tif", "wb") as f:
+                    f.write(wrong.getvalue())
+                errnos.append(0)
+            except OSError as e:
+                errnos.append(e.errno)
+        listings.append(tuple(os.listdir(seg)))
+    assert set(errnos) == {errno.EINVAL}
+    assert set(listings) == {("A01_s001_w1_z001_t001.tif",)}
+
+
+def test_unlink_right_after_close_stays_unlinked(plate, mounts):
+    """A RELEASE arriving after unlink(2) must not commit the file back into the plate."""
+    mnt = mounts.mount(plate, "--writable")
+    survivors = []
+    for i in range(100):
+        path = mnt / "outputs" / f"f{i}.bin"
+        path.write_bytes(b"x" * 4096)
+        fd = os.open(path, os.O_RDWR)          # opened for writing, nothing changed
+        os.pread(fd, 10, 0)
+        os.close(fd)
+        path.unlink()
+        if (plate / "outputs" / path.name).exists() or path.exists():
+            survivors.append(path.name)
+    time.sleep(0.5)                             # late RELEASEs have arrived by now
+    survivors += [p.name for p in (plate / "outputs").iterdir()]
+    assert survivors == []
+
+
 def test_full_disk_gives_enospc(tmp_path, mounts):
     small = tmp_path / "small"
     small.mkdir()

@@ -16,6 +16,7 @@ import errno
 import itertools
 import logging
 import os
+from functools import partial
 
 import pyfuse3
 import trio
@@ -79,7 +80,7 @@ class VfsOperations(pyfuse3.Operations):
                 log.exception("cannot list %s", self._label(d.inode))
                 raise pyfuse3.FUSEError(errno.EIO) from None
 
-    def _attr(self, node: Node) -> pyfuse3.EntryAttributes:
+    def _attr(self, node: Node, *, lookup: bool = False) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.inode
         e.generation = 0
@@ -97,7 +98,11 @@ class VfsOperations(pyfuse3.Operations):
                 e.st_size = node.size
             except FileNotFoundError:
                 if isinstance(node, OutFile):
-                    raise pyfuse3.FUSEError(errno.ENOENT) from None
+                    if lookup:
+                        raise pyfuse3.FUSEError(errno.ENOENT) from None
+                    # an inode the kernel still holds whose content is gone (unlinked, or
+                    # refused on close): like an unlinked file on disk, it has no links
+                    e.st_nlink = 0
                 e.st_size = 0
             except Exception as exc:  # missing or unreadable source: still list it, reads fail
                 log.warning("%s: size unavailable: %s", self._label(node.inode), exc)
@@ -113,8 +118,9 @@ class VfsOperations(pyfuse3.Operations):
             node = parent.lookup(os.fsdecode(name))
             if node is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
+            attr = self._attr(node, lookup=True)
             self._remember(parent_inode, name, node)
-            return self._attr(node)
+            return attr
         if not isinstance(parent, DirNode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         await self._ensure_listed(parent)
@@ -307,9 +313,8 @@ class VfsOperations(pyfuse3.Operations):
         if writing:
             if not node.area.writable:
                 raise pyfuse3.FUSEError(errno.EROFS)
-            await self._run(node.begin_write, bool(flags & os.O_TRUNC), what=node.rel)
-            node.writers += 1
-        elif not node.exists() and not node.pending:
+            await self._begin_write(node, bool(flags & os.O_TRUNC))
+        elif not node.exists() and not node.visible:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return pyfuse3.FileInfo(fh=self._new_handle(node, "write" if writing else "read"),
                                 keep_cache=False)
@@ -329,13 +334,24 @@ class VfsOperations(pyfuse3.Operations):
                 node.discard()
             elif node.pending:        # written after the last flush, or refused there
                 try:
-                    await self._commit(node, final=True)
+                    await self._commit(node, final=True, last_close=True)
                 except pyfuse3.FUSEError:
                     pass              # already logged; nothing more to tell a closed file
 
-    async def _commit(self, node: OutFile, final: bool = False) -> None:
+    async def _begin_write(self, node: OutFile, truncate: bool) -> None:
+        # counted before the worker runs: a RELEASE of an earlier writer that arrives meanwhile
+        # must not commit (or drop) the staging file this writer is about to use
+        node.writers += 1
         try:
-            await trio.to_thread.run_sync(node.commit, final, limiter=self.limiter)
+            await self._run(node.begin_write, truncate, what=node.rel)
+        except BaseException:
+            node.writers -= 1
+            raise
+
+    async def _commit(self, node: OutFile, final: bool = False, last_close: bool = False) -> None:
+        try:
+            await trio.to_thread.run_sync(partial(node.commit, final, last_close=last_close),
+                                          limiter=self.limiter)
         except CommitError as e:
             log.error("commit of outputs/%s failed: %s", node.rel, e)
             raise pyfuse3.FUSEError(e.errno) from None
@@ -387,8 +403,7 @@ class VfsOperations(pyfuse3.Operations):
         if isinstance(existing, OutDir):
             raise pyfuse3.FUSEError(errno.EISDIR)
         node = parent.node(text, is_dir=False)
-        await self._run(node.begin_write, True, what=node.rel)
-        node.writers += 1
+        await self._begin_write(node, True)
         self._remember(parent_inode, name, node)
         return (pyfuse3.FileInfo(fh=self._new_handle(node, "write"), keep_cache=False),
                 self._attr(node))
@@ -423,22 +438,9 @@ class VfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         if isinstance(node, OutDir):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        await self._run(self._remove_committed, node, what=node.rel)
-        if node.pending:
-            node.deleted = True
-            if node.writers == 0:
-                node.discard()
+        await self._run(node.remove, what=node.rel)
         parent.forget(text)
         node.area.mark_dirty()
-
-    @staticmethod
-    def _remove_committed(node: OutFile) -> None:
-        real = node.area.real(node.rel)
-        if real.is_file():
-            real.unlink()
-        target = node.area.zarr_target(node.rel)
-        if target is not None and node.committed_plane() is not None:
-            node.area.store(target[0]).delete(target[1])
 
     async def rmdir(self, parent_inode, name, ctx):
         parent = self._out_dir(parent_inode)
@@ -483,7 +485,7 @@ class VfsOperations(pyfuse3.Operations):
                 if area.zarr_target(new_rel) is not None or plane is not None:
                     # content changes representation: restage it and commit under the new name
                     node.begin_write(truncate=False)
-                    VfsOperations._remove_committed(node)
+                    node.remove_committed()
                     new_dir.adopt(new_name, node)
                     node.commit(final=True)
                     return

@@ -199,7 +199,7 @@ class OutDir(Node):
     def lookup(self, name: str) -> Node | None:
         rel = self.child_rel(name)
         n = self._nodes.get(name)
-        if isinstance(n, OutFile) and (n.pending or n.exists()):
+        if isinstance(n, OutFile) and (n.visible or n.exists()):
             return n
         real = self.area.real(rel)
         if real.is_dir() and not name.endswith(".zarr"):
@@ -223,7 +223,7 @@ class OutDir(Node):
                 names.add(e.name)
         if self.rel and "/" not in self.rel:
             names.update(self.area.store_names(self.rel))
-        names.update(n for n, node in self._nodes.items() if isinstance(node, OutFile) and node.pending)
+        names.update(n for n, node in self._nodes.items() if isinstance(node, OutFile) and node.visible)
         out = []
         for name in natsorted(names):
             node = self.lookup(name)
@@ -239,7 +239,7 @@ class OutFile(FileNode):
     """A file of the outputs area: committed content plus, while written, a staging file."""
 
     __slots__ = ("area", "parent", "name", "staging", "staging_fd", "writers", "deleted", "dirty",
-                 "failed")
+                 "failed", "refused")
     immutable = False
 
     def __init__(self, area: OutputsArea, parent: OutDir, name: str) -> None:
@@ -251,6 +251,7 @@ class OutFile(FileNode):
         self.deleted = False
         self.dirty = False      # staged content differs from what a commit would keep
         self.failed = 0         # errno of a failed write: the staged content is incomplete
+        self.refused = False    # the last commit refused the staged content (kept for its writer)
 
     @property
     def rel(self) -> str:
@@ -259,6 +260,13 @@ class OutFile(FileNode):
     @property
     def pending(self) -> bool:
         return self.staging is not None and not self.deleted
+
+    @property
+    def visible(self) -> bool:
+        """Staged content others can see: refused content is its writer's alone until
+        rewritten, so a name whose close() failed is gone at once, not when the kernel's
+        asynchronous RELEASE finally drops it."""
+        return self.pending and not self.refused
 
     # -- committed content ------------------------------------------------------
     def committed_plane(self):
@@ -296,8 +304,12 @@ class OutFile(FileNode):
 
     @property
     def size(self) -> int:
-        if self.staging_fd is not None:
-            return os.fstat(self.staging_fd).st_size
+        fd = self.staging_fd          # one read: a commit in a worker thread may close it
+        if fd is not None:
+            try:
+                return os.fstat(fd).st_size
+            except OSError:
+                pass
         return self.committed_size()
 
     # -- writing -------------------------------------------------------------------
@@ -307,7 +319,7 @@ class OutFile(FileNode):
             if self.staging_fd is not None:
                 if truncate:
                     os.ftruncate(self.staging_fd, 0)
-                    self.dirty = True
+                    self.dirty, self.refused = True, False
                 return
             existed = self.exists()
             self.dirty = truncate and existed      # O_TRUNC of a committed file changes it
@@ -328,22 +340,41 @@ class OutFile(FileNode):
                 path.unlink(missing_ok=True)
                 raise
             self.staging, self.staging_fd = path, fd
-            self.deleted = False
+            self.deleted = self.refused = False
 
     def write(self, offset: int, data: bytes) -> int:
         if self.staging_fd is None:
             self.begin_write(truncate=False)
-        self.dirty = True
+        self.dirty, self.refused = True, False
         return os.pwrite(self.staging_fd, data, offset)
 
     def truncate(self, size: int) -> None:
         if self.staging_fd is None:
             self.begin_write(truncate=size == 0)
         os.ftruncate(self.staging_fd, size)
-        self.dirty = True
+        self.dirty, self.refused = True, False
 
     def read_staged(self, offset: int, length: int) -> bytes:
         return os.pread(self.staging_fd, length, offset)
+
+    def remove_committed(self) -> None:
+        with self.area.lock:
+            real = self.area.real(self.rel)
+            if real.is_file():
+                real.unlink()
+            target = self.area.zarr_target(self.rel)
+            if target is not None and self.committed_plane() is not None:
+                self.area.store(target[0]).delete(target[1])
+
+    def remove(self) -> None:
+        """unlink(2): the committed content goes now; staged content when its last writer closes.
+        Under the lock, so a commit running in another worker cannot bring the file back."""
+        with self.area.lock:
+            self.remove_committed()
+            if self.pending:
+                self.deleted = True
+                if self.writers == 0:
+                    self.discard()
 
     def discard(self) -> None:
         with self.area.lock:
@@ -352,21 +383,26 @@ class OutFile(FileNode):
             if self.staging is not None:
                 self.staging.unlink(missing_ok=True)
             self.staging = self.staging_fd = None
+            self.refused = False
 
-    def commit(self, final: bool = False) -> None:
+    def commit(self, final: bool = False, *, last_close: bool = False) -> None:
         """Make the staged content the committed one, atomically; raises CommitError.
 
         Content that is not acceptable (a TIFF name with bytes that are no TIFF, a plane
         that does not fit its zarr field) is refused with EINVAL but stays staged unless
         ``final``: programs close dup'ed descriptors half-way through writing a file
         (numpy's ``tofile`` under tifffile does), and the next close must still see
-        everything written so far.
+        everything written so far. ``last_close`` (the kernel's RELEASE, which comes
+        asynchronously) does nothing if the file was opened for writing again meanwhile.
         """
         area = self.area
         with area.lock:
-            if self.staging_fd is None or self.deleted:
+            if self.staging_fd is None or self.deleted or (last_close and self.writers > 0):
                 return
             fd, staging = self.staging_fd, self.staging
+            if last_close and not self.dirty and not self.failed and self.exists():
+                self._drop(fd, staging)        # opened for writing, nothing changed: keep as is
+                return
             if self.failed:        # a write was lost (e.g. ENOSPC): never commit the rest
                 err, self.failed = self.failed, 0
                 self._drop(fd, staging)
@@ -398,13 +434,15 @@ class OutFile(FileNode):
             except CommitError as e:
                 if final or e.errno != errno.EINVAL:
                     self._drop(fd, staging)
+                else:
+                    self.refused = True
                 raise
             except OSError as e:
                 self._drop(fd, staging)
                 raise CommitError(e.errno or errno.EIO, f"{self.rel}: {e}") from e
             os.close(fd)
             self.staging = self.staging_fd = None
-            self.dirty = False
+            self.dirty = self.refused = False
             self.mtime_ns = time.time_ns()
             area.mark_dirty()
             log.info("committed outputs/%s", self.rel)
@@ -413,7 +451,7 @@ class OutFile(FileNode):
         os.close(fd)
         staging.unlink(missing_ok=True)
         self.staging = self.staging_fd = None
-        self.dirty = False
+        self.dirty = self.refused = False
 
     def _decode(self, staging: Path, pixels: bool = True):
         """The staged TIFF's single plane (or, without ``pixels``, just a check of its structure)."""
