@@ -376,7 +376,12 @@ class VfsOperations(pyfuse3.Operations):
         if not isinstance(node, OutFile) or handle != "write":
             raise pyfuse3.FUSEError(errno.EROFS if not isinstance(node, OutFile) else errno.EBADF)
         try:
-            return node.write(off, buf)    # a pwrite into the staging file's page cache
+            # a pwrite into the staging file's page cache, inline; while a commit holds the
+            # outputs lock (it may close the staging file) the write waits in a worker instead
+            written = node.write(off, buf, blocking=False)
+            if written is None:
+                written = await trio.to_thread.run_sync(node.write, off, buf, limiter=self.limiter)
+            return written
         except OSError as e:
             node.failed = e.errno or errno.EIO
             log.error("write to outputs/%s failed: %s", node.rel, e)

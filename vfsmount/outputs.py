@@ -342,17 +342,24 @@ class OutFile(FileNode):
             self.staging, self.staging_fd = path, fd
             self.deleted = self.refused = False
 
-    def write(self, offset: int, data: bytes) -> int:
-        if self.staging_fd is None:
-            self.begin_write(truncate=False)
-        self.dirty, self.refused = True, False
-        return os.pwrite(self.staging_fd, data, offset)
+    def write(self, offset: int, data: bytes, *, blocking: bool = True) -> int | None:
+        """Write staged bytes; without ``blocking``, None when the lock is busy (a commit)."""
+        if not self.area.lock.acquire(blocking=blocking):
+            return None
+        try:
+            if self.staging_fd is None:
+                self.begin_write(truncate=False)
+            self.dirty, self.refused = True, False
+            return os.pwrite(self.staging_fd, data, offset)
+        finally:
+            self.area.lock.release()
 
     def truncate(self, size: int) -> None:
-        if self.staging_fd is None:
-            self.begin_write(truncate=size == 0)
-        os.ftruncate(self.staging_fd, size)
-        self.dirty, self.refused = True, False
+        with self.area.lock:
+            if self.staging_fd is None:
+                self.begin_write(truncate=size == 0)
+            os.ftruncate(self.staging_fd, size)
+            self.dirty, self.refused = True, False
 
     def read_staged(self, offset: int, length: int) -> bytes:
         return os.pread(self.staging_fd, length, offset)
