@@ -305,7 +305,7 @@ class OutFile(FileNode):
     @property
     def size(self) -> int:
         fd = self.staging_fd          # one read: a commit in a worker thread may close it
-        if fd is not None:
+        if fd is not None and not self.refused:     # refused bytes are not the file's size
             try:
                 return os.fstat(fd).st_size
             except OSError:
