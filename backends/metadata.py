@@ -236,3 +236,21 @@ def image_set_entry(names, backend: str, **extra) -> dict:
         "timepoints": sorted({p.t for p in coords}),
         **extra,
     }
+
+
+def record_output_folder(plate: str | os.PathLike, folder: str, images, backend: str,
+                         **extra) -> dict:
+    """Record one output folder (``outputs/<folder>``) in the plate's metadata.
+
+    The one place that does it: used by the mount's outputs area and by pipelines alike.
+    ``images`` are the flat normalized names stored there; names that do not parse are left
+    out. Returns the entry written (nothing is written when no image parses).
+    """
+    from .layout import output_key
+    from .naming import try_parse_virtual_name
+    names = [n for n in images if try_parse_virtual_name(n)]
+    if not names:
+        return {}
+    entry = image_set_entry(names, backend, **extra)
+    update_metadata(plate, {output_key(folder): entry})
+    return entry

@@ -216,13 +216,11 @@ class Target:
 
     def record(self, backend: str, images: Iterable[str]) -> None:
         """Add the output folder to the plate's metadata (a mount does this itself)."""
-        images = sorted(set(images))
-        if self.through_mount or not images:
+        if self.through_mount:
             return
-        from backends.metadata import image_set_entry, update_metadata
+        from backends.metadata import record_output_folder
         extra = {"path": self.sink.zarr_location} if backend == "zarr" else {}
-        update_metadata(self.plate.path, {f"outputs/{self.output}": image_set_entry(
-            [n for n in images if try_parse_virtual_name(n)], backend, **extra)})
+        record_output_folder(self.plate.path, self.output, sorted(set(images)), backend, **extra)
 
 
 def is_vfsmount(path: Path) -> bool:
