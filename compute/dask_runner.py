@@ -20,7 +20,12 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from natsort import natsorted
+
 from .errors import PipelineError
+from .execution import WellResult, process_well
+from .steps import Pipeline
+from .target import cached_reader
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,6 @@ class PipelineSource:
         with _lock:
             found = _pipelines.get(self.digest)
             if found is None:
-                from .pipeline import Pipeline
                 namespace: dict[str, Any] = {"__name__": "vfsmount_pipeline",
                                              "__file__": self.filename}
                 exec(compile(self.text, self.filename, "exec"), namespace)
@@ -63,17 +67,16 @@ class WellTask:
     pipeline: Any                   # a PipelineSource, or a Pipeline (pickled by cloudpickle)
     config: Any
     name: str
-    reader: Any                     # compute.pipeline.ReaderSpec
+    reader: Any                     # compute.target.ReaderSpec
     sink: Any                       # compute.output_sink.OutputSink
     zarr: bool
 
     def __call__(self, well: str, groups: list):
-        from .pipeline import _cached_reader, process_well
         pipeline = (self.pipeline.load(self.config) if isinstance(self.pipeline, PipelineSource)
                     else self.pipeline)
         pipeline.name = self.name
         store = self.sink.open_zarr() if self.zarr else None
-        result = process_well(pipeline, _cached_reader(self.reader), self.sink, well, groups, store)
+        result = process_well(pipeline, cached_reader(self.reader), self.sink, well, groups, store)
         if store is not None:
             result.zarr_index = store.index_document(store.written_arrays())
         return result
@@ -102,9 +105,6 @@ def connect(address: str):
 def run_on_dask(pipeline, target, by_well: dict[str, list], address: str, bar, *, zarr: bool):
     """Submit one task per field (well + site); collect the WellResults (failures included)."""
     from distributed import as_completed
-    from natsort import natsorted
-
-    from .pipeline import WellResult
     if target.through_mount:
         raise PipelineError("--dask reads the plate's storage directly: give the plate "
                             "directory or its s3:// store, not a mountpoint")

@@ -173,6 +173,67 @@ def test_failure_in_one_well_keeps_the_others(tmp_path):
     assert written                                   # the stacks that worked are kept
 
 
+def test_failing_stack_does_not_stop_the_other_stacks_of_its_well(tmp_path):
+    plate = make_imagexpress_plate(tmp_path / "p", SPEC, thumbnails=False, projections=False)
+    broken = Plate.open(plate).backend().load("A01_s001_w1_z001_t001.tif")
+
+    @numpy_function
+    def fragile(stack):
+        if stack.shape[1:] == broken.shape and np.array_equal(stack[0], broken):
+            raise RuntimeError("this stack is broken on purpose")
+        return stack
+
+    with pytest.raises(PipelineError) as e:
+        run_pipeline(Pipeline([FunctionStep(fragile)], name="fragile"), plate, workers=1,
+                     progress=False)
+    assert str(e.value).startswith("1 stack(s) failed")
+    assert "well A01, A01_s001_w1_t001, step 'fragile'" in str(e.value)
+    written = set(os.listdir(plate / "outputs" / "fragile"))
+    # A01's first stack failed; A01's second stack, after it in the same well, still ran
+    assert {f"A01_s001_w2_z00{z}_t001.tif" for z in (1, 2, 3)} <= written
+    assert not any(n.startswith("A01_s001_w1_") for n in written)
+    assert len(written) == 9
+
+
+def test_intermediates_flow_through_the_memory_backend(tmp_path, monkeypatch):
+    """What a later step reads is staged in the memory backend and deleted after its last
+    reader; what nothing reads (the last image, unread special outputs) is never stored."""
+    from backends.memory import MemoryStorageBackend
+    saved, deleted = [], []
+    real_save, real_delete = MemoryStorageBackend.save, MemoryStorageBackend.delete
+    monkeypatch.setattr(MemoryStorageBackend, "save",
+                        lambda self, data, path, **kw: (saved.append(str(path)),
+                                                        real_save(self, data, path, **kw))[1])
+    monkeypatch.setattr(MemoryStorageBackend, "delete",
+                        lambda self, path, **kw: (deleted.append(str(path)),
+                                                  real_delete(self, path, **kw))[1])
+
+    @special_outputs("mask_sum", "unread")
+    @numpy_function
+    def produce(stack):
+        return stack, int(stack.sum()), "nobody reads this"
+
+    @special_inputs("mask_sum")
+    @numpy_function
+    def consume(stack, mask_sum=None):
+        assert mask_sum is not None
+        return stack + 0 * mask_sum
+
+    @numpy_function
+    def last(stack):
+        return stack
+
+    from compute.pipeline import compute_group, group_images
+    pipeline = Pipeline([FunctionStep(produce), FunctionStep(consume), FunctionStep(last)], name="f")
+    group = group_images([f"A01_s001_w1_z00{z}_t001.tif" for z in (1, 2)], ("z",))[0]
+    planes = [np.full((4, 5), z, np.uint16) for z in (1, 2)]
+    out = compute_group(pipeline, group, planes)
+    assert np.array_equal(out, np.stack(planes))
+    stem = "/f/A01_s001_w1_t001"
+    assert saved == [f"{stem}/special/mask_sum", f"{stem}/image", f"{stem}/image"]
+    assert sorted(deleted) == sorted(saved)                    # nothing left behind
+
+
 # -- refused before any image is processed -------------------------------------------------------
 
 def refused(tmp_path, pipeline, match):
