@@ -4,14 +4,14 @@ Importing this package imports no array framework besides NumPy; torch, JAX,
 TensorFlow, CuPy and pyclesperanto are loaded the first time data is converted
 to or from them.
 """
-from .conversion import convert_memory, data_pointer
+from .conversion import convert_memory, data_pointer, device_of
 from .decorators import cupy, jax, memory_types, numpy, pyclesperanto, tensorflow, torch
 from .errors import MemoryConversionError, MemoryTypeError, PipelineError
 from .materialization import (CsvOptions, JsonOptions, MaterializationSpec, ROIOptions, TextOptions,
                               TiffStackOptions)
 from .special_io import special_inputs, special_outputs
 from .gpu_cleanup import cleanup_all_gpu_frameworks, cleanup_gpu_memory_by_framework
-from .memory_types import MemoryType, detect_memory_type, device_of
+from .memory_types import MemoryType, detect_memory_type
 from .stack_utils import stack_slices, unstack_slices
 
 __all__ = [

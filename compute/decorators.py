@@ -13,64 +13,22 @@ at call time:
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import threading
 from typing import Any, Callable
 
-from .conversion import convert_memory
+from .adapters import adapter
+from .conversion import convert_memory, to_numpy_view
 from .errors import MemoryTypeError
-from .frameworks import cuda_available, framework
 from .gpu_cleanup import cleanup_gpu_memory_by_framework
 from .memory_types import MemoryType, detect_memory_type
 
 log = logging.getLogger(__name__)
 
-_streams = threading.local()
 
-
-def is_oom_error(exc: BaseException, mt: MemoryType) -> bool:
+def is_oom_error(exc: BaseException, mt: MemoryType | str) -> bool:
     """Is ``exc`` the out-of-memory error of framework ``mt``?"""
-    import sys
-    name = type(exc).__name__
-    text = str(exc)
-    if mt is MemoryType.TORCH and "torch" in sys.modules:
-        torch = sys.modules["torch"]
-        return isinstance(exc, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError))
-    if mt is MemoryType.CUPY and "cupy" in sys.modules:
-        return isinstance(exc, sys.modules["cupy"].cuda.memory.OutOfMemoryError)
-    if mt is MemoryType.TENSORFLOW and "tensorflow" in sys.modules:
-        return isinstance(exc, sys.modules["tensorflow"].errors.ResourceExhaustedError)
-    if mt is MemoryType.JAX:
-        return "RESOURCE_EXHAUSTED" in text and ("XlaRuntimeError" in name or "JaxRuntimeError" in name)
-    if mt is MemoryType.PYCLESPERANTO and "pyopencl" in sys.modules:
-        cl = sys.modules["pyopencl"]
-        return isinstance(exc, cl.MemoryError) or "MEM_OBJECT_ALLOCATION_FAILURE" in text \
-            or "OUT_OF_RESOURCES" in text
-    return False
-
-
-def _stream_context(mt: MemoryType, gpu_id: int | None):
-    """A per-thread CUDA stream for torch/cupy work on a GPU; nothing elsewhere."""
-    if gpu_id is None or mt not in (MemoryType.TORCH, MemoryType.CUPY) or not cuda_available(mt):
-        return contextlib.nullcontext()
-    key = (mt, gpu_id)
-    streams = getattr(_streams, "by_device", None)
-    if streams is None:
-        streams = _streams.by_device = {}
-    if key not in streams:
-        if mt is MemoryType.TORCH:
-            torch = framework(mt)
-            streams[key] = torch.cuda.Stream(device=gpu_id)
-        else:
-            cp = framework(mt)
-            with cp.cuda.Device(gpu_id):
-                streams[key] = cp.cuda.Stream(non_blocking=True)
-    stream = streams[key]
-    if mt is MemoryType.TORCH:
-        return framework(mt).cuda.stream(stream)
-    return stream
+    return adapter(mt).is_oom(exc)
 
 
 def memory_types(input_type: MemoryType | str = "numpy", output_type: MemoryType | str | None = None,
@@ -84,7 +42,7 @@ def memory_types(input_type: MemoryType | str = "numpy", output_type: MemoryType
             src = detect_memory_type(image)
             x = convert_memory(image, src, in_t, gpu_id)
             try:
-                with _stream_context(in_t, gpu_id):
+                with adapter(in_t).stream(gpu_id):
                     result = func(x, *args, **kwargs)
             except Exception as e:
                 if not (oom_recovery and is_oom_error(e, in_t)):
@@ -105,14 +63,15 @@ def memory_types(input_type: MemoryType | str = "numpy", output_type: MemoryType
                     func.__qualname__, in_t, error, in_t)
         cleanup_gpu_memory_by_framework(in_t, gpu_id)
         try:
-            with _stream_context(in_t, gpu_id):
+            with adapter(in_t).stream(gpu_id):
                 return func(x, *args, **kwargs)
         except Exception as e:
-            if not is_oom_error(e, in_t) or not cpu_fallback or in_t is MemoryType.CUPY:
+            if not is_oom_error(e, in_t) or not cpu_fallback or not adapter(in_t).runs_on_cpu:
                 raise
             log.warning("%s: still out of memory; running it on the CPU", func.__qualname__)
             cleanup_gpu_memory_by_framework(in_t, gpu_id)
-            host = convert_memory(image, src, in_t, None)   # same framework, CPU device
+            # the same framework on its CPU device (a host copy: the input may be on the GPU)
+            host = adapter(in_t).from_numpy(to_numpy_view(image, src))
             return func(host, *args, **kwargs)
 
     return decorate

@@ -1,52 +1,22 @@
-"""Lazy, safe imports of the optional array libraries.
+"""Lazy imports of the optional array libraries, through their adapters.
 
-Two measured traps are handled here, once:
-- TensorFlow loads its libraries with RTLD_GLOBAL; with pocl's OpenCL (pyclesperanto)
-  in the same process that segfaults when pocl compiles a kernel. Hiding TF's
-  ``pywrap_dlopen_global_flags`` module makes it load with RTLD_LOCAL.
-- JAX silently truncates int64/float64 to 32 bits unless x64 is enabled; conversions
-  must keep dtypes exactly, so it is enabled when vfsmount imports JAX.
+Each adapter (compute/adapters/) holds its library's import-time settings, measured traps
+included: TensorFlow is loaded with RTLD_LOCAL so that pocl's OpenCL does not segfault beside
+it, and JAX gets 64-bit types (conversions keep dtypes exactly) and no up-front grab of the
+GPU's memory.
 """
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from types import ModuleType
 
+from .adapters import adapter
 from .errors import MemoryConversionError
 from .memory_types import MemoryType
-
-_MODULES = {
-    MemoryType.NUMPY: "numpy",
-    MemoryType.CUPY: "cupy",
-    MemoryType.TORCH: "torch",
-    MemoryType.TENSORFLOW: "tensorflow",
-    MemoryType.JAX: "jax",
-    MemoryType.PYCLESPERANTO: "pyclesperanto_prototype",
-}
-_EXTRAS = {MemoryType.CUPY: "cupy", MemoryType.TORCH: "torch", MemoryType.TENSORFLOW: "tensorflow",
-           MemoryType.JAX: "jax", MemoryType.PYCLESPERANTO: "cle"}
 
 
 def framework(mt: MemoryType | str) -> ModuleType:
     """Import (once) and return the library behind a memory type."""
-    mt = MemoryType(mt)
-    name = _MODULES[mt]
-    module = sys.modules.get(name)
-    if module is not None:
-        return module
-    if mt is MemoryType.TENSORFLOW:
-        sys.modules.setdefault("tensorflow.python.pywrap_dlopen_global_flags", None)
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        module = importlib.import_module(name)
-    except ImportError as e:
-        raise MemoryConversionError("?", mt.value, "import", f"{name} is not installed "
-                                    f"(pip install 'vfsmount[{_EXTRAS.get(mt, mt.value)}]'): {e}") from e
-    if mt is MemoryType.JAX:
-        module.config.update("jax_enable_x64", True)
-    return module
+    return adapter(mt).module()
 
 
 def available(mt: MemoryType | str) -> bool:
@@ -61,18 +31,8 @@ def available(mt: MemoryType | str) -> bool:
 
 
 def cuda_available(mt: MemoryType | str) -> bool:
-    """True if the library sees a CUDA device (never imports a library that is not loaded yet
-    unless asked about it)."""
-    mt = MemoryType(mt)
+    """True if the library can be imported and sees a CUDA device (imports it)."""
     try:
-        if mt is MemoryType.TORCH:
-            return bool(framework(mt).cuda.is_available())
-        if mt is MemoryType.CUPY:
-            return framework(mt).cuda.runtime.getDeviceCount() > 0
-        if mt is MemoryType.JAX:
-            return any(d.platform == "gpu" for d in framework(mt).devices())
-        if mt is MemoryType.TENSORFLOW:
-            return bool(framework(mt).config.list_physical_devices("GPU"))
+        return adapter(mt).cuda_available()
     except Exception:
         return False
-    return False
