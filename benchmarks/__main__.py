@@ -15,6 +15,7 @@ BENCHMARKS = {
     "mount_ls": "ls -l of 100k virtual vs 100k real files; mount ready time and daemon RSS",
     "zarr": "conversion vs cp -r, store size per compressor, WELL vs FILE reads, peak memory",
     "memory": "memory-type conversions of a (16, 2048, 2048) stack vs np.copy",
+    "gpu": "GPU conversions (cupy/torch/jax) vs a device-to-device copy; a pipeline on GPU vs CPU",
     "pipeline": "pipeline throughput vs the same functions in a plain loop",
     "remote": "S3 plate (SeaweedFS on loopback) mounted vs s3fs direct and vs local disk; "
               "Dask 2 workers vs 1 process",

@@ -49,6 +49,8 @@ def convert_memory(data: Any, source_type: MemoryType | str, target_type: Memory
                 raise MemoryConversionError(src, dst, "dlpack (GPU to GPU)",
                                             f"{e}; pass allow_cpu_roundtrip=True to go through "
                                             "host memory") from e
+            if gpu_id is None:          # the round trip ends on the device it started from
+                gpu_id = int(a_src.device(data).rsplit(":", 1)[1])
     elif a_src.cpu_dlpack and a_dst.cpu_dlpack:
         direct = _direct_dlpack(data, a_src, a_dst)
         if direct is not None:

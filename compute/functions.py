@@ -76,7 +76,7 @@ def gaussian_filter_torch(stack, sigma: float = 2.0):
     """Per-plane Gaussian blur as two 1D convolutions (replicate padding, like mode='nearest')."""
     torch = framework("torch")
     radius = int(4 * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=stack.device)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     k = (k / k.sum()).to(torch.float32)
     img = stack.to(torch.float32)[:, None]                       # (Z, 1, Y, X)
@@ -94,7 +94,7 @@ def threshold_otsu_torch(stack):
     lo, hi = values.min(), values.max()
     hist = torch.histc(values, bins=256, min=float(lo), max=float(hi))
     width = (hi - lo) / 256
-    centers = lo + width * (torch.arange(256, dtype=torch.float64) + 0.5)
+    centers = lo + width * (torch.arange(256, dtype=torch.float64, device=stack.device) + 0.5)
     w1 = torch.cumsum(hist, 0)
     w2 = torch.cumsum(hist.flip(0), 0).flip(0)
     m1 = torch.cumsum(hist * centers, 0) / w1.clamp(min=1e-12)

@@ -283,6 +283,7 @@ def test_oom_recovery_retries_then_falls_back(mt, make_error, caplog):
     assert len(calls) == 1
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not available(MemoryType.TORCH) or not cuda_available(MemoryType.TORCH),
                     reason="no CUDA device on this machine: CUDA paths run only where a GPU exists")
 def test_cuda_paths():
