@@ -6,6 +6,7 @@ host <-> device rows move the bytes over the bus. Without a CUDA device it says 
 """
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -54,20 +55,20 @@ def device_copy(x, mt: MemoryType):
     return framework(mt).numpy.array(x, copy=True)
 
 
+def pair_row(data, src: MemoryType, dst: MemoryType, t_copy: float, types) -> tuple:
+    """One GPU -> GPU conversion: zero-copy when the result has the source's device pointer."""
+    zero = data_pointer(convert_memory(data, src, dst)) == data_pointer(data)
+    seconds = best(lambda: convert_memory(data, src, dst), types)
+    return (f"{src} -> {dst}", "zero-copy" if zero else "copy", f"{seconds * 1e6:,.0f} us",
+            seconds / t_copy, "far below 1 (us)")
+
+
 def conversions(shape: tuple, types: list[MemoryType]) -> None:
     host = aligned_copy(np.random.default_rng(0).integers(0, 4000, shape).astype(np.float32))
     on_gpu = {mt: convert_memory(host, "numpy", mt, gpu_id=0) for mt in types}
     t_copy = best(lambda: device_copy(on_gpu[types[0]], types[0]), types)
-    rows = []
-    for src in types:
-        for dst in types:
-            if src is dst:
-                continue
-            data = on_gpu[src]
-            zero = data_pointer(convert_memory(data, src, dst)) == data_pointer(data)
-            seconds = best(lambda: convert_memory(data, src, dst), types)
-            rows.append((f"{src} -> {dst}", "zero-copy" if zero else "copy",
-                         f"{seconds * 1e6:,.0f} us", seconds / t_copy, "far below 1 (us)"))
+    rows = [pair_row(on_gpu[src], src, dst, t_copy, types)
+            for src, dst in itertools.permutations(types, 2)]
     gb = host.nbytes / 1e9
     for mt in types:
         up = best(lambda: convert_memory(host, "numpy", mt, gpu_id=0), types)

@@ -36,6 +36,9 @@ def check_pipeline(pipeline: Pipeline, groups: list[Group], dtype: np.dtype,
                     _check_options(step, spec, suffixes)
         if pipeline.backend_for(step) not in ("disk", "zarr"):
             raise PipelineError(f"step {step.name!r}: materialization backend must be disk or zarr")
+    if pipeline.intermediate_backend != "memory":
+        raise PipelineError(f"intermediate backend {pipeline.intermediate_backend!r}: "
+                            "intermediates are staged in the memory backend only")
     dry_run(pipeline, groups[0], dtype, plane_shape)
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from backends import Backend, FileManager
+from backends import FileManager
 
 from .stack_utils import stack_slices
 from .steps import SOURCE_INPUT, FunctionStep, Pipeline
@@ -35,6 +35,7 @@ class Intermediates:
 
     def __init__(self, pipeline: Pipeline, stem: str) -> None:
         self.files = FileManager()          # its own memory backend: no sharing between stacks
+        self.backend = pipeline.intermediate_backend
         self.root = f"/{pipeline.name}/{stem}"
         self.last_reader = pipeline.last_readers()
         self.stored: set[str] = set()
@@ -43,28 +44,28 @@ class Intermediates:
         return self.last_reader.get(name, -1) > after
 
     def put_image(self, data: Any) -> None:
-        self.files.save(data, f"{self.root}/image", Backend.MEMORY, overwrite=True)
+        self.files.save(data, f"{self.root}/image", self.backend, overwrite=True)
 
     def take_image(self) -> Any:
         path = f"{self.root}/image"
-        data = self.files.load(path, Backend.MEMORY)
-        self.files.delete(path, Backend.MEMORY)
+        data = self.files.load(path, self.backend)
+        self.files.delete(path, self.backend)
         return data
 
     def put_specials(self, index: int, produced: dict[str, Any]) -> None:
         for name, value in produced.items():
             if self.is_read(name, index):
-                self.files.save(value, f"{self.root}/special/{name}", Backend.MEMORY,
+                self.files.save(value, f"{self.root}/special/{name}", self.backend,
                                 overwrite=True)
                 self.stored.add(name)
 
     def special(self, name: str) -> Any:
-        return self.files.load(f"{self.root}/special/{name}", Backend.MEMORY)
+        return self.files.load(f"{self.root}/special/{name}", self.backend)
 
     def release(self, index: int) -> None:
         """Delete what step ``index`` was the last to read."""
         for name in [n for n in self.stored if self.last_reader[n] <= index]:
-            self.files.delete(f"{self.root}/special/{name}", Backend.MEMORY)
+            self.files.delete(f"{self.root}/special/{name}", self.backend)
             self.stored.discard(name)
 
 

@@ -21,7 +21,7 @@ SOURCE_INPUT = "source"     # a special input every step may declare: the stack 
 @dataclass(frozen=True)
 class VFSConfig:
     materialization_backend: str = "disk"      # "disk" or "zarr"
-    intermediate_backend: str = "memory"
+    intermediate_backend: str = "memory"      # staging between steps: only "memory" exists
 
 
 GLOBAL_CONFIG = VFSConfig()
@@ -145,6 +145,11 @@ class Pipeline:
         return (step.materialization_backend
                 or (self.config.materialization_backend if self.config else None)
                 or GLOBAL_CONFIG.materialization_backend)
+
+    @property
+    def intermediate_backend(self) -> str:
+        """Where intermediates are staged, resolved pipeline -> global."""
+        return (self.config or GLOBAL_CONFIG).intermediate_backend
 
     @property
     def first_memory_type(self) -> str:

@@ -278,6 +278,12 @@ def test_colliding_outputs_are_refused(tmp_path):
             r"step 'second': special output 'stats' collides with the one of step 'first'")
 
 
+def test_unknown_intermediate_backend_is_refused(tmp_path):
+    refused(tmp_path, Pipeline([FunctionStep(threshold_otsu)], name="x",
+                               config=VFSConfig(intermediate_backend="disk")),
+            r"intermediate backend 'disk': intermediates are staged in the memory backend only")
+
+
 def test_unknown_option_type_is_refused():
     class ParquetOptions:
         filename_suffix = ".parquet"
