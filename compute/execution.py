@@ -93,14 +93,12 @@ def process_well(pipeline: Pipeline, reader, sink, well: str, groups: Sequence[G
     for g in groups:
         try:
             planes = reader.load_batch(list(g.names))
-        except Exception as e:
-            _failed(result, well, g, "load", e)
-            continue
-        try:
             run_steps(pipeline, g.components, g.stem, planes,
                       _Writer(pipeline, sink, zarr_store, g, result))
         except StepFailure as f:
             _failed(result, well, g, f.step, f.error)
+        except Exception as e:          # reading the planes or stacking them
+            _failed(result, well, g, "load", e)
     return result
 
 

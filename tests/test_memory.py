@@ -124,6 +124,20 @@ def test_pyclesperanto_keeps_dtype():
     assert np.array_equal(convert_memory(c, "pyclesperanto", "numpy"), a)
 
 
+@pytest.mark.parametrize("mt", INSTALLED, ids=str)
+def test_each_memory_type_is_one_adapter(mt):
+    from compute import device_of
+    from compute.adapters import ADAPTERS, adapter
+    assert set(ADAPTERS) == set(MemoryType) and adapter(mt).memory_type is mt
+    a = adapter(mt)
+    ones = np.ones((2, 3, 4), np.float32)
+    data = a.from_numpy(ones)
+    assert detect_memory_type(data) is mt and a.dtype(data) == np.float32
+    assert np.array_equal(a.to_numpy(data), ones)
+    assert device_of(data).startswith("opencl:" if mt is MemoryType.PYCLESPERANTO else "cpu")
+    assert not a.on_gpu(data)
+
+
 def test_wrong_source_type_is_reported():
     with pytest.raises(MemoryConversionError, match="data is numpy, not torch") as e:
         convert_memory(np.zeros(3), "torch", "numpy")
