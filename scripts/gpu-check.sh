@@ -53,12 +53,12 @@ EOF
 
 status=0
 echo "## tests (marked cuda)"
-timeout 200 "$PY" -m pytest -q -m cuda -p no:cacheprovider -o addopts="" -rA \
+timeout 180 "$PY" -m pytest -q -m cuda -p no:cacheprovider -o addopts="" -rA \
     --junitxml="$OUT/gpu-tests.xml" --basetemp=/tmp/gpu-check-pytest \
     tests/test_gpu.py tests/test_memory.py || status=$?
 
 echo "## benchmark"
-timeout 80 "$PY" -m benchmarks gpu | tee "$OUT/gpu-bench.md"
+timeout 100 "$PY" -m benchmarks gpu | tee "$OUT/gpu-bench.md"
 bench=${PIPESTATUS[0]}
 [[ $bench -ne 0 ]] && status=$bench
 echo "# gpu-check done: exit $status"
