@@ -355,3 +355,38 @@ def _help_commands() -> dict[str, set[str]]:
 
 def test_readme_command_table_matches_help():
     assert _readme_commands() == _help_commands()
+
+
+# -- a plain install -------------------------------------------------------------------------
+
+@pytest.mark.install
+def test_plain_install_runs_the_readme_pipeline(plate, tmp_path):
+    """`pip install .` without extras (a fresh venv that sees no other site-packages) runs
+    `vfsmount run examples/cells.py PLATE`; a missing extra is named with its install line."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for package in ("backends", "compute", "vfsmount", "benchmarks"):   # as pyproject lists
+        shutil.copytree(REPO / package, src / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-compile", str(src)],
+                         env=env, capture_output=True, text=True, timeout=1200)
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+
+    def vfsmount(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(venv / "bin" / "vfsmount"), *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+
+    res = vfsmount("run", str(REPO / "examples" / "cells.py"), str(plate))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "cells: 2 stacks, 4 images" in res.stdout and (plate / "outputs" / "cells").is_dir()
+    uses_torch = tmp_path / "uses_torch.py"
+    uses_torch.write_text("import torch\npipeline = []\n")
+    res = vfsmount("run", str(uses_torch), str(plate))
+    assert "uses_torch.py:1: No module named 'torch' (pip install 'vfsmount[torch]')" in res.stderr
+    res = vfsmount("run", str(REPO / "examples" / "cells.py"), str(plate), "--dask", "local:1")
+    assert "pip install 'vfsmount[dask]'" in res.stderr and res.returncode == 1

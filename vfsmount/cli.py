@@ -42,8 +42,7 @@ def _cmd_info(args) -> int:
     from backends.plate import Plate
     report = info_report(Plate.open(args.plate, rescan=not args.no_rescan))
     if args.json:
-        json.dump(report, sys.stdout, indent=2)
-        print()
+        _print_json(report)
     else:
         _print_info(report)
     return 0
@@ -104,7 +103,8 @@ def _print_info(report: dict) -> None:
         star = " (main)" if s["main"] else ""
         print(f"\n[{key}]{star}  {s['images']} images via {', '.join(s['available_backends'])}")
         wells = s["wells"]
-        print(f"  wells:     {len(wells)}: {' '.join(wells[:24])}{' ...' if len(wells) > 24 else ''}")
+        more = " ..." if len(wells) > 24 else ""
+        print(f"  wells:     {len(wells)}: {' '.join(wells[:24])}{more}")
         print(f"  sites:     {s['sites']}")
         chans = ", ".join(f"w{c}" + (f"={n}" if n else "") for c, n in s["channels"].items())
         print(f"  channels:  {chans}")
@@ -212,8 +212,7 @@ def _cmd_list(args) -> int:
     from .control import active_mounts
     rows = [{**asdict(m), "alive": m.alive} for m in active_mounts()]
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        print()
+        _print_json(rows)
         return 0
     if not rows:
         print("no vfsmount mounts")
@@ -277,6 +276,11 @@ def _load_pipeline(path: str):
                  if os.path.realpath(f.filename) == target]
         where = f"{path}:{lines[-1]}" if lines else path
         raise UserError(f"{where}: {describe_error(e)}") from e
+
+
+def _print_json(doc) -> None:
+    json.dump(doc, sys.stdout, indent=2)
+    print()
 
 
 def _progress(args) -> bool:

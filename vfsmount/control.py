@@ -147,7 +147,7 @@ def unmount_checked(mountpoint: str | os.PathLike, *, lazy: bool = False) -> str
     if res.returncode != 0:
         raise MountError(f"cannot unmount {mnt}: {res.stderr.strip()}")
     forget_mount(mnt)
-    return "cleared a dead mount" if dead else "detached (lazily: it goes when the last user is done)"
+    return "cleared a dead mount" if dead else "detached (it goes when its last file is closed)"
 
 
 def _fusermount(mnt: str, *flags: str) -> subprocess.CompletedProcess:
