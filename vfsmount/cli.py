@@ -143,7 +143,11 @@ def _cmd_convert(args) -> int:
 # -- mount, umount, list -----------------------------------------------------------------------
 
 def _cmd_mount(args) -> int:
+    from backends.remote import is_url
     from .control import check_mountpoint, start_daemon
+    if not is_url(args.plate) and not Path(args.plate).is_dir():
+        from backends.plate import Plate
+        Plate.open(args.plate)   # says what is wrong with it (not there, an .nd2 file, ...)
     check_mountpoint(args.mountpoint, nonempty=args.nonempty)
     if args.writable:
         _refuse_read_only(args.plate, "mount it without --writable")

@@ -129,7 +129,7 @@ def unmount_checked(mountpoint: str | os.PathLike, *, lazy: bool = False) -> str
     if kind is None:
         forget_mount(mnt)
         raise NotMountedError(f"{mnt} is not mounted")
-    if kind != "fuse.vfsmount":
+    if kind != "fuse" and not kind.startswith("fuse."):   # fusermount unmounts FUSE mounts only
         raise MountError(f"{mnt} is a {kind} mount, not a vfsmount one")
     res = _fusermount(mnt)
     if res.returncode == 0:
