@@ -2,6 +2,14 @@
 from __future__ import annotations
 
 import os
+import re
+
+# mountinfo writes space, tab, newline and backslash in paths as \ooo octal escapes
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def unescape(field: str) -> str:
+    return _ESCAPE.sub(lambda m: chr(int(m[1], 8)), field)
 
 
 def mount_type(path: str | os.PathLike) -> str | None:
@@ -11,7 +19,7 @@ def mount_type(path: str | os.PathLike) -> str | None:
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 fields = line.split()
-                if len(fields) > 4 and fields[4].replace("\\040", " ") == real:
+                if len(fields) > 4 and unescape(fields[4]) == real:
                     return fields[fields.index("-") + 1]
     except OSError:
         return None

@@ -16,7 +16,7 @@ from pathlib import Path
 from .base import DataSink, get_backend_class
 from .disk import DiskStorageBackend
 from .errors import MetadataError, PlateFormatError
-from .handlers import PlateScan, detect_handler
+from .handlers import PlateScan, detect_handler, refuse_unsupported
 from .metadata import (cache_root, image_set_entry, main_subdirectory, metadata_path,
                        primary_backend, read_metadata, update_metadata)
 from .remote import is_url
@@ -47,6 +47,7 @@ class Plate:
             return open_remote_plate(os.fspath(path))
         plate = Path(path).absolute()
         if not plate.is_dir():
+            refuse_unsupported(plate)   # an .nd2/.czi/... file named as the plate
             raise PlateFormatError("plate is not a directory", path=plate)
         doc = read_metadata(plate)
         if doc is not None and not rescan:

@@ -1,44 +1,100 @@
-"""The ``vfsmount`` command line: info, convert, mount, umount, demo."""
+"""The ``vfsmount`` command line: info, convert, mount, umount, list, run, demo.
+
+Each subcommand is a handler, ``_cmd_<name>``, and one row of COMMANDS: its help and the table
+of its arguments. An option that only makes sense with another says so in ``requires`` (or
+``conflicts``); its default is applied after that check, so a default never counts as given.
+
+Every user mistake ends as one line, ``vfsmount CMD: error: ...`` (exit 1; 2 for a malformed
+command line); a traceback is printed only with ``--log-level debug``.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
+import traceback
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
-from backends.errors import StorageError
-from compute.errors import PipelineError
+from . import __version__
 
+log = logging.getLogger("vfsmount.cli")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+INFO_SCHEMA = 1   # `info --json`: bumped when a key changes meaning or goes away
+# The extras in pyproject.toml, by the module each brings: a missing one is named with its
+# install line.
+EXTRAS = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow", "cupy": "cupy",
+          "pyclesperanto_prototype": "cle", "pyopencl": "cle", "s3fs": "s3",
+          "distributed": "dask"}
+
+
+class UserError(Exception):
+    """A mistake the user can fix, told as one line."""
+
+
+# -- info --------------------------------------------------------------------------------------
 
 def _cmd_info(args) -> int:
     from backends.plate import Plate
-    plate = Plate.open(args.plate, rescan=not args.no_rescan)
-    report = {
+    report = info_report(Plate.open(args.plate, rescan=not args.no_rescan))
+    if args.json:
+        _print_json(report)
+    else:
+        _print_info(report)
+    return 0
+
+
+def info_report(plate) -> dict:
+    """What `info` reports; the same keys whatever the flags (null where not known)."""
+    scan = plate.scan   # None with --no-rescan: what the last scan left unmapped is not known
+    return {
+        "schema": INFO_SCHEMA,
         "plate": plate.location,
         "format": plate.handler_name,
         "metadata_file": str(plate.metadata_file),
         "main": plate.main,
         "primary_backend": plate.primary_backend(),
-        "subdirectories": {},
+        "subdirectories": {key: _subdirectory_report(plate, key, e)
+                           for key, e in plate.subdirectories.items()},
+        "unparsed_tiffs": None if scan is None else scan.unparsed,
+        "ignored_thumbnails": None if scan is None else scan.ignored,
     }
-    for key, e in plate.subdirectories.items():
-        report["subdirectories"][key] = {
-            "images": len(e.get("image_files", [])),
-            "wells": e.get("wells", []), "sites": e.get("sites", []),
-            "channels": e.get("channels", {}), "z_indexes": e.get("z_indexes", []),
-            "timepoints": e.get("timepoints", []), "pixel_size_um": e.get("pixel_size"),
-            "grid_dimensions": e.get("grid_dimensions"),
-            "available_backends": [k for k, v in e.get("available_backends", {}).items() if v],
-            "main": e.get("main", False),
-        }
-    if plate.scan is not None:
-        report["unparsed_tiffs"] = plate.scan.unparsed
-        report["ignored_thumbnails"] = plate.scan.ignored
-    if args.json:
-        json.dump(report, sys.stdout, indent=2)
-        print()
-        return 0
+
+
+def _subdirectory_report(plate, key: str, e: dict) -> dict:
+    return {
+        "images": len(e.get("image_files", [])),
+        "wells": e.get("wells", []), "sites": e.get("sites", []),
+        "channels": e.get("channels", {}), "z_indexes": e.get("z_indexes", []),
+        "timepoints": e.get("timepoints", []), "pixel_size_um": e.get("pixel_size"),
+        "grid_dimensions": e.get("grid_dimensions"),
+        **_plane_format(plate, key, e),
+        "available_backends": [k for k, v in e.get("available_backends", {}).items() if v],
+        "main": e.get("main", False),
+    }
+
+
+def _plane_format(plate, key: str, e: dict) -> dict:
+    """Width, height, dtype and bytes of one plane, from the subdirectory's first image."""
+    names = e.get("image_files") or []
+    try:
+        plane = plate.backend(key).load(names[0]) if names else None
+    except Exception as exc:   # a damaged first image: report the rest, say why this is missing
+        log.warning("[%s] cannot read %s for the plane size: %s", key, names[0], exc)
+        plane = None
+    if plane is None:
+        return {"width": None, "height": None, "dtype": None, "bytes_per_plane": None}
+    height, width = plane.shape[:2] if plane.ndim == 3 and plane.shape[-1] in (3, 4) \
+        else plane.shape[-2:]
+    return {"width": int(width), "height": int(height), "dtype": str(plane.dtype),
+            "bytes_per_plane": int(plane.nbytes)}
+
+
+def _print_info(report: dict) -> None:
     print(f"plate:     {report['plate']}")
     print(f"format:    {report['format']}")
     print(f"metadata:  {report['metadata_file']}")
@@ -46,72 +102,146 @@ def _cmd_info(args) -> int:
     for key, s in report["subdirectories"].items():
         star = " (main)" if s["main"] else ""
         print(f"\n[{key}]{star}  {s['images']} images via {', '.join(s['available_backends'])}")
-        print(f"  wells:     {len(s['wells'])}: {' '.join(s['wells'][:24])}{' ...' if len(s['wells']) > 24 else ''}")
+        wells = s["wells"]
+        more = " ..." if len(wells) > 24 else ""
+        print(f"  wells:     {len(wells)}: {' '.join(wells[:24])}{more}")
         print(f"  sites:     {s['sites']}")
         chans = ", ".join(f"w{c}" + (f"={n}" if n else "") for c, n in s["channels"].items())
         print(f"  channels:  {chans}")
         print(f"  z:         {s['z_indexes']}")
         print(f"  t:         {s['timepoints']}")
-        print(f"  pixel:     {s['pixel_size_um']} um" + (f", grid {s['grid_dimensions']}"
-                                                          if s["grid_dimensions"] else ""))
-    if report.get("unparsed_tiffs"):
+        plane = "unknown" if s["width"] is None else \
+            f"{s['width']} x {s['height']} {s['dtype']}, {s['bytes_per_plane']} bytes"
+        print(f"  plane:     {plane}")
+        pixel = "unknown" if s["pixel_size_um"] is None else f"{s['pixel_size_um']} um"
+        grid = f", grid {s['grid_dimensions']}" if s["grid_dimensions"] else ""
+        print(f"  pixel:     {pixel}{grid}")
+    if report["unparsed_tiffs"]:
         print(f"\n{len(report['unparsed_tiffs'])} TIFF names did not parse and are not mapped:")
         for rel in report["unparsed_tiffs"][:10]:
             print(f"  {rel}")
-    if report.get("ignored_thumbnails"):
+    if report["ignored_thumbnails"]:
         print(f"\n{report['ignored_thumbnails']} thumbnails ignored")
-    return 0
 
+
+# -- convert -----------------------------------------------------------------------------------
 
 def _cmd_convert(args) -> int:
     from backends.convert import convert_plate
     from backends.zarr_config import ZarrConfig
+    if args.output is None:
+        _refuse_read_only(args.plate, "give --output DIR for the OME-Zarr store")
     config = ZarrConfig(chunk_strategy=args.chunk_strategy, compressor=args.compressor,
                         compression_level=args.level, ngff_version=args.ngff_version)
     out = convert_plate(args.plate, args.output, config=config, overwrite=args.overwrite,
-                        progress=not args.no_progress)
+                        progress=_progress(args))
     print(f"wrote {out} ({config.chunk_strategy.value} chunks, {config.compressor.value}, "
           f"NGFF {config.ngff_version}); it is now the plate's main subdirectory")
     return 0
 
 
+# -- mount, umount, list -----------------------------------------------------------------------
+
 def _cmd_mount(args) -> int:
-    from .control import start_daemon
+    from backends.remote import is_url
+    from .control import check_mountpoint, start_daemon
+    if not is_url(args.plate) and not Path(args.plate).is_dir():
+        from backends.plate import Plate
+        Plate.open(args.plate)   # says what is wrong with it (not there, an .nd2 file, ...)
+    check_mountpoint(args.mountpoint, nonempty=args.nonempty)
+    if args.writable:
+        _refuse_read_only(args.plate, "mount it without --writable")
+    if args.pipeline:
+        _load_pipeline(args.pipeline)   # its mistakes as file:line, before a daemon starts
     if args.foreground:
-        from .daemon import serve
-        logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return serve(args.plate, args.mountpoint, allow_other=args.allow_other, subdir=args.subdir,
-                     xattrs=not args.no_xattrs, writable=args.writable, materialize=args.materialize,
-                     pipeline_file=args.pipeline, compute_cache_mb=args.compute_cache_mb,
-                     chunk_cache_mb=args.chunk_cache_mb, s3_endpoint=args.s3_endpoint)
-    extra = ["--chunk-cache-mb", str(args.chunk_cache_mb)] + \
+        return _mount_foreground(args)
+    pid, log_file = start_daemon(args.plate, args.mountpoint, allow_other=args.allow_other,
+                                 subdir=args.subdir, log_level=_daemon_log_level(args),
+                                 log_file=args.log_file, extra_args=_daemon_options(args))
+    print(f"mounted {args.plate} on {args.mountpoint} (daemon pid {pid}, log {log_file})")
+    return 0
+
+
+def _daemon_options(args) -> list[str]:
+    """The options the daemon process is started with (also what `vfsmount list` shows)."""
+    return ["--chunk-cache-mb", str(args.chunk_cache_mb)] + \
         (["--s3-endpoint", args.s3_endpoint] if args.s3_endpoint else []) + \
         (["--no-xattrs"] if args.no_xattrs else []) + \
         (["--writable", "--materialize", args.materialize] if args.writable else []) + \
         (["--pipeline", str(Path(args.pipeline).absolute()),
           "--compute-cache-mb", str(args.compute_cache_mb)] if args.pipeline else [])
-    pid, log_file = start_daemon(args.plate, args.mountpoint, allow_other=args.allow_other,
-                                 subdir=args.subdir, log_level=args.log_level,
-                                 log_file=args.log_file, extra_args=extra)
-    print(f"mounted {args.plate} on {args.mountpoint} (daemon pid {pid}, log {log_file})")
-    return 0
+
+
+def _daemon_log_level(args) -> str:
+    return (args.log_level or "info").upper()
+
+
+def _mount_foreground(args) -> int:
+    from .control import MountRecord, forget_mount, plate_location, record_mount
+    from .daemon import serve
+    logging.getLogger().setLevel(_daemon_log_level(args))
+    record_mount(MountRecord(args.mountpoint, plate_location(args.plate), os.getpid(),
+                             ["--foreground"] + _daemon_options(args), None))
+    try:
+        return serve(args.plate, args.mountpoint, allow_other=args.allow_other,
+                     subdir=args.subdir, xattrs=not args.no_xattrs, writable=args.writable,
+                     materialize=args.materialize, pipeline_file=args.pipeline,
+                     compute_cache_mb=args.compute_cache_mb, chunk_cache_mb=args.chunk_cache_mb,
+                     s3_endpoint=args.s3_endpoint)
+    finally:
+        forget_mount(args.mountpoint)
 
 
 def _cmd_umount(args) -> int:
-    from .control import unmount
-    print(f"{args.mountpoint}: {unmount(args.mountpoint)}")
+    from .control import MountError, active_mounts, unmount_checked
+    if args.all == (args.mountpoint is not None):
+        raise UserError("give a MOUNTPOINT or --all (not both)")
+    if not args.all:
+        print(f"{args.mountpoint}: {unmount_checked(args.mountpoint, lazy=args.lazy)}")
+        return 0
+    mounts = active_mounts()
+    if not mounts:
+        print("no vfsmount mounts")
+    failed = 0
+    for m in mounts:
+        try:
+            print(f"{m.mountpoint}: {unmount_checked(m.mountpoint, lazy=args.lazy)}")
+        except MountError as e:   # one busy mount must not keep the others mounted
+            print(f"vfsmount umount: error: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def _cmd_list(args) -> int:
+    from .control import active_mounts
+    rows = [{**asdict(m), "alive": m.alive} for m in active_mounts()]
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no vfsmount mounts")
+        return 0
+    table = [("MOUNTPOINT", "PLATE", "PID", "OPTIONS", "LOG")] + [
+        (r["mountpoint"], r["plate"], str(r["pid"]) + ("" if r["alive"] else " (dead)"),
+         " ".join(r["options"]) or "-", r["log_file"] or "-") for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
     return 0
 
 
+# -- run, demo ---------------------------------------------------------------------------------
+
 def _cmd_run(args) -> int:
-    from compute.pipeline import load_pipeline_file, run_pipeline
-    pipeline = load_pipeline_file(args.pipeline)
+    from backends.mountinfo import mount_type
+    from compute.pipeline import VFSConfig, run_pipeline
+    pipeline = _load_pipeline(args.pipeline)
+    if mount_type(args.target) is None:
+        _refuse_read_only(args.target, "run the pipeline on a writable copy of the plate")
     if args.materialize:
-        from compute.pipeline import VFSConfig
         pipeline.config = VFSConfig(materialization_backend=args.materialize)
     result = run_pipeline(pipeline, args.target, output=args.output, workers=args.workers,
-                          progress=not args.no_progress, dask=args.dask)
+                          progress=_progress(args), dask=args.dask)
     print(f"{pipeline.name}: {result.groups} stacks, {result.images_written} images and "
           f"{len(result.files_written)} files written to {result.output}")
     return 0
@@ -122,98 +252,246 @@ def _cmd_demo(args) -> int:
     return run_demo(Path(args.dir) if args.dir else None, keep_mounted=not args.unmount)
 
 
-def _s3_option(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--s3-endpoint", help="S3-compatible endpoint URL for s3:// locations "
-                   "(default: $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL); credentials come from "
-                   "$AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY or $AWS_PROFILE")
+# -- shared checks -----------------------------------------------------------------------------
+
+def _refuse_read_only(plate: str, how: str) -> None:
+    """Read-only plates are never written into, by any command (root included)."""
+    from backends.metadata import plate_is_writable
+    from backends.remote import is_url
+    if not is_url(plate) and Path(plate).is_dir() and not plate_is_writable(Path(plate)):
+        raise UserError(f"{plate} is read-only and vfsmount never writes into it: {how}")
+
+
+def _load_pipeline(path: str):
+    """A pipeline file; a mistake in it is reported as file:line, like a compiler would."""
+    from compute.errors import PipelineError
+    from compute.pipeline import load_pipeline_file
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such pipeline file")
+    try:
+        return load_pipeline_file(path)
+    except SyntaxError as e:
+        raise UserError(f"{e.filename}:{e.lineno}: {type(e).__name__}: {e.msg}") from e
+    except PipelineError:
+        raise
+    except Exception as e:
+        target = os.path.realpath(path)
+        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
+                 if os.path.realpath(f.filename) == target]
+        where = f"{path}:{lines[-1]}" if lines else path
+        raise UserError(f"{where}: {describe_error(e)}") from e
+
+
+def _print_json(doc) -> None:
+    json.dump(doc, sys.stdout, indent=2)
+    print()
+
+
+def _progress(args) -> bool:
+    """Progress bars only on a terminal: a redirected log gets no carriage-return frames."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _require_extras(args) -> None:
+    """s3:// locations and --dask need an extra: say which, before anything starts."""
+    import importlib.util
+    from backends.remote import is_url
+    needs = [("s3fs", "an s3:// location") for name in ("plate", "target", "output")
+             if is_url(getattr(args, name, None) or "")]
+    if getattr(args, "dask", None):
+        needs.append(("distributed", "--dask"))
+    for module, what in needs:
+        if importlib.util.find_spec(module) is None:
+            raise UserError(f"{what} needs {module}: pip install 'vfsmount[{EXTRAS[module]}]'")
+
+
+def describe_error(e: BaseException) -> str:
+    from backends.errors import StorageError
+    from compute.errors import PipelineError
+    from .control import MountError
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in EXTRAS:
+        return f"{e} (pip install 'vfsmount[{EXTRAS[e.name.split('.')[0]]}]')"
+    if isinstance(e, (UserError, StorageError, PipelineError, MountError, OSError, ValueError)):
+        return str(e)
+    return f"{type(e).__name__}: {e} (run with --log-level debug for the traceback)"
+
+
+# -- the parser, as tables ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Arg:
+    flags: tuple[str, ...]
+    kw: dict
+    requires: str | None = None            # dest of the option this one needs
+    conflicts: str | None = None           # dest of an option this one cannot go with
+    default: Any = None                    # applied after the requires/conflicts check
+
+    @property
+    def dest(self) -> str:
+        return self.kw.get("dest") or self.flags[-1].lstrip("-").replace("-", "_")
+
+
+def arg(*flags: str, requires: str | None = None, conflicts: str | None = None,
+        default: Any = None, **kw) -> Arg:
+    return Arg(flags, kw, requires, conflicts, default)
+
+
+@dataclass(frozen=True)
+class Command:
+    handler: Callable[[argparse.Namespace], int]
+    help: str
+    args: list[Arg] = field(default_factory=list)
+
+
+PLATE = arg("plate", help="plate directory, or s3://bucket/plate.zarr")
+S3 = arg("--s3-endpoint", help="S3-compatible endpoint URL for s3:// locations (default: "
+         "$AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL); credentials come from "
+         "$AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY or $AWS_PROFILE")
+NO_PROGRESS = arg("--no-progress", action="store_true",
+                  help="no progress bar (there is none anyway when stderr is not a terminal)")
+
+COMMANDS: dict[str, Command] = {
+    "info": Command(_cmd_info, "detect a plate's format, map it, write its metadata, report", [
+        PLATE,
+        arg("--json", action="store_true", help="machine-readable output (\"schema\": 1)"),
+        arg("--no-rescan", action="store_true", help="report the existing metadata as is"),
+        S3]),
+    "convert": Command(_cmd_convert, "convert a plate to OME-Zarr (PLATE/zarr by default)", [
+        arg("plate", help="plate directory"),
+        arg("--output", metavar="DIR", help="store path or s3://bucket/key.zarr (default: "
+            "PLATE/zarr; required for a read-only plate)"),
+        arg("--chunk-strategy", choices=["well", "file"], default="well",
+            help="one chunk per field image (well) or per plane (file); default well"),
+        arg("--compressor", choices=["zstd", "lz4", "zlib", "none"], default="zstd",
+            help="Blosc codec of the chunks; default zstd"),
+        arg("--level", type=int, default=1, help="compression level 0-9; default 1"),
+        arg("--ngff-version", choices=["0.4", "0.5"], default="0.4",
+            help="0.4 (zarr format 2, what Fiji/MoBIE read) or 0.5 (zarr format 3); default 0.4"),
+        arg("--overwrite", action="store_true", help="replace an existing store"),
+        NO_PROGRESS, S3]),
+    "mount": Command(_cmd_mount, "serve a plate as a POSIX tree through FUSE", [
+        PLATE,
+        arg("mountpoint", help="an empty folder"),
+        arg("--foreground", action="store_true", help="do not detach; log to stderr"),
+        arg("--nonempty", action="store_true",
+            help="mount over a folder that has files (they are hidden while mounted)"),
+        arg("--allow-other", action="store_true", help="let other users see the mount"),
+        arg("--subdir", help="subdirectory shown as images/ (default: the main one)"),
+        arg("--writable", action="store_true",
+            help="make outputs/ writable; what is written lands in the plate"),
+        arg("--materialize", choices=["disk", "zarr"], requires="writable", default="disk",
+            help="with --writable: plate images written to outputs/<dir>/ go to OME-Zarr "
+                 "(zarr) or stay files (disk, the default)"),
+        arg("--pipeline", metavar="FILE", help="add processed/<name>/: TIFFs this pipeline file "
+            "computes when they are first read"),
+        arg("--compute-cache-mb", type=int, requires="pipeline", default=256,
+            help="with --pipeline: memory for computed stacks (LRU; default 256 MiB)"),
+        arg("--chunk-cache-mb", type=int, default=1024,
+            help="remote plates: local disk cache of fetched chunks (LRU; default 1024 MiB, "
+                 "0 = none), under ~/.cache/vfsmount/chunks/"),
+        arg("--no-xattrs", action="store_true",
+            help="no user.vfsmount.* attributes; makes `ls -l` of huge folders faster"),
+        arg("--log-file", help="daemon log (default: ~/.cache/vfsmount/logs/)"),
+        S3]),
+    "umount": Command(_cmd_umount, "unmount (also clears a dead mount)", [
+        arg("mountpoint", nargs="?", help="the mount point (or --all)"),
+        arg("--all", action="store_true", help="every mount `vfsmount list` shows"),
+        arg("--lazy", action="store_true",
+            help="detach a busy mount now; it goes when the last file in it is closed")]),
+    "list": Command(_cmd_list, "list active mounts: mount point, plate, pid, options, log", [
+        arg("--json", action="store_true", help="machine-readable output")]),
+    "run": Command(_cmd_run, "run a pipeline file over a plate or a --writable mountpoint", [
+        arg("pipeline", help="a Python file defining `pipeline`"),
+        arg("target", help="plate directory, s3://bucket/plate.zarr, or the mountpoint of a "
+            "--writable mount"),
+        arg("--output", metavar="NAME",
+            help="output folder name under outputs/ (default: pipeline name)"),
+        arg("--materialize", choices=["disk", "zarr"],
+            help="override the pipeline's materialization backend (plate directories)"),
+        arg("--workers", type=int, conflicts="dask", default=2,
+            help="wells processed in parallel (threads; default 2)"),
+        arg("--dask", metavar="SCHEDULER", help="run wells as tasks on a Dask cluster: "
+            "tcp://host:8786, or local:N for N local worker processes"),
+        NO_PROGRESS, S3]),
+    "demo": Command(_cmd_demo, "generate a sample plate, convert part of it, mount it", [
+        arg("--dir", help="where to put the sample plate (default: ~/.cache/vfsmount/demo)"),
+        arg("--unmount", action="store_true", help="unmount at the end")]),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):   # one line, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _log_level(text: str) -> str:
+    if text.lower() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"unknown level {text!r} (use {', '.join(LOG_LEVELS)})")
+    return text.lower()
+
+
+def _add_log_level(p: argparse.ArgumentParser, default: Any) -> None:
+    p.add_argument("--log-level", type=_log_level, default=default, metavar="LEVEL",
+                   help=f"{', '.join(LOG_LEVELS)} (default warning; the mount daemon: info); "
+                        "debug also prints tracebacks")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vfsmount", description=(
+    p = _Parser(prog="vfsmount", description=(
         "Mount microscopy plates (ImageXpress, Opera Phenix, OME-Zarr) as flat TIFF trees."))
-    p.add_argument("--log-level", default="WARNING", help="logging level for this command")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("info", help="detect a plate's format, map it, write its metadata, report")
-    s.add_argument("plate", help="plate directory, or s3://bucket/plate.zarr")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("--no-rescan", action="store_true", help="report the existing metadata as is")
-    _s3_option(s)
-    s.set_defaults(func=_cmd_info)
-
-    s = sub.add_parser("convert", help="convert a plate to OME-Zarr (PLATE/zarr by default)")
-    s.add_argument("plate")
-    s.add_argument("--output", help="store path or s3://bucket/key.zarr (default: PLATE/zarr)")
-    s.add_argument("--chunk-strategy", choices=["well", "file"], default="well")
-    s.add_argument("--compressor", choices=["zstd", "lz4", "zlib", "none"], default="zstd")
-    s.add_argument("--level", type=int, default=1, help="compression level 0-9")
-    s.add_argument("--ngff-version", choices=["0.4", "0.5"], default="0.4")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    s.add_argument("--no-progress", action="store_true")
-    _s3_option(s)
-    s.set_defaults(func=_cmd_convert)
-
-    s = sub.add_parser("mount", help="serve a plate as a POSIX tree through FUSE")
-    s.add_argument("plate", help="plate directory, or s3://bucket/plate.zarr")
-    s.add_argument("mountpoint")
-    s.add_argument("--foreground", action="store_true", help="do not detach; log to stderr")
-    s.add_argument("--allow-other", action="store_true", help="let other users see the mount")
-    s.add_argument("--subdir", help="subdirectory shown as images/ (default: the main one)")
-    s.add_argument("--writable", action="store_true",
-                   help="make outputs/ writable; what is written lands in the plate")
-    s.add_argument("--materialize", choices=["disk", "zarr"], default="disk",
-                   help="with --writable: plate images written to outputs/<dir>/ go to OME-Zarr")
-    s.add_argument("--pipeline", help="add processed/<name>/: TIFFs this pipeline file computes "
-                                      "when they are first read")
-    s.add_argument("--compute-cache-mb", type=int, default=256,
-                   help="memory for computed stacks (LRU; default 256 MiB)")
-    s.add_argument("--chunk-cache-mb", type=int, default=1024,
-                   help="remote plates: local disk cache of fetched chunks (LRU; default 1024 MiB, "
-                        "0 = none), under ~/.cache/vfsmount/chunks/")
-    s.add_argument("--no-xattrs", action="store_true",
-                   help="no user.vfsmount.* attributes; makes `ls -l` of huge folders faster")
-    s.add_argument("--log-file", help="daemon log (default: ~/.cache/vfsmount/logs/)")
-    s.add_argument("--log-level", dest="log_level", default="INFO")
-    _s3_option(s)
-    s.set_defaults(func=_cmd_mount)
-
-    s = sub.add_parser("umount", help="unmount (also clears a dead mount)")
-    s.add_argument("mountpoint")
-    s.set_defaults(func=_cmd_umount)
-
-    s = sub.add_parser("run", help="run a pipeline file over a plate or a --writable mountpoint")
-    s.add_argument("pipeline", help="a Python file defining `pipeline`")
-    s.add_argument("target", help="plate directory, s3://bucket/plate.zarr, or the mountpoint "
-                                  "of a --writable mount")
-    s.add_argument("--output", help="output folder name under outputs/ (default: pipeline name)")
-    s.add_argument("--materialize", choices=["disk", "zarr"],
-                   help="override the pipeline's materialization backend (plate directories)")
-    s.add_argument("--workers", type=int, default=2, help="wells processed in parallel (threads)")
-    s.add_argument("--dask", metavar="SCHEDULER", help="run wells as tasks on a Dask cluster: "
-                   "tcp://host:8786, or local:N for N local worker processes")
-    s.add_argument("--no-progress", action="store_true")
-    _s3_option(s)
-    s.set_defaults(func=_cmd_run)
-
-    s = sub.add_parser("demo", help="generate a sample plate, convert part of it, mount it")
-    s.add_argument("--dir", help="where to put the sample plate (default: ~/.cache/vfsmount/demo)")
-    s.add_argument("--unmount", action="store_true", help="unmount at the end")
-    s.set_defaults(func=_cmd_demo)
+    p.add_argument("--version", action="version", version=f"vfsmount {__version__}")
+    _add_log_level(p, None)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           help="what to do; `vfsmount COMMAND --help` lists its options")
+    p.commands = {}
+    for name, command in COMMANDS.items():
+        s = sub.add_parser(name, help=command.help, description=command.help)
+        for a in command.args:
+            s.add_argument(*a.flags, **a.kw)
+        _add_log_level(s, argparse.SUPPRESS)   # also accepted after the command
+        s.set_defaults(func=command.handler)
+        p.commands[name] = s
     return p
 
 
+def _check_dependent_options(parser: argparse.ArgumentParser, args) -> None:
+    """Refuse an option given without the one it needs; then apply the defaults."""
+    sub = parser.commands[args.command]
+    for a in COMMANDS[args.command].args:
+        value = getattr(args, a.dest)
+        given = value is not None and value is not False
+        if given and a.requires and not getattr(args, a.requires):
+            sub.error(f"{a.flags[-1]} needs --{a.requires.replace('_', '-')}")
+        if given and a.conflicts and getattr(args, a.conflicts):
+            sub.error(f"{a.flags[-1]} cannot go with --{a.conflicts.replace('_', '-')}")
+        if value is None and a.default is not None:
+            setattr(args, a.dest, a.default)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "s3_endpoint", None):
-        from backends.remote import S3Options, set_default_options
-        set_default_options(S3Options(endpoint_url=args.s3_endpoint))
-    logging.basicConfig(level=getattr(args, "log_level", "WARNING").upper()
-                        if args.command != "mount" else "WARNING",
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_dependent_options(parser, args)
+    logging.basicConfig(level=(args.log_level or "warning").upper(),
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
-    except (StorageError, OSError, ValueError, RuntimeError, PipelineError) as e:
-        print(f"vfsmount {args.command}: error: {e}", file=sys.stderr)
+        if getattr(args, "s3_endpoint", None):
+            from backends.remote import S3Options, set_default_options
+            set_default_options(S3Options(endpoint_url=args.s3_endpoint))
+        _require_extras(args)
+        code = args.func(args)
+        sys.stdout.flush()   # a reader that went away shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # `vfsmount info --json | head`: quiet, like any Unix tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        print(f"vfsmount {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.log_level == "debug":
+            traceback.print_exc()
+        print(f"vfsmount {args.command}: error: {describe_error(e)}", file=sys.stderr)
         return 1
 
 

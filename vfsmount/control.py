@@ -1,13 +1,16 @@
 """Starting and stopping mounts from the command line (and from tests)."""
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import os
 import select
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from backends.metadata import cache_root
@@ -58,6 +61,10 @@ def start_daemon(plate: str | os.PathLike, mountpoint: str | os.PathLike, *,
     finally:
         os.close(r)
     if line == "ok":
+        record_mount(MountRecord(os.fspath(mnt), plate_location(plate), proc.pid,
+                                 (["--allow-other"] if allow_other else []) +
+                                 (["--subdir", subdir] if subdir else []) + (extra_args or []),
+                                 str(log_path)))
         return proc.pid, log_path
     if not line:
         proc.kill() if proc.poll() is None else None
@@ -88,3 +95,136 @@ def _wait_unmounted(mnt: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while is_mounted(mnt) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+# -- the command line's mount checks, umount, and registry of mounts -------------------------------
+
+class NotMountedError(MountError):
+    pass
+
+
+class MountBusyError(MountError):
+    pass
+
+
+def check_mountpoint(mountpoint: str | os.PathLike, *, nonempty: bool = False) -> None:
+    """Refuse what fusermount refuses by default: mounting over files, which would hide them."""
+    mnt = Path(mountpoint)
+    if not mnt.is_dir():
+        raise MountError(f"mount point {mnt} is not a directory")
+    if is_mounted(mnt):
+        raise MountError(f"{mnt} is already a mount point (vfsmount umount {mnt} first)")
+    if not nonempty:
+        with os.scandir(mnt) as it:
+            if next(it, None) is not None:
+                raise MountError(f"mount point {mnt} is not empty: the mount would hide its files "
+                                 "(use an empty folder, or --nonempty to mount over them)")
+
+
+def unmount_checked(mountpoint: str | os.PathLike, *, lazy: bool = False) -> str:
+    """`vfsmount umount`: a folder that is not mounted and a busy mount are errors; a dead mount
+    ("Transport endpoint is not connected") is cleared; ``lazy`` detaches a busy one anyway."""
+    mnt = os.fspath(mountpoint)
+    kind = mount_type(mnt)
+    if kind is None:
+        forget_mount(mnt)
+        raise NotMountedError(f"{mnt} is not mounted")
+    if kind != "fuse" and not kind.startswith("fuse."):   # fusermount unmounts FUSE mounts only
+        raise MountError(f"{mnt} is a {kind} mount, not a vfsmount one")
+    res = _fusermount(mnt)
+    if res.returncode == 0:
+        _wait_unmounted(mnt, 20.0)
+        forget_mount(mnt)
+        return "unmounted"
+    dead = _is_dead(mnt)
+    if not (dead or lazy):
+        err = res.stderr.strip()
+        if "busy" in err.lower():
+            raise MountBusyError(f"{mnt} is busy (a process has a file or its working directory "
+                                 "in it); close it, or use --lazy to detach now")
+        raise MountError(f"cannot unmount {mnt}: {err}")
+    res = _fusermount(mnt, "-z")
+    if res.returncode != 0:
+        raise MountError(f"cannot unmount {mnt}: {res.stderr.strip()}")
+    forget_mount(mnt)
+    return "cleared a dead mount" if dead else "detached (it goes when its last file is closed)"
+
+
+def _fusermount(mnt: str, *flags: str) -> subprocess.CompletedProcess:
+    fusermount = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
+    return subprocess.run([fusermount, "-u", *flags, mnt], capture_output=True, text=True)
+
+
+def _is_dead(mnt: str) -> bool:
+    try:
+        os.stat(mnt)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
+@dataclass
+class MountRecord:
+    """One mount started by this user's `vfsmount mount` (a small JSON file per mount)."""
+
+    mountpoint: str
+    plate: str
+    pid: int
+    options: list[str]
+    log_file: str | None
+
+    @property
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def plate_location(plate: str | os.PathLike) -> str:
+    """The plate as `vfsmount list` shows it: an absolute path, or the URL as given."""
+    text = os.fspath(plate)
+    return text if "://" in text else os.path.abspath(text)
+
+
+def registry_dir() -> Path:
+    """Per-user: beside the logs, so a private XDG_CACHE_HOME (tests) has its own registry."""
+    return cache_root() / "mounts"
+
+
+def _record_path(mountpoint: str | os.PathLike) -> Path:
+    real = os.path.realpath(mountpoint)
+    return registry_dir() / f"{hashlib.sha256(real.encode()).hexdigest()[:16]}.json"
+
+
+def record_mount(record: MountRecord) -> None:
+    record.mountpoint = os.path.realpath(record.mountpoint)
+    path = _record_path(record.mountpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(asdict(record)))
+    os.replace(tmp, path)
+
+
+def forget_mount(mountpoint: str | os.PathLike) -> None:
+    _record_path(mountpoint).unlink(missing_ok=True)
+
+
+def active_mounts() -> list[MountRecord]:
+    """This user's vfsmount mounts that are still mounted (dead ones included); records of
+    mounts that are gone are dropped."""
+    found = []
+    for path in sorted(registry_dir().glob("*.json")):
+        try:
+            record = MountRecord(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            path.unlink(missing_ok=True)   # a torn or foreign file: not a mount we know
+            continue
+        if mount_type(record.mountpoint) == "fuse.vfsmount":
+            found.append(record)
+        else:
+            path.unlink(missing_ok=True)
+    return sorted(found, key=lambda r: r.mountpoint)

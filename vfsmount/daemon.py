@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from urllib.parse import quote
 
 import pyfuse3
 import trio
@@ -25,7 +26,10 @@ log = logging.getLogger("vfsmount")
 
 def fuse_options(*, allow_other: bool, plate_name: str) -> set[str]:
     opts = set(pyfuse3.default_options)          # default_permissions
-    opts |= {f"fsname=vfsmount:{plate_name}", "subtype=vfsmount", "auto_unmount"}
+    # The plate's folder name is user data: percent-encoded (ASCII letters, digits, "._-~"), so no
+    # comma, "=" or backslash reaches libfuse's option parser and pyfuse3's ASCII encoding never
+    # fails; `vfsmount list` decodes it.
+    opts |= {f"fsname=vfsmount:{quote(plate_name, safe='')}", "subtype=vfsmount", "auto_unmount"}
     if allow_other:
         opts.add("allow_other")
     # Never max_read: it breaks the mount. Large reads come from st_blksize and readahead.

@@ -13,15 +13,22 @@ from .base import ImageSet, MicroscopeHandler, PlateScan
 from .imagexpress import ImageXpressHandler
 from .openhcs import OpenHCSHandler
 from .opera_phenix import OperaPhenixHandler
+from .unsupported import unsupported_instrument
 
 # Order matters: a normalized plate's names would also parse as ImageXpress.
 HANDLERS: tuple[type[MicroscopeHandler], ...] = (OperaPhenixHandler, OpenHCSHandler, ImageXpressHandler)
 HANDLERS_BY_NAME = {h.name: h for h in HANDLERS}
 
 
+SUPPORTED_FORMATS = ("ImageXpress/MetaXpress (TimePoint_/ZStep_ folders or A01_s1_w1 names), "
+                     "Opera Phenix/Operetta (Index.idx.xml), OME-Zarr, and normalized "
+                     "A01_s001_w1_z001_t001.tif names")
+
+
 def detect_handler(plate: str | os.PathLike) -> MicroscopeHandler:
     plate = Path(plate)
     if not plate.is_dir():
+        refuse_unsupported(plate)
         raise PlateFormatError("plate is not a directory", path=plate)
     try:
         for handler in HANDLERS:
@@ -29,11 +36,20 @@ def detect_handler(plate: str | os.PathLike) -> MicroscopeHandler:
                 return handler()
     except PermissionError as e:
         raise PlateFormatError("cannot read plate directory", path=plate, cause=e) from e
-    raise PlateFormatError(
-        "no microscope format recognized (expected ImageXpress TimePoint_/ZStep_ folders or "
-        "A01_s1_w1 names, an Opera Phenix Index.idx.xml, or normalized A01_s001_w1_z001_t001.tif names)",
-        path=plate)
+    refuse_unsupported(plate)
+    raise PlateFormatError(f"no microscope format recognized; vfsmount reads {SUPPORTED_FORMATS}",
+                           path=plate)
+
+
+def refuse_unsupported(plate: Path) -> None:
+    """A known instrument we do not read is refused by its name, not as 'unrecognized'."""
+    found = unsupported_instrument(plate)
+    if found is not None:
+        instrument, evidence = found
+        raise PlateFormatError(f"{instrument} data ({evidence}) is not supported; vfsmount reads "
+                               f"{SUPPORTED_FORMATS}", path=plate)
 
 
 __all__ = ["HANDLERS", "HANDLERS_BY_NAME", "detect_handler", "MicroscopeHandler", "PlateScan",
-           "ImageSet", "ImageXpressHandler", "OperaPhenixHandler", "OpenHCSHandler"]
+           "ImageSet", "ImageXpressHandler", "OperaPhenixHandler", "OpenHCSHandler",
+           "refuse_unsupported", "SUPPORTED_FORMATS"]

@@ -32,6 +32,9 @@ NAME = re.compile(
     r"(?:_z(?P<z>\d+))?(?:_t(?P<t>\d+))?(?P<ext>\.tiff?)$", re.IGNORECASE)
 TIMEPOINT_DIR = re.compile(r"^TimePoint_(\d+)$", re.IGNORECASE)
 ZSTEP_DIR = re.compile(r"^ZStep_(\d+)$", re.IGNORECASE)
+# Wells of plates up to 1536 wells, A01..AF48: a letter-digit token outside that range (a filter's
+# CH01 in a Yokogawa shading file ..._M01_CH01.tif) is not a well, so the name does not parse.
+_PLATE_WELL = re.compile(r"^(?:A[A-F]|[A-Z])0*(?:[1-9]|[1-3]\d|4[0-8])$", re.IGNORECASE)
 _WELL_TOKEN = re.compile(r"(?:^|_)[A-Za-z]{1,2}\d{1,3}_[sw]\d+", re.IGNORECASE)
 _HTD_LINE = re.compile(r'^"([^"]+)"\s*(?:,\s*(.*))?$')
 
@@ -43,7 +46,7 @@ def parse_name(name: str, z: int | None = None, t: int | None = None
     ``z``/``t`` from ZStep_/TimePoint_ folders take precedence over the name's own.
     """
     m = NAME.match(name)
-    if not m:
+    if not m or not _PLATE_WELL.match(m["well"]):
         return None
     if m["plate"] and _WELL_TOKEN.search(m["plate"]):
         return None   # the "plate prefix" holds the real well and site: the match is spurious
@@ -95,7 +98,7 @@ class ImageXpressHandler(MicroscopeHandler):
         dirs, files = scandir_sorted(str(plate))
         if any(TIMEPOINT_DIR.match(d.name) or ZSTEP_DIR.match(d.name) for d in dirs):
             return True
-        return any(f.name.endswith(TIFF_SUFFIXES) and NAME.match(f.name) for f in files)
+        return any(f.name.endswith(TIFF_SUFFIXES) and parse_name(f.name) is not None for f in files)
 
     def scan(self, plate: Path) -> PlateScan:
         plate = Path(plate)
