@@ -69,6 +69,8 @@ class ZarrStorageBackend(NgffIndexMixin, ZarrReadMixin, ZarrWriterMixin, Storage
         self._position: dict[str, int] = {}
         self._last_started: int | None = None
         self._prefetcher = None
+        self.problems: list[str] = []                     # malformed parts of a foreign plate
+        self.channel_names: dict[int, str] = {}           # from omero.channels[].label
         self._store = self._make_store(chunk_cache_bytes)
         if mode == "r" or (mode == "a" and self._store_exists()):
             self._load_index()
@@ -79,6 +81,7 @@ class ZarrStorageBackend(NgffIndexMixin, ZarrReadMixin, ZarrWriterMixin, Storage
 
     def _where(self, rel: str = "") -> str:
         return f"{self.root}/{rel}" if rel else str(self.root)
+
     def _make_store(self, chunk_cache_bytes: int | None):
         return open_store(self.root, remote=self.remote, read_only=self.mode == "r",
                           options=self.options, chunk_cache_bytes=chunk_cache_bytes)
@@ -107,7 +110,7 @@ class ZarrStorageBackend(NgffIndexMixin, ZarrReadMixin, ZarrWriterMixin, Storage
                                     "(convert again with --overwrite)", backend=self.name,
                                     path=self.root)
             return
-        if own is not None:
+        if isinstance(own, dict) and "files" in own:      # a root index (older vfsmount stores)
             self._load_own_index(own)
         elif self.mode == "r" or "plate" in _ome(attrs):
             self._load_foreign_index(root, attrs)
