@@ -111,7 +111,9 @@ class NodeReader:
         return self._run(self._nodes(paths, "array"))
 
     def children(self, paths: list[str]) -> list[list[str]]:
-        return self._run(asyncio.gather(*(self._children(p) for p in paths)))
+        async def all_children() -> list[list[str]]:
+            return list(await asyncio.gather(*(self._children(p) for p in paths)))
+        return self._run(all_children())
 
     @staticmethod
     def _run(coro):
