@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .base import DataSink, get_backend_class
@@ -33,6 +33,7 @@ class Plate:
     metadata_file: Path
     scan: PlateScan | None = None       # set when this call (re)indexed the plate
     url: str | None = None              # a store given directly: its path or s3:// URL
+    opened: dict = field(default_factory=dict, repr=False)   # key -> backend opened already
 
     @property
     def location(self) -> str:
@@ -86,6 +87,8 @@ class Plate:
         if kind == "virtual_workspace":
             cls = get_backend_class(kind)
             return cls(self.path, entry.get("workspace_mapping", {}))
+        if kind == "zarr" and key in self.opened:
+            return self.opened[key]
         if kind == "zarr":
             cls = get_backend_class(kind)
             where = entry.get("path")
@@ -116,11 +119,12 @@ def open_store_plate(location: str | os.PathLike) -> Plate:
         check_access(location, must_exist=True)
     else:
         location = os.path.realpath(location)
-    entry = store_entry(location)
+    from .zarr_backend import ZarrStorageBackend
+    store = ZarrStorageBackend(location, mode="r")      # indexed once, served by the mount
     local = store_plate_dir(location)
     local.mkdir(parents=True, exist_ok=True)
-    written = update_metadata(local, {"zarr": entry}, main="zarr")
-    return Plate(local, read_metadata(local), written, url=location)
+    written = update_metadata(local, {"zarr": store_entry(location, store)}, main="zarr")
+    return Plate(local, read_metadata(local), written, url=location, opened={"zarr": store})
 
 
 def index_plate(path: str | os.PathLike) -> Plate:

@@ -60,10 +60,12 @@ def plate_stores(folder: Path) -> list[Path]:
     return [Path(d.path) for d in dirs if d.name not in SKIP_DIRS and is_plate_store(d.path)]
 
 
-def store_entry(location: str | os.PathLike) -> dict:
-    """The subdirectory entry of one OME-Zarr plate store, local path or ``s3://`` URL."""
-    from ..zarr_backend import ZarrStorageBackend
-    store = ZarrStorageBackend(location, mode="r")
+def store_entry(location: str | os.PathLike, store=None) -> dict:
+    """The subdirectory entry of one OME-Zarr plate store, local path or ``s3://`` URL
+    (``store``: its ZarrStorageBackend, when already open)."""
+    if store is None:
+        from ..zarr_backend import ZarrStorageBackend
+        store = ZarrStorageBackend(location, mode="r")
     arrays = list(store.arrays().values())
     first = next((a for a in arrays if a.pixel_size), None)
     entry = image_set_entry(
