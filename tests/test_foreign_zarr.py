@@ -182,6 +182,8 @@ def test_foreign_plate_info_and_mount(tmp_path, mounts, writer):
     page = tifffile.TiffFile(mnt / "images" / names[0]).pages[0]
     x_res = page.tags["XResolution"].value
     assert x_res[1] / x_res[0] == pytest.approx(written.pixel, rel=1e-5)
+    if writer.startswith("ngff-zarr"):
+        assert tifffile.TiffFile(mnt / "images" / names[0]).imagej_metadata["spacing"] == Z_STEP
     assert snapshot(store) == before
 
 
@@ -190,7 +192,8 @@ import ij.IJ; import ij.ImagePlus;
 public class Calib { public static void main(String[] a) {
   ImagePlus imp = IJ.openImage(a[0]);
   if (imp == null) { System.out.println("NULL"); System.exit(2); }
-  System.out.println("CAL " + imp.getCalibration().pixelWidth + " " + imp.getCalibration().getUnit());
+  System.out.println("CAL " + imp.getCalibration().pixelWidth + " " + imp.getCalibration().pixelHeight
+                     + " " + imp.getCalibration().pixelDepth + " " + imp.getCalibration().getUnit());
   System.exit(0);
 }}
 """
@@ -208,8 +211,10 @@ def test_imagej_reads_the_stores_pixel_size(tmp_path, mounts):
                           str(probe), str(tif)], capture_output=True, text=True, timeout=180)
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("CAL ")), None)
     assert line, res.stdout + res.stderr
-    _, width, unit = line.split()
+    _, width, height, depth, unit = line.split()
     assert float(width) == pytest.approx(PIXEL, rel=1e-5) and unit in ("micron", "µm")
+    assert float(height) == pytest.approx(PIXEL, rel=1e-5)
+    assert float(depth) == pytest.approx(Z_STEP)
 
 
 PIPELINE = """
