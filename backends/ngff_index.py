@@ -109,6 +109,7 @@ class NodeReader:
         self.zarr_format = zarr_format
         self.with_array_attrs = with_array_attrs   # zarr v2 keeps array attributes apart
         self.local_root = str(store.root) if isinstance(store, LocalStore) else None
+        self.problems: list[str] = []            # documents that are not JSON objects
 
     def groups(self, paths: list[str]) -> list[Node]:
         return self._nodes(paths, "group")
@@ -142,7 +143,7 @@ class NodeReader:
     def fetch(self, keys: list[str]) -> list[dict | None]:
         """The JSON documents at ``keys`` (None where missing)."""
         if self.local_root is not None:
-            return [_parse(_read_local(f"{self.local_root}/{k}")) for k in keys]
+            return [self._parse(k, _read_local(f"{self.local_root}/{k}")) for k in keys]
         return self._run(self._fetch_async(keys))
 
     async def _fetch_async(self, keys: list[str]) -> list[dict | None]:
@@ -155,8 +156,20 @@ class NodeReader:
                     buf = await self.store.get(key, prototype=default_buffer_prototype())
                 except FileNotFoundError:
                     return None
-            return None if buf is None else _parse(buf.to_bytes())
+            return None if buf is None else self._parse(key, buf.to_bytes())
         return list(await asyncio.gather(*(one(k) for k in keys)))
+
+    def _parse(self, key: str, raw: bytes | None) -> dict | None:
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+        except ValueError as e:
+            doc = e
+        if not isinstance(doc, dict):
+            self.problems.append(f"{key!r} is not a JSON object; read as missing")
+            return None
+        return doc
 
     @staticmethod
     def _run(coro):
@@ -177,11 +190,6 @@ def _read_local(path: str) -> bytes | None:
         return None
 
 
-def _parse(raw: bytes | None) -> dict | None:
-    if raw is None:
-        return None
-    doc = json.loads(raw)
-    return doc if isinstance(doc, dict) else None
 
 
 def _node_v3(doc: dict | None) -> Node:
@@ -224,6 +232,7 @@ def read_plate(store, root_attrs: dict, zarr_format: int, where: str) -> NgffInd
     fields = _well_fields(reader, _plate_wells(plate, index), index)
     _read_images(reader, fields, index)
     _index_arrays(reader, [f for f in fields if f.dataset is not None], index)
+    index.problems[:0] = reader.problems
     if not index.files:
         detail = "; ".join(index.problems[:3]) or "no well lists an image"
         raise MetadataError(f"OME-Zarr plate has no readable images: {detail}", backend="zarr",

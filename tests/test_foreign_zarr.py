@@ -297,3 +297,12 @@ def test_folder_holding_a_store(tmp_path):
     assert info["format"] == "ome_zarr" and info["main"] == "scan.ome.zarr"
     assert info["subdirectories"]["scan.ome.zarr"]["images"] == len(written.planes)
     assert snapshot(written.store) == before
+
+
+def test_broken_metadata_document(tmp_path):
+    written = _small(tmp_path)
+    (written.store / "B" / "3" / ".zattrs").write_text("{not json")
+    backend = ZarrStorageBackend(written.store)
+    assert backend.problems[0] == "'B/3/.zattrs' is not a JSON object; read as missing"
+    # the well's group is still there: its images are found as child groups holding multiscales
+    assert sorted(backend.list_files()) == sorted(written.planes)
