@@ -125,10 +125,16 @@ class NodeReader:
     def _nodes(self, paths: list[str], kind: str) -> list[Node]:
         if self.zarr_format == 3:
             return [_node_v3(d) for d in self.fetch([_join(p, "zarr.json") for p in paths])]
-        meta = self.fetch([_join(p, ".zarray" if kind == "array" else ".zgroup") for p in paths])
         attrs: list[dict | None] = [None] * len(paths)
         if kind == "group" or self.with_array_attrs:
             attrs = self.fetch([_join(p, ".zattrs") for p in paths])
+        # a group with attributes exists: only the others need their .zgroup looked at
+        need = [i for i, a in enumerate(attrs) if kind == "array" or a is None]
+        found = self.fetch([_join(paths[i], ".zarray" if kind == "array" else ".zgroup")
+                            for i in need])
+        meta: list[dict | None] = [{} for _ in paths]
+        for i, m in zip(need, found):
+            meta[i] = m
         nodes = []
         for m, a in zip(meta, attrs):
             if m is None and (kind == "array" or a is None):
