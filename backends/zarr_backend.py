@@ -7,10 +7,16 @@ dimensions, so fields are separate images (the reference design's single 5D
 WELL = one chunk per field image (every plane of that field of the well in one
 chunk), FILE = one chunk per (1, 1, 1, Y, X) plane.
 
-Every array carries ``attrs["vfsmount"]["files"]``: normalized file name ->
-[t, c, z]. The root carries the same index for the whole store, so opening a
-store of 100,000 planes reads one JSON document. Stores written by other tools
-have neither; their names are derived from the plate/well/field structure.
+One concern per module:
+
+- ``zarr_store``: opening a store, local or ``s3://`` (the one place a store is opened);
+- ``ngff_index``: reading the NGFF structure of any store, ours or another tool's, into
+  the plane index (names -> array + position), from metadata documents only;
+- ``zarr_read``: reading planes (decoded-plane cache, row ranges, read-ahead, batches);
+- ``zarr_writer``: writing planes, NGFF metadata and the root index.
+
+Every array we write carries ``attrs["vfsmount"]``: its t/c/z values and file names; the
+root may carry an index of every name (``attrs["vfsmount"]["files"]``), used when present.
 
 The root may be a local directory or an object-storage URL (``s3://bucket/plate.zarr``,
 see backends.remote). A store still being written remotely carries
