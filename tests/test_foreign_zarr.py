@@ -290,12 +290,18 @@ def test_not_a_plate(tmp_path):
     assert res.returncode == 1 and "not an OME-Zarr HCS plate" in res.stderr
 
 
-def test_folder_holding_a_store(tmp_path):
+def test_folder_holding_a_store(tmp_path, mounts):
     written = write_ngff_zarr(tmp_path / "plate" / "scan.ome.zarr", "0.5")
     before = snapshot(written.store)
     info = json.loads(run_cli("info", str(tmp_path / "plate"), "--json").stdout)
     assert info["format"] == "ome_zarr" and info["main"] == "scan.ome.zarr"
     assert info["subdirectories"]["scan.ome.zarr"]["images"] == len(written.planes)
+    assert Path(info["metadata_file"]) == tmp_path / "plate" / "openhcs_metadata.json"
+    mnt = mounts.mount(tmp_path / "plate")
+    assert sorted(os.listdir(mnt / "images")) == sorted(written.planes)
+    name, (array, index) = next(iter(written.planes.items()))
+    direct = zarr.open_group(written.store, mode="r")[array][index]
+    assert tifffile.imread(mnt / "images" / name).tobytes() == direct.tobytes()
     assert snapshot(written.store) == before
 
 
