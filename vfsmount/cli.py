@@ -72,6 +72,8 @@ def _subdirectory_report(plate, key: str, e: dict) -> dict:
         "channels": e.get("channels", {}), "z_indexes": e.get("z_indexes", []),
         "timepoints": e.get("timepoints", []), "pixel_size_um": e.get("pixel_size"),
         "grid_dimensions": e.get("grid_dimensions"),
+        "z_spacing_um": e.get("z_spacing"), "unit": e.get("unit"),
+        "problems": e.get("problems", []),
         **_plane_format(plate, key, e),
         "available_backends": [k for k, v in e.get("available_backends", {}).items() if v],
         "main": e.get("main", False),
@@ -115,7 +117,11 @@ def _print_info(report: dict) -> None:
         print(f"  plane:     {plane}")
         pixel = "unknown" if s["pixel_size_um"] is None else f"{s['pixel_size_um']} um"
         grid = f", grid {s['grid_dimensions']}" if s["grid_dimensions"] else ""
-        print(f"  pixel:     {pixel}{grid}")
+        print(f"  pixel:     {pixel}{grid}"
+              + (f", z spacing {s['z_spacing_um']} um" if s["z_spacing_um"] else "")
+              + (f" (stored in {s['unit']})" if s["unit"] else ""))
+        for problem in s["problems"]:
+            print(f"  problem:   {problem}")
     if report["unparsed_tiffs"]:
         print(f"\n{len(report['unparsed_tiffs'])} TIFF names did not parse and are not mapped:")
         for rel in report["unparsed_tiffs"][:10]:

@@ -11,12 +11,14 @@ from pathlib import Path
 from ..errors import PlateFormatError
 from .base import ImageSet, MicroscopeHandler, PlateScan
 from .imagexpress import ImageXpressHandler
+from .ome_zarr import OmeZarrHandler
 from .openhcs import OpenHCSHandler
 from .opera_phenix import OperaPhenixHandler
 from .unsupported import unsupported_instrument
 
 # Order matters: a normalized plate's names would also parse as ImageXpress.
-HANDLERS: tuple[type[MicroscopeHandler], ...] = (OperaPhenixHandler, OpenHCSHandler, ImageXpressHandler)
+HANDLERS: tuple[type[MicroscopeHandler], ...] = (OperaPhenixHandler, OpenHCSHandler, ImageXpressHandler,
+                                                 OmeZarrHandler)
 HANDLERS_BY_NAME = {h.name: h for h in HANDLERS}
 
 
@@ -52,4 +54,4 @@ def refuse_unsupported(plate: Path) -> None:
 
 __all__ = ["HANDLERS", "HANDLERS_BY_NAME", "detect_handler", "MicroscopeHandler", "PlateScan",
            "ImageSet", "ImageXpressHandler", "OperaPhenixHandler", "OpenHCSHandler",
-           "refuse_unsupported", "SUPPORTED_FORMATS"]
+           "OmeZarrHandler", "refuse_unsupported", "SUPPORTED_FORMATS"]
