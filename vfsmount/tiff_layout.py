@@ -284,11 +284,14 @@ class HyperstackLayout:
             return [_plane_entries(height, width, dtype, rps, data_offset + i * step, False)
                     + (first if i == 0 else []) for i in range(n_planes)]
 
+        pixels = n_planes * height * width * dtype.itemsize
+        too_large = FileTooLargeError(f"{n_planes} planes of {height}x{width} {dtype} pass 4 GiB")
+        if pixels > CLASSIC_LIMIT:
+            raise too_large
         sizes = [len(encode_ifd(e, 0)) for e in ifds(0)]    # offsets never change a length
         data_offset = _aligned(8 + sum(sizes))
-        layout = cls((height, width), dtype, n_planes, b"")
-        if data_offset + n_planes * layout.plane_bytes > CLASSIC_LIMIT:
-            raise FileTooLargeError(f"{n_planes} planes of {height}x{width} {dtype} pass 4 GiB")
+        if data_offset + pixels > CLASSIC_LIMIT:
+            raise too_large
         return cls((height, width), dtype, n_planes, _chain(ifds(data_offset), sizes, data_offset))
 
     def read(self, offset: int, length: int,
