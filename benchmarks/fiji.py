@@ -1,0 +1,82 @@
+"""Opening one field in ImageJ: hyperstacks/ (one file) vs an image sequence of images/.
+
+One field of 3 channels x 10 z-planes of 2048x2048 uint16 (240 MiB), opened by headless
+ImageJ 1.x: ``IJ.openImage(hyperstacks/A01_s001.tif)`` against File > Import > Image
+Sequence with the filter ``A01_s001`` (``FolderOpener.open``) on ``images/``. Timed inside the
+JVM (JVM start excluded). Cold = a fresh daemon and no kernel pages for the plate or the
+mount; warm = the same open again in the same JVM. Both for the vendor files as mounted and
+after ``vfsmount convert`` (zarr, FILE chunks).
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from backends.convert import convert_plate
+from backends.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.zarr_config import ZarrConfig
+
+from .common import drop_caches, mounted, table
+
+BENCH = r"""
+import ij.IJ; import ij.ImagePlus; import ij.plugin.FolderOpener;
+public class FijiBench { public static void main(String[] a) {
+  for (int r = 0; r < Integer.parseInt(a[3]); r++) {
+    long t0 = System.nanoTime();
+    ImagePlus imp = a[0].equals("stack") ? IJ.openImage(a[1])
+                                         : FolderOpener.open(a[1], "filter=" + a[2]);
+    double s = (System.nanoTime() - t0) / 1e9;
+    System.out.println("TIME " + s + " " + (imp == null ? 0 : imp.getStackSize()));
+  }
+  System.exit(0);
+}}
+"""
+WARM_RUNS = 3
+
+
+def imagej_open_times(mode: str, path: Path, flt: str, src: Path) -> tuple[float, float]:
+    """(cold, best warm) seconds for ImageJ to open ``path`` as a stack or a filtered sequence."""
+    res = subprocess.run(["java", "-Djava.awt.headless=true", "-cp", "/usr/share/java/ij.jar",
+                          str(src), mode, str(path), flt, str(1 + WARM_RUNS)],
+                         capture_output=True, text=True, timeout=900)
+    runs = [line.split()[1:] for line in res.stdout.splitlines() if line.startswith("TIME ")]
+    if len(runs) != 1 + WARM_RUNS or any(int(n) != 30 for _t, n in runs):
+        raise RuntimeError(f"ImageJ did not open 30 planes of {path}:\n{res.stdout}\n{res.stderr}")
+    times = [float(t) for t, _n in runs]
+    return times[0], min(times[1:])
+
+
+def measure(plate: Path, mnt: Path, src: Path, label: str) -> list[tuple]:
+    files = [p for p in plate.rglob("*") if p.is_file()]
+    out = {}
+    for mode, where in (("sequence", "images"), ("stack", "hyperstacks/A01_s001.tif")):
+        with mounted(plate, mnt):
+            drop_caches(files + list((mnt / "images").iterdir()) +
+                        list((mnt / "hyperstacks").iterdir()))
+            out[mode] = imagej_open_times(mode, mnt / where, "A01_s001", src)
+    rows = []
+    for i, state in enumerate(("cold", "warm")):
+        seq, stack = out["sequence"][i], out["stack"][i]
+        rows.append((f"{label}, {state}", seq, stack, stack / seq, "<= 1.2"))
+    return rows
+
+
+def run(args) -> None:
+    size = 512 if args.quick else 2048
+    spec = PlateSpec(wells=("A01",), sites=1, channels=3, z=10, shape=(size, size))
+    base = Path(tempfile.mkdtemp(prefix="vfsbench-fiji-"))
+    try:
+        src = base / "FijiBench.java"
+        src.write_text(BENCH)
+        plate = make_imagexpress_plate(base / "plate", spec, thumbnails=False, projections=False)
+        rows = measure(plate, base / "mnt", src, "vendor TIFFs")
+        convert_plate(plate, config=ZarrConfig(chunk_strategy="file"), progress=False)
+        rows += measure(plate, base / "mnt", src, "zarr (FILE chunks)")
+        table(f"Opening one field (3 ch x 10 z x {size}x{size} uint16) in ImageJ: image "
+              "sequence of images/ vs hyperstacks/ (s; ratio = hyperstack / sequence)", rows,
+              ("what", "sequence s", "hyperstack s", "ratio", "goal"))
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(base / "mnt")], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
