@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import stat as stat_mod
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,7 +112,7 @@ def plan_fields(names) -> list[FieldPlan]:
 class HyperstackFile(FileNode):
     """One field (or one time point of it) as an ImageJ hyperstack, synthesized on demand."""
 
-    __slots__ = ("name", "plan", "_backend", "_cal", "_sources", "_layout", "_missing")
+    __slots__ = ("name", "plan", "_backend", "_cal", "_sources", "_layout", "_missing", "_ahead")
 
     def __init__(self, name: str, plan: FieldPlan, backend, cal: Calibration,
                  mtime_ns: int) -> None:
@@ -120,6 +121,7 @@ class HyperstackFile(FileNode):
         self._sources: list = [None] * len(plan.names)
         self._layout: HyperstackLayout | None = None
         self._missing = [coord for coord, n in zip(plan.coordinates(), plan.names) if n is None]
+        self._ahead = 0                  # planes up to this index are decoded or on their way
 
     def get_xattrs(self) -> dict[bytes, bytes]:
         p = self.plan
@@ -188,7 +190,25 @@ class HyperstackFile(FileNode):
         return src.read_rows(y0, y1)
 
     def read(self, handle, offset: int, length: int) -> bytes:
-        return self.layout.read(offset, length, self._rows)
+        layout = self.layout
+        last = (offset + length - 1 - layout.data_offset) // layout.plane_bytes
+        self._prefetch(last + PREFETCH_PLANES)
+        return layout.read(offset, length, self._rows)
+
+    def _prefetch(self, upto: int) -> None:
+        """ImageJ reads the planes in order: decode the next ones in the background, so that
+        decoding overlaps the reader's work instead of adding to it."""
+        upto = min(upto, len(self.plan.names) - 1)
+        for i in range(self._ahead + 1, upto + 1):
+            if self.plan.names[i] is not None:
+                _prefetcher().submit(self._warm, i)
+        self._ahead = max(self._ahead, upto)
+
+    def _warm(self, i: int) -> None:
+        try:
+            self._source(i).read_rows(0, 1)       # decodes the whole plane into the cache
+        except Exception:                         # the reader's own read reports it
+            pass
 
     def read_nowait(self, handle, offset: int, length: int) -> bytes | None:
         # Planes already decoded (or missing) are a memcpy away: answer inline.
@@ -202,6 +222,17 @@ class HyperstackFile(FileNode):
             if self.plan.names[i] is not None and (src is None or not src.is_decoded()):
                 return None
         return self.read(handle, offset, length)
+
+
+PREFETCH_PLANES = 2
+_pool: ThreadPoolExecutor | None = None
+
+
+def _prefetcher() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(2, thread_name_prefix="hyperstack-prefetch")
+    return _pool
 
 
 def _fits_one_file(plan: FieldPlan, shape, dtype) -> bool:
