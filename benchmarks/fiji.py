@@ -5,7 +5,8 @@ ImageJ 1.x: ``IJ.openImage(hyperstacks/A01_s001.tif)`` against File > Import > I
 Sequence with the filter ``A01_s001`` (``FolderOpener.open``) on ``images/``. Timed inside the
 JVM (JVM start excluded). Cold = a fresh daemon and no kernel pages for the plate or the
 mount; warm = the best of three more opens in the same JVM. Both for the vendor files as
-mounted and after ``vfsmount convert`` (zarr, FILE chunks); medians over 5 rounds.
+mounted (uncompressed, then Deflate-compressed as ImageXpress writes them) and after
+``vfsmount convert`` (zarr, FILE chunks); medians over 5 rounds.
 """
 from __future__ import annotations
 
@@ -71,6 +72,16 @@ def measure(plate: Path, mnt: Path, src: Path, label: str, rounds: int) -> list[
     return rows
 
 
+def deflate(plate: Path) -> None:
+    """Rewrite the plate's TIFFs Deflate-compressed, as ImageXpress stores them."""
+    import tifffile
+    for f in plate.rglob("*.tif"):
+        with tifffile.TiffFile(f) as tif:
+            data, description = tif.asarray(), tif.pages.first.description
+        tifffile.imwrite(f, data, photometric="minisblack", description=description,
+                         compression="zlib", rowsperstrip=8)
+
+
 def run(args) -> None:
     size = 512 if args.quick else 2048
     spec = PlateSpec(wells=("A01",), sites=1, channels=3, z=10, shape=(size, size))
@@ -81,6 +92,8 @@ def run(args) -> None:
         plate = make_imagexpress_plate(base / "plate", spec, thumbnails=False, projections=False)
         rounds = 1 if args.quick else 5
         rows = measure(plate, base / "mnt", src, "vendor TIFFs", rounds)
+        deflate(plate)
+        rows += measure(plate, base / "mnt", src, "vendor TIFFs, Deflate", rounds)
         convert_plate(plate, config=ZarrConfig(chunk_strategy="file"), progress=False)
         rows += measure(plate, base / "mnt", src, "zarr (FILE chunks)", rounds)
         table(f"Opening one field (3 ch x 10 z x {size}x{size} uint16) in ImageJ: image "

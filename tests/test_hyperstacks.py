@@ -127,8 +127,11 @@ def field_planes(plate: Plate, well: str, site: int):
     return planes, axes
 
 
-@pytest.mark.parametrize("converted", [False, True], ids=["vendor", "zarr"])
-@pytest.mark.parametrize("name", list(FIELDS))
+# Projection-Mix both ways (ragged, z, Deflate); time points from zarr; named channels and LZW.
+@pytest.mark.parametrize("name,converted", [
+    ("Projection-Mix", False), ("Projection-Mix", True), ("1well-3C-2S-Zmix-T", True),
+    ("Version1", False)], ids=["Projection-Mix-vendor", "Projection-Mix-zarr",
+                               "1well-3C-2S-Zmix-T-zarr", "Version1-vendor"])
 def test_imagej_opens_a_field_as_a_calibrated_hyperstack(copy_real_plate, mounts, tmp_path,
                                                          name, converted):
     root = copy_real_plate(name)

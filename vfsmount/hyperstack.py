@@ -191,15 +191,16 @@ class HyperstackFile(FileNode):
 
     def read(self, handle, offset: int, length: int) -> bytes:
         layout = self.layout
+        first = max(offset - layout.data_offset, 0) // layout.plane_bytes
         last = (offset + length - 1 - layout.data_offset) // layout.plane_bytes
-        self._prefetch(last + PREFETCH_PLANES)
+        self._prefetch(first, last + PREFETCH_PLANES)
         return layout.read(offset, length, self._rows)
 
-    def _prefetch(self, upto: int) -> None:
-        """ImageJ reads the planes in order: decode the next ones in the background, so that
-        decoding overlaps the reader's work instead of adding to it."""
+    def _prefetch(self, first: int, upto: int) -> None:
+        """ImageJ reads the planes in order: decode the ones after ``first`` up to ``upto`` in
+        the background, so that decoding overlaps the reader's work instead of adding to it."""
         upto = min(upto, len(self.plan.names) - 1)
-        for i in range(self._ahead + 1, upto + 1):
+        for i in range(max(self._ahead, first) + 1, upto + 1):
             if self.plan.names[i] is not None:
                 _prefetcher().submit(self._warm, i)
         self._ahead = max(self._ahead, upto)
