@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,31 +190,46 @@ def vendor_files(tmp_path):
     return out
 
 
-def test_calibrated_layout_serves_vendor_pixels_behind_a_calibrated_ifd(tmp_path):
+def calibrated(f: Path, pixel_size=0.598) -> bytes:
+    raw = f.read_bytes()
+    layout = CalibratedLayout(len(raw))
+    return layout.read(0, layout.size, lambda o, n: raw[o:o + n], layout.patch(f, pixel_size))
+
+
+def test_calibrated_layout_serves_vendor_pixels_with_a_calibrated_ifd(tmp_path):
     files = vendor_files(tmp_path)
     assert len(files) == 7, "the shared sample plates are missing"
+    sizes = set()
     for f in files:
         raw = f.read_bytes()
-        layout = CalibratedLayout.for_file(f, 0.598)
-        data = layout.read(0, layout.size, lambda o, n: raw[o:o + n])
-        assert len(data) == layout.size == len(layout.header) + len(raw)
-        assert data[len(layout.header):] == raw
+        layout = CalibratedLayout(len(raw))               # from the size alone
+        patch = layout.patch(f, 0.598)
+        data = layout.read(0, layout.size, lambda o, n: raw[o:o + n], patch)
+        assert len(data) == layout.size
+        assert data[:4] == raw[:4] and data[8:len(raw)] == raw[8:]   # the vendor's bytes
+        sizes.add(layout.size - len(raw) - len(raw) % 2)
         with tifffile.TiffFile(io.BytesIO(data)) as tif, tifffile.TiffFile(f) as ref:
             page, want = tif.pages[0], ref.pages[0]
-            assert len(tif.pages) == 1 and tif.is_imagej, f
+            assert len(tif.pages) == len(ref.pages) and tif.is_imagej, f
             assert np.array_equal(page.asarray(), want.asarray()), f
             assert (page.compression, page.predictor) == (want.compression, want.predictor)
             x = page.tags["XResolution"].value
             assert x[0] / x[1] == pytest.approx(1 / 0.598, rel=1e-6)
             assert tif.imagej_metadata["unit"] == "micron"
-        for off in (0, 5, len(layout.header) - 3, len(layout.header) + 11):  # any range
-            assert layout.read(off, 1000, lambda o, n: raw[o:o + n]) == data[off:off + 1000]
+        for off in (0, 5, len(raw) - 3, len(raw) + 11):   # any range
+            assert layout.read(off, 1000, lambda o, n: raw[o:o + n], patch) == data[off:off + 1000]
+    assert len(sizes) == 1                                 # the same few bytes added to each
 
 
-def test_calibrated_layout_refuses_bigtiff(tmp_path):
+def test_calibrated_layout_without_a_patch_serves_the_file_as_it_is(tmp_path):
     tifffile.imwrite(tmp_path / "b.tif", plane("uint16"), bigtiff=True)
+    raw = (tmp_path / "b.tif").read_bytes()
+    layout = CalibratedLayout(len(raw))
     with pytest.raises(UnsupportedPlaneError):
-        CalibratedLayout.for_file(tmp_path / "b.tif", 0.5)
+        layout.patch(tmp_path / "b.tif", 0.5)
+    data = layout.read(0, layout.size, lambda o, n: raw[o:o + n], None)
+    assert data[:len(raw)] == raw and data[len(raw):] == b"\0" * (layout.size - len(raw))
+    assert np.array_equal(tifffile.imread(io.BytesIO(data)), plane("uint16"))
 
 
 @pytest.mark.skipif(not imagej_available(), reason="Debian package imagej is not installed")
@@ -223,10 +239,8 @@ def test_imagej_reads_calibrated_big_endian_and_compressed_files(tmp_path):
     for f in vendor_files(tmp_path)[3:]:
         if f.name == "tiled.tif":
             continue
-        raw = f.read_bytes()
-        layout = CalibratedLayout.for_file(f, 0.598)
         out = tmp_path / f"cal-{f.name}"
-        out.write_bytes(layout.read(0, layout.size, lambda o, n: raw[o:o + n]))
+        out.write_bytes(calibrated(f))
         got = imagej_open(out, tmp_path)
         assert got == imagej_open(f, tmp_path)
         if f.name.startswith("be"):

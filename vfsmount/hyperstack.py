@@ -273,65 +273,61 @@ def _by_time(plan: FieldPlan) -> list[FieldPlan]:
 # -- calibrated flat files ---------------------------------------------------------------------
 
 class CalibratedTiff(PassthroughFile):
-    """A vendor TIFF served byte for byte behind a new first IFD that carries the plate's pixel
-    size (see ``CalibratedLayout``). A file that cannot get one (BigTIFF, not a TIFF, past
-    4 GiB) is served as it is, with one log line."""
+    """A vendor TIFF served with the plate's pixel size in a new first IFD, appended after the
+    vendor's bytes (see ``CalibratedLayout``): its size comes from the vendor file's size
+    alone, so ``ls -l`` reads nothing. A file that cannot get one (BigTIFF, not a TIFF) is
+    served as it is, padded with zeros to that size, with one log line."""
 
-    __slots__ = ("pixel_size", "_layout")
+    __slots__ = ("pixel_size", "_patch")
 
     def __init__(self, plain: PassthroughFile, pixel_size: float) -> None:
         super().__init__(plain.name, plain._source, plain.mode & 0o777)
         self.pixel_size = pixel_size
-        self._layout: CalibratedLayout | bool | None = None    # False: served as it is
+        self._patch: tuple[bytes, bytes] | bool | None = None    # False: none possible
 
-    @property
-    def calibrated(self) -> CalibratedLayout | bool:
-        if self._layout is None:
+    def _layout(self) -> CalibratedLayout | None:
+        layout = CalibratedLayout(PassthroughFile.size.fget(self))
+        return layout if layout.fits else None          # past 4 GiB: served as it is
+
+    def _patch_for(self, layout: CalibratedLayout) -> tuple[bytes, bytes] | None:
+        if self._patch is None:
             try:
-                layout = CalibratedLayout.for_file(self.path(), self.pixel_size)
-                if layout.size > CLASSIC_LIMIT:
-                    raise FileTooLargeError("past 4 GiB with a calibrated header")
-                self._layout = layout
+                self._patch = layout.patch(self.path(), self.pixel_size)
             except FileNotFoundError:
                 raise
             except Exception as e:      # tifffile's errors have no common type
                 log.warning("%s: served without calibration: %s", self.name, e)
-                self._layout = False
-        return self._layout
+                self._patch = False
+        return self._patch or None
 
     def refresh(self) -> bool:
         changed = super().refresh()
         if changed:
-            self._layout = None
+            self._patch = None
         return changed
 
     @property
     def size(self) -> int:
-        plain = super().size
-        return self.calibrated.size if self.calibrated else plain
+        layout = self._layout()
+        return layout.size if layout else PassthroughFile.size.fget(self)
 
     def read(self, handle, offset: int, length: int) -> bytes:
-        layout = self.calibrated
-        if not layout:
+        layout = self._layout()
+        if layout is None:
             return super().read(handle, offset, length)
-        return layout.read(offset, length, lambda o, n: PassthroughFile.read(self, handle, o, n))
+        return layout.read(offset, length, lambda o, n: PassthroughFile.read(self, handle, o, n),
+                           self._patch_for(layout))
 
     def read_nowait(self, handle, offset: int, length: int) -> bytes | None:
-        layout = self._layout
-        if layout is None:
-            return None
-        if not layout:
+        # The vendor's bytes after its 8-byte header are served at their own offsets.
+        layout = self._layout()
+        if layout is None or (offset >= 8 and offset + length <= layout.vendor_size):
             return super().read_nowait(handle, offset, length)
-        h = len(layout.header)
-        if offset + length <= h:
-            return layout.header[offset:offset + length]
-        if offset < h:
-            return None
-        return super().read_nowait(handle, offset - h, length)
+        return None
 
 
 def populate_calibrated(main: DirNode, pixel_size: float):
-    """A populator showing ``main``'s files, its pass-through ones behind a calibrated IFD."""
+    """A populator showing ``main``'s files, its pass-through TIFFs with a calibrated IFD."""
     def fill(directory: DirNode) -> None:
         for name, node in main.children():
             if type(node) is PassthroughFile and node.name.lower().endswith((".tif", ".tiff")):

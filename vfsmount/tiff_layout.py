@@ -321,65 +321,91 @@ def _chain(ifds: list[list], sizes: list[int], data_offset: int) -> bytes:
     return bytes(out) + b"\0" * (data_offset - len(out))
 
 
-# -- a vendor file behind a calibrated first IFD ---------------------------------------------------
+# -- a vendor file with a calibrated first IFD -----------------------------------------------------
 
-#: Tags copied from the vendor's IFD: what it takes to decode the pixels as they are.
-_COPIED_TAGS = (256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 317, 320, 322, 323, 324,
-                325, 338, 339, 347)
-_OFFSET_TAGS = (273, 324)   # strip and tile offsets: shifted by the new header's length
+#: Tags whose entries are copied from the vendor's first IFD: what it takes to decode its pixels.
+_COPIED_TAGS = frozenset((256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 317, 320, 322,
+                          323, 324, 325, 338, 339, 347))
+_CALIBRATED_DESCRIPTION = imagej_description(1.0)          # says unit=micron; same length always
+_TRAILER_SIZE = (2 + 12 * (len(_COPIED_TAGS) + 4) + 4       # the IFD, at its largest
+                 + len(_CALIBRATED_DESCRIPTION) + (len(_CALIBRATED_DESCRIPTION) & 1) + 16)
 
 
 @dataclass(frozen=True)
 class CalibratedLayout:
-    """A vendor TIFF served unchanged after a new header and first IFD: the new IFD copies the
-    tags that describe the vendor's pixels (compression and predictor included, so compressed
-    strips are served as they are), points its strip offsets into the vendor's bytes shifted by
-    the header's length, and adds the plate's pixel size (X/YResolution and an ImageJ
-    description). The vendor's own IFDs stay in the file, unreferenced."""
+    """A vendor TIFF with a calibrated first IFD appended, its size known from the vendor file's
+    size alone (no read at ``stat``)::
 
-    header: bytes
+        [vendor header, first-IFD offset -> new IFD][vendor bytes 8..end][pad][new IFD + values]
+
+    Every vendor byte but the 4-byte first-IFD offset is served unchanged at its own offset, so
+    the new IFD's entries for the pixels are the vendor's own 12-byte entries, copied: their
+    strip offsets and out-of-line arrays still point where they did, with the vendor's
+    compression and predictor. Added: X/YResolution in pixels per micron, resolution unit none
+    and an ImageJ description with ``unit=micron`` (how ImageJ and Bio-Formats read a pixel
+    size). The new IFD's next-IFD offset is the vendor's, so further pages stay reachable.
+    """
+
     vendor_size: int
 
     @property
-    def size(self) -> int:
-        return len(self.header) + self.vendor_size
+    def ifd_offset(self) -> int:
+        return self.vendor_size + (self.vendor_size & 1)       # IFDs start on a word boundary
 
-    @classmethod
-    def for_file(cls, path, pixel_size: float | None) -> "CalibratedLayout":
+    @property
+    def size(self) -> int:
+        return self.ifd_offset + _TRAILER_SIZE
+
+    @property
+    def fits(self) -> bool:
+        return self.size <= CLASSIC_LIMIT
+
+    def patch(self, path, pixel_size: float) -> tuple[bytes, bytes]:
+        """(the file's first 8 bytes, what follows the vendor's bytes), from the vendor's IFD."""
         import tifffile
         with tifffile.TiffFile(path) as tif:
-            if tif.is_bigtiff or not len(tif.pages):
-                raise UnsupportedPlaneError(f"{path}: only classic TIFFs with an image get a "
-                                            f"calibrated header")
-            tags = [tif.pages.first.tags.get(code) for code in _COPIED_TAGS]
-            byteorder = tif.byteorder
-            vendor_size = tif.filehandle.size
-        copied = [t for t in tags if t is not None]
-        return cls(_calibrated_header(copied, pixel_size, byteorder), vendor_size)
+            if tif.is_bigtiff or not len(tif.pages) or tif.filehandle.size != self.vendor_size:
+                raise UnsupportedPlaneError(f"{path}: not a classic TIFF of {self.vendor_size} "
+                                            "bytes with an image")
+            fh, bo = tif.filehandle, tif.byteorder
+            fh.seek(tif.pages.first.offset)
+            n = struct.unpack(bo + "H", fh.read(2))[0]
+            raw = fh.read(12 * n + 4)
+        kept = [raw[i:i + 12] for i in range(0, 12 * n, 12)
+                if struct.unpack(bo + "H", raw[i:i + 2])[0] in _COPIED_TAGS]
+        next_ifd = struct.unpack(bo + "I", raw[12 * n:12 * n + 4])[0]
+        ifd = _calibrated_ifd(kept, pixel_size, bo, self.ifd_offset, next_ifd)
+        trailer = b"\0" * (self.vendor_size & 1) + ifd.ljust(_TRAILER_SIZE, b"\0")
+        return tiff_head(self.ifd_offset, byteorder=bo), trailer
 
-    def read(self, offset: int, length: int, read_vendor: Callable[[int, int], bytes]) -> bytes:
-        """Bytes ``offset:offset+length``; ``read_vendor(offset, length)`` reads the vendor file."""
-        h = len(self.header)
-        head = self.header[offset:offset + length] if offset < h else b""
-        rest = length - len(head)
-        if rest <= 0:
-            return head
-        tail = read_vendor(max(offset, h) - h, rest)
-        return head + tail if head else tail
+    def read(self, offset: int, length: int, read_vendor: Callable[[int, int], bytes],
+             patch: tuple[bytes, bytes] | None) -> bytes:
+        """Bytes ``offset:offset+length``; ``read_vendor(offset, length)`` reads the vendor file.
+        Without a ``patch`` (a vendor file that cannot get one) the vendor's bytes are served
+        as they are, then zeros (readers ignore what no IFD points to)."""
+        v = self.vendor_size
+        head, trailer = patch or (b"", b"\0" * (self.size - v))
+        end = min(offset + length, self.size)
+        parts = []
+        if offset < min(len(head), end):
+            parts.append(head[offset:min(len(head), end)])
+        start = max(offset, len(head))
+        if start < min(v, end):
+            parts.append(read_vendor(start, min(v, end) - start))
+        if end > v:
+            parts.append(trailer[max(offset, v) - v:end - v])
+        return b"".join(parts)
 
 
-def _calibrated_header(tags, pixel_size: float | None, byteorder: str) -> bytes:
-    def entries(shift: int) -> list:
-        out = _calibration_entries(imagej_description(pixel_size), pixel_size)
-        for tag in tags:
-            value = tag.value
-            if tag.code in _OFFSET_TAGS:
-                value = [int(v) + shift for v in np.atleast_1d(value)]
-            elif not isinstance(value, (bytes, int)):
-                value = [int(v) for v in np.ravel(value)]
-            out.append((tag.code, int(tag.dtype), tag.count, value))
-        return out
-
-    h = _aligned(8 + len(encode_ifd(entries(0), 8, byteorder=byteorder)))
-    out = tiff_head(8, byteorder=byteorder) + encode_ifd(entries(h), 8, byteorder=byteorder)
-    return out + b"\0" * (h - len(out))
+def _calibrated_ifd(kept: list[bytes], pixel_size: float, byteorder: str, at: int,
+                    next_ifd: int) -> bytes:
+    """The vendor's raw entries ``kept`` and the calibration's, as one IFD placed at ``at``."""
+    n = len(kept) + 4
+    values_at = at + 2 + 12 * n + 4
+    # the calibration's 4 entries, encoded as if their IFD ended where this one's values start
+    own = encode_ifd(_calibration_entries(_CALIBRATED_DESCRIPTION, pixel_size),
+                     values_at - (2 + 12 * 4 + 4), byteorder=byteorder)
+    entries = kept + [own[2 + 12 * i:14 + 12 * i] for i in range(4)]
+    entries.sort(key=lambda entry: struct.unpack(byteorder + "H", entry[:2])[0])
+    return (struct.pack(byteorder + "H", n) + b"".join(entries)
+            + struct.pack(byteorder + "I", next_ifd) + own[2 + 12 * 4 + 4:])
