@@ -154,7 +154,8 @@ def test_imagej_opens_a_field_as_a_calibrated_hyperstack(copy_real_plate, mounts
     pixel_w, pixel_h, pixel_d, _interval, unit = hs["cal"]
     assert (pixel_w, pixel_h, unit) == (pytest.approx(entry["pixel_size"]),) * 2 + ("micron",)
     assert pixel_d == pytest.approx(entry.get("z_spacing") or 1.0)
-    names = {int(c): n for c, n in entry["channels"].items() if n}
+    labels = entry.get("channel_names") or entry["channels"]
+    names = {int(c): n for c, n in labels.items() if n}
     expected, missing = [], []
     for t in ts:
         for z in zs:

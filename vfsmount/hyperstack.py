@@ -50,24 +50,37 @@ class Calibration:
     @classmethod
     def of(cls, plate, key: str) -> "Calibration":
         entry = plate.entry(key)
-        names = entry.get("channel_names") or entry.get("channels") or {}
         return cls(entry.get("pixel_size"), _physical(plate, entry, "z_spacing", "z_indexes"),
                    _physical(plate, entry, "time_interval", "timepoints"),
-                   {int(c): n for c, n in names.items() if n})
+                   _channel_names(plate, entry))
 
     def label(self, channel: int) -> str:
         return self.channel_names.get(channel) or f"w{channel}"
 
 
+def _siblings(plate, entry: dict, axis: str) -> list[dict]:
+    """``entry``, then the plate's other entries with the same planes along ``axis``: a zarr
+    store converted from the vendor files has the vendor's z-planes and channels, and its
+    entry may not repeat what the vendor's entry knows about them."""
+    def planes(e: dict):
+        value = e.get(axis)
+        return sorted(value) if isinstance(value, dict) else value
+    return [entry] + [e for e in plate.subdirectories.values()
+                      if e is not entry and planes(e) == planes(entry)]
+
+
 def _physical(plate, entry: dict, quantity: str, axis: str) -> float | None:
-    """``entry[quantity]``, else that of a sibling entry with the same planes (a zarr store
-    converted from the vendor files has the vendor's z-planes)."""
-    if entry.get(quantity):
-        return float(entry[quantity])
-    for other in plate.subdirectories.values():
-        if other.get(quantity) and other.get(axis) == entry.get(axis):
-            return float(other[quantity])
-    return None
+    return next((float(e[quantity]) for e in _siblings(plate, entry, axis) if e.get(quantity)),
+                None)
+
+
+def _channel_names(plate, entry: dict) -> dict[int, str]:
+    for e in _siblings(plate, entry, "channels"):
+        names = e.get("channel_names") or e.get("channels") or {}
+        named = {int(c): n for c, n in names.items() if n}
+        if named:
+            return named
+    return {}
 
 
 @dataclass(frozen=True)
