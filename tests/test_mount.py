@@ -42,8 +42,8 @@ def expected_plane(name: str, spec: PlateSpec) -> np.ndarray:
 
 def test_tree_sizes_and_posix_tools(converted_plate, small_spec, mounts, tmp_path):
     mnt = mounts.mount(converted_plate)
-    assert sorted(os.listdir(mnt)) == ["images", METADATA_FILENAME, "original", "projection",
-                                       "workspace", "zarr"]
+    assert sorted(os.listdir(mnt)) == ["hyperstacks", "images", METADATA_FILENAME, "original",
+                                       "projection", "workspace", "zarr"]
     plate = Plate.open(converted_plate)
     names = plate.image_files("zarr")
     assert sorted(os.listdir(mnt / "images")) == sorted(names) == sorted(os.listdir(mnt / "zarr"))

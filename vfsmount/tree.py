@@ -25,6 +25,7 @@ from backends.naming import try_parse_virtual_name
 from backends.paths import contained_path
 from backends.plate import Plate
 
+from .hyperstack import add_fiji_folders
 from .nodes import BytesFile, DirNode, PassthroughFile, SynthesizedTiff
 
 log = logging.getLogger(__name__)
@@ -180,10 +181,10 @@ def build_tree(plate: Plate, outputs=None, computed=()) -> DirNode:
         processed = root.add(PROCESSED_DIR, DirNode(_mtime_ns(plate.metadata_file)))
         for factory in computed:
             processed.add(factory.pipeline.name, DirNode(time.time_ns(), populate_computed(factory)))
-    if MAIN_ALIAS not in {display_name(k) for k in plate.subdirectories} and plate.main in dirs:
-        main = dirs[plate.main]
-        alias = DirNode(main.mtime_ns, lambda d: d.share_children(main))
-        root.add(MAIN_ALIAS, alias)
+    if plate.main in dirs:    # images/ (calibrated) and hyperstacks/: see hyperstack.py
+        shown = {display_name(k) for k in plate.subdirectories}
+        add_fiji_folders(root, plate, dirs[plate.main],
+                         alias=MAIN_ALIAS if MAIN_ALIAS not in shown else None)
     if plate.url is None:     # a remote plate has no vendor tree to mirror
         root.add(ORIGINAL_DIR, DirNode(_mtime_ns(plate.path), populate_original(
             Path(os.path.realpath(plate.path)))))
