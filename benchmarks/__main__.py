@@ -13,6 +13,7 @@ BENCHMARKS = {
     "mount_read": "sequential reads through the mount vs cat (pass-through) and zarr direct (synthesized)",
     "mount_write": "cp into the writable outputs/ area vs cp to local disk, and vs zarr written directly",
     "mount_ls": "ls -l of 100k virtual vs 100k real files; mount ready time and daemon RSS",
+    "mount_scale": "mount ready time and daemon RSS for 300k and a simulated 1M images",
     "zarr": "conversion vs cp -r, store size per compressor, WELL vs FILE reads, peak memory",
     "memory": "memory-type conversions of a (16, 2048, 2048) stack vs np.copy",
     "pipeline": "pipeline throughput vs the same functions in a plain loop",

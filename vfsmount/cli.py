@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 
 from backends.errors import StorageError
+from backends.remote import is_url
 from compute.errors import PipelineError
 
 
 def _cmd_info(args) -> int:
+    if not is_url(args.plate) and Path(args.plate).is_file():
+        return _file_info(args)
     from backends.plate import Plate
     plate = Plate.open(args.plate, rescan=not args.no_rescan)
     report = {
@@ -63,6 +66,18 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _file_info(args) -> int:
+    """`vfsmount info FILE`: one file of a mount (what --xattrs would serve)."""
+    from .fileinfo import file_facts, print_facts
+    facts = file_facts(args.plate)
+    if args.json:
+        json.dump(facts, sys.stdout, indent=2)
+        print()
+    else:
+        print_facts(facts)
+    return 0
+
+
 def _cmd_convert(args) -> int:
     from backends.convert import convert_plate
     from backends.zarr_config import ZarrConfig
@@ -82,12 +97,12 @@ def _cmd_mount(args) -> int:
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return serve(args.plate, args.mountpoint, allow_other=args.allow_other, subdir=args.subdir,
-                     xattrs=not args.no_xattrs, writable=args.writable, materialize=args.materialize,
+                     xattrs=args.xattrs, writable=args.writable, materialize=args.materialize,
                      pipeline_file=args.pipeline, compute_cache_mb=args.compute_cache_mb,
                      chunk_cache_mb=args.chunk_cache_mb, s3_endpoint=args.s3_endpoint)
     extra = ["--chunk-cache-mb", str(args.chunk_cache_mb)] + \
         (["--s3-endpoint", args.s3_endpoint] if args.s3_endpoint else []) + \
-        (["--no-xattrs"] if args.no_xattrs else []) + \
+        (["--xattrs"] if args.xattrs else []) + \
         (["--writable", "--materialize", args.materialize] if args.writable else []) + \
         (["--pipeline", str(Path(args.pipeline).absolute()),
           "--compute-cache-mb", str(args.compute_cache_mb)] if args.pipeline else [])
@@ -134,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="WARNING", help="logging level for this command")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("info", help="detect a plate's format, map it, write its metadata, report")
-    s.add_argument("plate", help="plate directory, or s3://bucket/plate.zarr")
+    s = sub.add_parser("info", help="detect a plate's format, map it, write its metadata, report; "
+                                    "or, given a file of a mount, its coordinates and source")
+    s.add_argument("plate", help="plate directory, s3://bucket/plate.zarr, or a file of a mount")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--no-rescan", action="store_true", help="report the existing metadata as is")
     _s3_option(s)
@@ -170,8 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chunk-cache-mb", type=int, default=1024,
                    help="remote plates: local disk cache of fetched chunks (LRU; default 1024 MiB, "
                         "0 = none), under ~/.cache/vfsmount/chunks/")
-    s.add_argument("--no-xattrs", action="store_true",
-                   help="no user.vfsmount.* attributes; makes `ls -l` of huge folders faster")
+    s.add_argument("--xattrs", action="store_true",
+                   help="serve user.vfsmount.* attributes (well, site, channel, z, t, source); "
+                        "off by default because every `ls -l` then costs two daemon round trips "
+                        "per file. `vfsmount info FILE` gives the same facts")
+    s.add_argument("--no-xattrs", action="store_false", dest="xattrs",
+                   help="the default (kept for old scripts)")
     s.add_argument("--log-file", help="daemon log (default: ~/.cache/vfsmount/logs/)")
     s.add_argument("--log-level", dest="log_level", default="INFO")
     _s3_option(s)
