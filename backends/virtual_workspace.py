@@ -60,40 +60,36 @@ def check_mapping_entry(name: str, rel: str) -> None:
 
 
 class SourceDir:
-    """One folder of source files, resolved and checked to lie inside the plate once."""
+    """One folder of source files, resolved once and checked to lie inside the plate."""
 
-    __slots__ = ("rel", "path", "identity")
+    __slots__ = ("root", "rel", "path", "parts")
 
     def __init__(self, root: Path, rel: str) -> None:
-        self.rel = rel
-        resolved = os.path.realpath(root / rel) if rel else str(root)
-        if resolved != str(root) and not resolved.startswith(str(root) + os.sep):
+        self.root, self.rel = str(root), rel
+        resolved = os.path.realpath(root / rel) if rel else self.root
+        if resolved != self.root and not resolved.startswith(self.root + os.sep):
             raise PathEscapeError(f"source folder {rel!r} resolves outside {root}", path=rel)
         self.path = resolved
-        self.identity: tuple[int, int] | None = None      # (st_dev, st_ino) when checked
+        self.parts = tuple(resolved[len(self.root):].split(os.sep)[1:])   # no links among them
 
     def open_dir(self) -> int:
-        """A descriptor of this folder; refused if the folder was swapped since it was
-        checked and now leads elsewhere (a symlink put in its place)."""
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != self.identity:
-            if os.path.realpath(self.path) != self.path:
-                os.close(fd)
-                raise PathEscapeError(f"source folder {self.rel!r} was replaced by a link",
-                                      path=self.path)
-            self.identity = (st.st_dev, st.st_ino)
-        return fd
-
-    def scan(self) -> dict[str, os.stat_result]:
-        """Regular files of this folder (symlinks left out: they are never followed)."""
-        fd = self.open_dir()
+        """A descriptor of this folder, opened one resolved component at a time with
+        O_NOFOLLOW from the plate root: a folder swapped for a link since it was checked is
+        refused, race-free."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            with os.scandir(fd) as it:
-                return {e.name: e.stat(follow_symlinks=False) for e in it
-                        if e.is_file(follow_symlinks=False)}
-        finally:
+            for part in self.parts:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                dir_fd=fd)
+                os.close(fd)
+                fd = child
+        except OSError as e:
             os.close(fd)
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise PathEscapeError(f"source folder {self.rel!r} was replaced by a link or a "
+                                      f"file since the mount checked it", path=self.path) from None
+            raise
+        return fd
 
 
 def open_in_dir(folder: SourceDir, name: str) -> int:
@@ -159,32 +155,44 @@ class VirtualWorkspaceBackend(VirtualBackend):
         return open_in_dir(*self.source(path))
 
     def stat_sources(self, names: Sequence[str]) -> tuple[array, array, array]:
-        """(sizes, mtimes in ns, inode numbers) of the sources of ``names``, in that order,
-        from one scandir per source folder (folders scanned in parallel: the stat calls
-        release the GIL); -1 for a source that is missing or not a regular file (a symlink).
-        Raises PathEscapeError for a folder leaving the plate."""
-        mapping = self._mapping
-        folders = {rel.rpartition("/")[0] for rel in mapping.values()}
-        with ThreadPoolExecutor(min(SCAN_THREADS, len(folders) or 1)) as pool:
-            scans = dict(zip(folders, pool.map(self._scan, folders)))
+        """(sizes, mtimes in ns, inode numbers) of the sources of ``names``, in that order:
+        one scandir per source folder, a stat only of the entries mapped, folders scanned in
+        parallel (the stat calls release the GIL); -1 for a source that is missing or not a
+        regular file (a symlink). Raises PathEscapeError for a folder leaving the plate."""
         n = len(names)
-        sizes, mtimes, inodes = array("q", [-1]) * n, array("q", [0]) * n, array("q", [0]) * n
-        no_scan: dict = {}
-        for i, name in enumerate(names):
+        columns = array("q", [-1]) * n, array("q", [0]) * n, array("q", [0]) * n
+        rows_by_folder: dict[str, dict[str, int]] = {}      # folder -> {file name: row}
+        mapping = self._mapping
+        for row, name in enumerate(names):
             rel = mapping.get(name)
-            if rel is None:            # a listed name without a source stays at -1
-                continue
-            folder, _, base = rel.rpartition("/")
-            st = scans.get(folder, no_scan).get(base)
-            if st is not None:
-                sizes[i], mtimes[i], inodes[i] = st.st_size, st.st_mtime_ns, st.st_ino
-        return sizes, mtimes, inodes
+            if rel is not None:        # a listed name without a source stays at -1
+                folder, _, base = rel.rpartition("/")
+                rows = rows_by_folder.get(folder)
+                if rows is None:
+                    rows = rows_by_folder[folder] = {}
+                rows[base] = row
+        with ThreadPoolExecutor(min(SCAN_THREADS, len(rows_by_folder) or 1)) as pool:
+            for done in [pool.submit(self._stat_folder, folder, rows, columns)
+                         for folder, rows in rows_by_folder.items()]:
+                done.result()
+        return columns
 
-    def _scan(self, rel_dir: str) -> dict[str, os.stat_result]:
+    def _stat_folder(self, folder: str, rows: dict[str, int],
+                     columns: tuple[array, array, array]) -> None:
+        sizes, mtimes, inodes = columns
         try:
-            return self.source_dir(rel_dir).scan()
+            fd = self.source_dir(folder).open_dir()
         except FileNotFoundError:
-            return {}
+            return
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    row = rows.get(entry.name)
+                    if row is not None and entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        sizes[row], mtimes[row], inodes[row] = st.st_size, st.st_mtime_ns, st.st_ino
+        finally:
+            os.close(fd)
 
     def real_path(self, path: str | os.PathLike) -> Path:
         """The nested file behind a virtual name: its folder checked to lie inside the plate,

@@ -12,7 +12,7 @@ BENCHMARKS = {
     "mapping": "virtual-workspace mapping for 1k/10k/100k files vs creating a symlink farm",
     "mount_read": "sequential reads through the mount vs cat (pass-through) and zarr direct (synthesized)",
     "mount_write": "cp into the writable outputs/ area vs cp to local disk, and vs zarr written directly",
-    "mount_ls": "ls -l of 100k virtual vs 100k real files; mount ready time and daemon RSS",
+    "mount_ls": "ls -l of 100k images of a nested plate vs 100k real files, default options and --xattrs",
     "mount_scale": "mount ready time and daemon RSS for 300k and a simulated 1M images",
     "zarr": "conversion vs cp -r, store size per compressor, WELL vs FILE reads, peak memory",
     "memory": "memory-type conversions of a (16, 2048, 2048) stack vs np.copy",

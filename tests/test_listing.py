@@ -151,3 +151,13 @@ def test_plate_names_are_shared_with_the_mapping(plate):
     entry = Plate.open(plate).entry("workspace")
     names, mapping = entry["image_files"], entry["workspace_mapping"]
     assert all(a is b for a, b in zip(names, mapping))
+
+
+def test_metadata_file_is_served_in_place(plate, mounts):
+    from backends.metadata import METADATA_FILENAME
+    mnt = mounts.mount(plate)
+    assert (mnt / METADATA_FILENAME).read_bytes() == (plate / METADATA_FILENAME).read_bytes()
+    entry = dict(Plate.open(plate).entry("workspace"))
+    update_metadata(plate, {"workspace": {**entry, "pixel_size": 0.5}})    # rewritten meanwhile
+    served = json.loads((mnt / METADATA_FILENAME).read_bytes())
+    assert served["subdirectories"]["workspace"]["pixel_size"] == 0.5

@@ -69,7 +69,7 @@ class VfsOperations(pyfuse3.Operations):
         return node
 
     def _remember(self, parent: int, name: bytes, node: Node) -> None:
-        if node.inode not in self._nodes and node.inode < LISTED_INODES:
+        if node.inode < LISTED_INODES and node.inode not in self._nodes:
             self._nodes[node.inode] = node
             self._labels[node.inode] = name    # for log lines; the key bytes are shared, not copied
 

@@ -13,6 +13,7 @@ a million entries: ``find_listed(inode)``.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import os
 import stat as stat_mod
 import threading
@@ -64,20 +65,28 @@ class ListedImages:
         self._order: np.ndarray | None = None
 
     def load(self) -> None:
-        """Stat every source (one scandir per source folder) and index the names."""
+        """Stat every source: one scandir per source folder."""
         with self.lock:
             if self.sizes is not None:
                 return
             sizes, mtimes, inodes = self.backend.stat_sources(self.names)
-            hashes = np.fromiter(map(hash, self.names), dtype=np.int64, count=len(self.names))
-            order = np.argsort(hashes, kind="stable")
-            self._hashes, self._order = hashes[order], order.astype(np.int32)
             self.mtimes, self.source_inodes = mtimes, inodes
             self.first_inode = _reserve_inodes(self)
             self.sizes = sizes          # set last: it marks the set as loaded
+        release_freed_memory()
+
+    def _index(self) -> None:
+        """Sort the names' hashes once, at the first lookup by name (a listing needs none)."""
+        with self.lock:
+            if self._hashes is None:
+                hashes = np.fromiter(map(hash, self.names), dtype=np.int64, count=len(self.names))
+                order = np.argsort(hashes, kind="stable")
+                self._order, self._hashes = order.astype(np.int32), hashes[order]
 
     def row_of(self, name: str) -> int | None:
         """The row of ``name``: a binary search among the names' hashes."""
+        if self._hashes is None:
+            self._index()
         h = hash(name)
         i = int(np.searchsorted(self._hashes, h))
         while i < len(self._hashes) and self._hashes[i] == h:
@@ -151,7 +160,7 @@ class _EncodedNames:
         return len(self.names)
 
     def __getitem__(self, i: int) -> bytes:
-        return os.fsencode(self.names[i])
+        return self.names[i].encode("utf-8", "surrogateescape")     # what os.fsencode does
 
 
 class ImageDir(DirNode):
@@ -193,3 +202,13 @@ class ImageDir(DirNode):
 
     def __len__(self) -> int:
         return len(self.images.names)
+
+
+def release_freed_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim). Loading a large
+    plate's metadata, or stat-ing its sources, frees as much as it keeps, in holes that
+    otherwise stay resident: 300,000 images leave ~75 MB behind. A no-op without glibc."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

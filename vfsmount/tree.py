@@ -24,7 +24,7 @@ from backends.naming import try_parse_virtual_name
 from backends.paths import contained_path
 from backends.plate import Plate
 
-from .listing import ImageDir, ListedImages
+from .listing import ImageDir, ListedImages, release_freed_memory
 from .nodes import DirNode, PassthroughFile, SynthesizedTiff
 
 log = logging.getLogger(__name__)
@@ -216,6 +216,7 @@ def build_tree(plate: Plate, outputs=None, computed=()) -> DirNode:
     # Keep root entries in a stable, natural order.
     ordered = natsorted(root.children(), key=lambda kv: kv[0])
     root._children = dict(ordered)
+    release_freed_memory()       # what parsing the metadata left behind
     return root
 
 
