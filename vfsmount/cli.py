@@ -15,6 +15,10 @@ from compute.errors import PipelineError
 def _cmd_info(args) -> int:
     if not is_url(args.plate) and Path(args.plate).is_file():
         return _file_info(args)
+    return _plate_info(args)
+
+
+def _plate_info(args) -> int:
     from backends.plate import Plate
     plate = Plate.open(args.plate, rescan=not args.no_rescan)
     report = {
@@ -143,6 +147,15 @@ def _s3_option(s: argparse.ArgumentParser) -> None:
                    "$AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY or $AWS_PROFILE")
 
 
+def _xattr_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--xattrs", action="store_true",
+                   help="serve user.vfsmount.* attributes (well, site, channel, z, t, source); "
+                        "off by default because every `ls -l` then costs two daemon round trips "
+                        "per file. `vfsmount info FILE` gives the same facts")
+    s.add_argument("--no-xattrs", action="store_false", dest="xattrs",
+                   help="the default (kept for old scripts)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vfsmount", description=(
         "Mount microscopy plates (ImageXpress, Opera Phenix, OME-Zarr) as flat TIFF trees."))
@@ -186,12 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chunk-cache-mb", type=int, default=1024,
                    help="remote plates: local disk cache of fetched chunks (LRU; default 1024 MiB, "
                         "0 = none), under ~/.cache/vfsmount/chunks/")
-    s.add_argument("--xattrs", action="store_true",
-                   help="serve user.vfsmount.* attributes (well, site, channel, z, t, source); "
-                        "off by default because every `ls -l` then costs two daemon round trips "
-                        "per file. `vfsmount info FILE` gives the same facts")
-    s.add_argument("--no-xattrs", action="store_false", dest="xattrs",
-                   help="the default (kept for old scripts)")
+    _xattr_options(s)
     s.add_argument("--log-file", help="daemon log (default: ~/.cache/vfsmount/logs/)")
     s.add_argument("--log-level", dest="log_level", default="INFO")
     _s3_option(s)

@@ -111,8 +111,7 @@ class ListedFile(PassthroughFile):
         self.name = images.names[row]
         self.inode = images.first_inode + row
         self.mode = stat_mod.S_IFREG | 0o444
-        self.mtime_ns = images.mtimes[row]
-        self._seen = None
+        self.mtime_ns = images.mtimes[row]     # _seen stays unset: size/refresh use the columns
 
     @property
     def size(self) -> int:
