@@ -161,3 +161,13 @@ def test_metadata_file_is_served_in_place(plate, mounts):
     update_metadata(plate, {"workspace": {**entry, "pixel_size": 0.5}})    # rewritten meanwhile
     served = json.loads((mnt / METADATA_FILENAME).read_bytes())
     assert served["subdirectories"]["workspace"]["pixel_size"] == 0.5
+
+
+def test_a_tampered_mapping_fails_its_folder_not_the_mount(plate, mounts):
+    remap(plate, {"C01_s001_w1_z001_t001.tif": "../outside.tif"})
+    mnt = mounts.mount(plate)
+    with pytest.raises(OSError) as e:
+        os.listdir(mnt / "workspace")
+    assert e.value.errno == errno.EIO
+    assert "'..'" in mounts.log(mnt) and "C01_s001_w1_z001_t001.tif" in mounts.log(mnt)
+    assert "original" in os.listdir(mnt)

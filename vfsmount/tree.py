@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 from natsort import natsorted
@@ -116,7 +117,7 @@ class MetadataFile:
 
 def listed_images(plate: Plate, key: str) -> ListedImages:
     """The pass-through images of subdirectory ``key``; their sources are stat-ed on first use.
-    Built at mount time, so a mapping entry leaving the plate stops the mount."""
+    Built at mount time: a mapping entry leaving the plate raises PathEscapeError here."""
     backend = plate.backend(key)
     names = plate.entry(key).get("image_files") or backend.list_files("")
     return ListedImages(backend, names, lambda name: source_xattrs(name, backend.source_rel))
@@ -225,8 +226,16 @@ def image_folder(plate: Plate, key: str) -> DirNode:
     listing.py), anything else one node per image."""
     mtime = _mtime_ns(plate.metadata_file)
     if plate.primary_backend(key) == "virtual_workspace":
-        return ImageDir(mtime, listed_images(plate, key))
+        try:
+            return ImageDir(mtime, listed_images(plate, key))
+        except PathEscapeError as e:     # a tampered mapping: this folder fails, not the mount
+            log.error("%s/: refused: %s", display_name(key), e)
+            return DirNode(mtime, partial(_refuse, e))
     return DirNode(mtime, populate_images(plate, key))
+
+
+def _refuse(error: Exception, directory: DirNode) -> None:
+    raise error
 
 
 def _mtime_ns(path) -> int:
