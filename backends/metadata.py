@@ -120,8 +120,7 @@ def validate(doc: Any, source: str | Path = METADATA_FILENAME) -> dict:
             if field in entry and not isinstance(entry[field], list):
                 raise bad(f"{where}.{field} must be a list")
         mapping = entry.get("workspace_mapping", {})
-        if not isinstance(mapping, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        if not isinstance(mapping, dict) or not _all_str(mapping):
             raise bad(f"{where}.workspace_mapping must map names (strings) to paths (strings)")
         backends = entry.get("available_backends", {})
         if not isinstance(backends, dict) or not all(isinstance(v, bool) for v in backends.values()):
@@ -137,6 +136,14 @@ def validate(doc: Any, source: str | Path = METADATA_FILENAME) -> dict:
     if len(mains) > 1:
         raise bad(f"more than one subdirectory is marked main: {mains}")
     return doc
+
+
+def _all_str(mapping: dict) -> bool:
+    """Keys and values all strings: the types gathered in C first (a million entries in tens
+    of milliseconds), isinstance one by one only if some other type turns up."""
+    if {*map(type, mapping), *map(type, mapping.values())} <= {str}:
+        return True
+    return all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items())
 
 
 def read_metadata(plate: str | os.PathLike) -> dict | None:

@@ -54,7 +54,7 @@ class Plate:
             raise PlateFormatError("plate is not a directory", path=plate)
         doc = read_metadata(plate)
         if doc is not None and not rescan:
-            return cls(plate, doc, metadata_path(plate))
+            return cls(plate, share_mapping_names(doc), metadata_path(plate))
         return index_plate(plate)
 
     # -- subdirectories -------------------------------------------------------
@@ -102,6 +102,19 @@ class Plate:
     @property
     def handler_name(self) -> str:
         return self.entry().get("microscope_handler_name", "")
+
+
+def share_mapping_names(doc: dict) -> dict:
+    """Let each ``image_files`` list hold its ``workspace_mapping``'s own key strings: JSON
+    gives every occurrence its own copy, and a million-image plate would hold its names twice
+    (80 MB). Only when both list the same names in the same order (as vfsmount writes them)."""
+    for entry in doc["subdirectories"].values():
+        mapping, names = entry.get("workspace_mapping"), entry.get("image_files")
+        if mapping and names is not None and len(names) == len(mapping):
+            keys = list(mapping)
+            if keys == names:
+                entry["image_files"] = keys
+    return doc
 
 
 def store_plate_dir(location: str) -> Path:
@@ -155,4 +168,4 @@ def index_plate(path: str | os.PathLike) -> Plate:
             keep_main = prev_main
     main = keep_main or next(iter(entries))
     written = update_metadata(plate, entries, main=main, remove=tuple(stale))
-    return Plate(plate, read_metadata(plate), written, scan)
+    return Plate(plate, share_mapping_names(read_metadata(plate)), written, scan)

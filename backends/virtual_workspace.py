@@ -1,24 +1,114 @@
 """Read-only backend that serves a nested vendor plate under flat names.
 
 A virtual name is looked up in the plate's ``workspace_mapping`` (a dict) and
-the real nested file is read in place: no copy, no symlink. Mapping entries
-that are absolute or contain '..' are refused when the backend is built; an
-entry that resolves through a symlink to outside the plate is refused when it
-is opened.
+the real nested file is read in place: no copy, no symlink.
+
+Containment is checked once per *source directory*, not once per file: a plate of
+1,000,000 images has a few hundred folders. A mapping entry is refused when the
+backend is built if it is absolute, contains '..', an empty part or NUL; its folder
+is resolved (``realpath``) once and must lie inside the plate; the file itself is
+opened relative to that folder with ``O_NOFOLLOW``, so a symlinked source file is
+never followed, wherever it points. Sizes for a listing come from one ``scandir``
+per source folder.
 """
 from __future__ import annotations
 
+import errno
 import os
+import threading
+from array import array
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from natsort import natsorted
 
 from .base import Backend, VirtualBackend
-from .errors import StorageNotFoundError
+from .errors import PathEscapeError, StorageNotFoundError
 from .formats import read_file
 from .naming import ParsedName, virtual_name
-from .paths import check_relative, contained_path
+
+SCAN_THREADS = 8       # source folders scanned at once when a folder is first listed
+
+
+def check_mapping(mapping: Mapping[str, str]) -> None:
+    """check_mapping_entry for every entry; a million entries in a few C-level scans of two
+    joined strings, entry by entry only if one of them looks suspicious."""
+    names, rels = "\n".join(mapping), "\n".join(mapping.values())
+    suspicious = any(c in names for c in ("/", "\\", "\0")) or "." in mapping or ".." in mapping \
+        or any(c in rels for c in ("\0", "\\", "//", "..", ":", "\n\n", "/\n", "\n/")) \
+        or rels.startswith(("/", "\n")) or rels.endswith(("/", "\n")) or not names \
+        or names.count("\n") != len(mapping) - 1 or rels.count("\n") != len(mapping) - 1
+    if mapping and suspicious:
+        for name, rel in mapping.items():
+            check_mapping_entry(name, rel)
+
+
+def check_mapping_entry(name: str, rel: str) -> None:
+    """Refuse a flat name with '/', '\\', NUL or '..', and a source path that is absolute
+    or has a '..', empty or NUL part. String tests only: this runs once per image."""
+    if not name or "/" in name or "\\" in name or "\0" in name or name in (".", ".."):
+        raise PathEscapeError(f"virtual name {name!r} is not a plain file name", path=name)
+    if rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
+        raise PathEscapeError(f"mapping entry {name!r} -> {rel!r} is absolute", path=rel)
+    if not rel or "\0" in rel or "\\" in rel or rel.endswith("/"):
+        raise PathEscapeError(f"mapping entry {name!r} -> {rel!r} is not a plate-relative file "
+                              f"path (empty, NUL, backslash or trailing '/')", path=rel)
+    parts = rel.split("/")
+    if ".." in parts or "" in parts:
+        raise PathEscapeError(f"mapping entry {name!r} -> {rel!r} contains '..' or '//'", path=rel)
+
+
+class SourceDir:
+    """One folder of source files, resolved once and checked to lie inside the plate."""
+
+    __slots__ = ("root", "rel", "path", "parts")
+
+    def __init__(self, root: Path, rel: str) -> None:
+        self.root, self.rel = str(root), rel
+        resolved = os.path.realpath(root / rel) if rel else self.root
+        if resolved != self.root and not resolved.startswith(self.root + os.sep):
+            raise PathEscapeError(f"source folder {rel!r} resolves outside {root}", path=rel)
+        self.path = resolved
+        self.parts = tuple(resolved[len(self.root):].split(os.sep)[1:])   # no links among them
+
+    def open_dir(self) -> int:
+        """A descriptor of this folder, opened one resolved component at a time with
+        O_NOFOLLOW from the plate root: a folder swapped for a link since it was checked is
+        refused, race-free."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in self.parts:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                dir_fd=fd)
+                os.close(fd)
+                fd = child
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise PathEscapeError(f"source folder {self.rel!r} was replaced by a link or a "
+                                      f"file since the mount checked it", path=self.path) from None
+            raise
+        return fd
+
+
+def open_in_dir(folder: SourceDir, name: str) -> int:
+    """Open one source file read-only, relative to its checked folder, without following a
+    symlink. The one place pass-through opens a source (route other containment checks here)."""
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
+        raise PathEscapeError(f"source name {name!r} is not a plain file name", path=name)
+    dir_fd = folder.open_dir()
+    try:
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                       dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise PathEscapeError(f"source {folder.rel}/{name} is a symbolic link; links are "
+                                  f"not followed (one could lead outside the plate)",
+                                  path=f"{folder.rel}/{name}") from None
+        raise
+    finally:
+        os.close(dir_fd)
 
 
 class VirtualWorkspaceBackend(VirtualBackend):
@@ -26,23 +116,93 @@ class VirtualWorkspaceBackend(VirtualBackend):
 
     def __init__(self, plate_root: str | os.PathLike, mapping: Mapping[str, str]) -> None:
         self.root = Path(os.path.realpath(plate_root))
-        for name, rel in mapping.items():
-            check_relative(name, what=f"virtual name {name!r}")
-            check_relative(rel, what=f"mapping entry {name!r} -> {rel!r}")
-        self._mapping = dict(mapping)
+        check_mapping(mapping)
+        # Not copied: it is read-only here and a large plate's mapping holds a million entries.
+        self._mapping = mapping
+        self._dirs: dict[str, SourceDir] = {}
+        self._dirs_lock = threading.Lock()
 
     def _key(self, path: str | os.PathLike) -> str:
         # Accept "A01_....tif" or any path ending in it (e.g. "workspace/A01_....tif").
         return os.fspath(path).replace("\\", "/").rsplit("/", 1)[-1]
 
-    def real_path(self, path: str | os.PathLike) -> Path:
-        """The nested file behind a virtual name, checked to lie inside the plate."""
+    def _rel(self, path: str | os.PathLike) -> str:
         key = self._key(path)
         try:
-            rel = self._mapping[key]
+            return self._mapping[key]
         except KeyError:
             raise StorageNotFoundError("no such virtual file", backend=self.name, path=path) from None
-        return contained_path(self.root, rel, what=f"mapping entry {key!r}")
+
+    def source_dir(self, rel_dir: str) -> SourceDir:
+        """The checked folder ``rel_dir`` (plate-relative), resolved once per backend."""
+        folder = self._dirs.get(rel_dir)
+        if folder is None:
+            with self._dirs_lock:
+                folder = self._dirs.get(rel_dir) or SourceDir(self.root, rel_dir)
+                self._dirs[rel_dir] = folder
+        return folder
+
+    def source(self, path: str | os.PathLike) -> tuple[SourceDir, str]:
+        """(checked folder, file name) of the source behind a virtual name."""
+        rel_dir, _, base = self._rel(path).rpartition("/")
+        return self.source_dir(rel_dir), base
+
+    def source_rel(self, path: str | os.PathLike) -> str:
+        return self._rel(path)
+
+    def open_source(self, path: str | os.PathLike) -> int:
+        """A read-only descriptor of the source behind a virtual name (no symlink followed)."""
+        return open_in_dir(*self.source(path))
+
+    def stat_sources(self, names: Sequence[str]) -> tuple[array, array, array]:
+        """(sizes, mtimes in ns, inode numbers) of the sources of ``names``, in that order:
+        one scandir per source folder, a stat only of the entries mapped, folders scanned in
+        parallel (the stat calls release the GIL); -1 for a source that is missing or not a
+        regular file (a symlink). Raises PathEscapeError for a folder leaving the plate."""
+        n = len(names)
+        columns = array("q", [-1]) * n, array("q", [0]) * n, array("q", [0]) * n
+        rows_by_folder: dict[str, dict[str, int]] = {}      # folder -> {file name: row}
+        mapping = self._mapping
+        for row, name in enumerate(names):
+            rel = mapping.get(name)
+            if rel is not None:        # a listed name without a source stays at -1
+                folder, _, base = rel.rpartition("/")
+                rows = rows_by_folder.get(folder)
+                if rows is None:
+                    rows = rows_by_folder[folder] = {}
+                rows[base] = row
+        with ThreadPoolExecutor(min(SCAN_THREADS, len(rows_by_folder) or 1)) as pool:
+            for done in [pool.submit(self._stat_folder, folder, rows, columns)
+                         for folder, rows in rows_by_folder.items()]:
+                done.result()
+        return columns
+
+    def _stat_folder(self, folder: str, rows: dict[str, int],
+                     columns: tuple[array, array, array]) -> None:
+        sizes, mtimes, inodes = columns
+        try:
+            fd = self.source_dir(folder).open_dir()
+        except FileNotFoundError:
+            return
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    row = rows.get(entry.name)
+                    if row is not None and entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        sizes[row], mtimes[row], inodes[row] = st.st_size, st.st_mtime_ns, st.st_ino
+        finally:
+            os.close(fd)
+
+    def real_path(self, path: str | os.PathLike) -> Path:
+        """The nested file behind a virtual name: its folder checked to lie inside the plate,
+        the file itself not a symlink."""
+        folder, base = self.source(path)
+        real = Path(folder.path, base)
+        if real.is_symlink():
+            raise PathEscapeError(f"source {folder.rel}/{base} is a symbolic link; links are "
+                                  f"not followed (one could lead outside the plate)", path=real)
+        return real
 
     def load(self, path: str | os.PathLike, **_) -> Any:
         real = self.real_path(path)

@@ -144,7 +144,7 @@ def test_real_plate_round_trips_through_s3(copy_real_plate, s3, mounts, tmp_path
 def test_local_plate_with_remote_main_mounts_the_remote_store(copy_real_plate, s3, mounts):
     plate, url = converted(copy_real_plate, s3, "1well-3C-2S-Zmix-T")
     names, source = source_planes(plate)
-    mnt = mounts.mount(plate)
+    mnt = mounts.mount(plate, "--xattrs")
     assert sorted(os.listdir(mnt / "zarr")) == sorted(names)
     name = names[3]
     np.testing.assert_array_equal(tifffile.imread(mnt / "zarr" / name), source.load(name))

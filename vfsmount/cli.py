@@ -39,6 +39,9 @@ class UserError(Exception):
 # -- info --------------------------------------------------------------------------------------
 
 def _cmd_info(args) -> int:
+    from backends.remote import is_url
+    if not is_url(args.plate) and Path(args.plate).is_file():
+        return _file_info(args)
     from backends.plate import Plate
     report = info_report(Plate.open(args.plate, rescan=not args.no_rescan))
     if args.json:
@@ -130,6 +133,17 @@ def _print_info(report: dict) -> None:
         print(f"\n{report['ignored_thumbnails']} thumbnails ignored")
 
 
+def _file_info(args) -> int:
+    """`vfsmount info FILE`: one file of a mount (what --xattrs would serve)."""
+    from .fileinfo import file_facts, print_facts
+    facts = file_facts(args.plate)
+    if args.json:
+        _print_json(facts)
+    else:
+        print_facts(facts)
+    return 0
+
+
 # -- convert -----------------------------------------------------------------------------------
 
 def _cmd_convert(args) -> int:
@@ -172,7 +186,7 @@ def _daemon_options(args) -> list[str]:
     """The options the daemon process is started with (also what `vfsmount list` shows)."""
     return ["--chunk-cache-mb", str(args.chunk_cache_mb)] + \
         (["--s3-endpoint", args.s3_endpoint] if args.s3_endpoint else []) + \
-        (["--no-xattrs"] if args.no_xattrs else []) + \
+        (["--xattrs"] if args.xattrs else []) + \
         (["--writable", "--materialize", args.materialize] if args.writable else []) + \
         (["--pipeline", str(Path(args.pipeline).absolute()),
           "--compute-cache-mb", str(args.compute_cache_mb)] if args.pipeline else [])
@@ -190,7 +204,7 @@ def _mount_foreground(args) -> int:
                              ["--foreground"] + _daemon_options(args), None))
     try:
         return serve(args.plate, args.mountpoint, allow_other=args.allow_other,
-                     subdir=args.subdir, xattrs=not args.no_xattrs, writable=args.writable,
+                     subdir=args.subdir, xattrs=args.xattrs, writable=args.writable,
                      materialize=args.materialize, pipeline_file=args.pipeline,
                      compute_cache_mb=args.compute_cache_mb, chunk_cache_mb=args.chunk_cache_mb,
                      s3_endpoint=args.s3_endpoint)
@@ -357,8 +371,9 @@ NO_PROGRESS = arg("--no-progress", action="store_true",
                   help="no progress bar (there is none anyway when stderr is not a terminal)")
 
 COMMANDS: dict[str, Command] = {
-    "info": Command(_cmd_info, "detect a plate's format, map it, write its metadata, report", [
-        PLATE,
+    "info": Command(_cmd_info, "detect a plate's format, map it, write its metadata, report; "
+                    "or, given a file of a mount, its coordinates and source", [
+        arg("plate", help="plate directory, s3://bucket/plate.zarr, or a file of a mount"),
         arg("--json", action="store_true", help="machine-readable output (\"schema\": 1)"),
         arg("--no-rescan", action="store_true", help="report the existing metadata as is"),
         S3]),
@@ -395,8 +410,12 @@ COMMANDS: dict[str, Command] = {
         arg("--chunk-cache-mb", type=int, default=1024,
             help="remote plates: local disk cache of fetched chunks (LRU; default 1024 MiB, "
                  "0 = none), under ~/.cache/vfsmount/chunks/"),
-        arg("--no-xattrs", action="store_true",
-            help="no user.vfsmount.* attributes; makes `ls -l` of huge folders faster"),
+        arg("--xattrs", action="store_true",
+            help="serve user.vfsmount.* attributes (well, site, channel, z, t, source); off by "
+                 "default because every `ls -l` then costs two daemon round trips per file. "
+                 "`vfsmount info FILE` gives the same facts"),
+        arg("--no-xattrs", action="store_false", dest="xattrs",
+            help="the default (kept for old scripts)"),
         arg("--log-file", help="daemon log (default: ~/.cache/vfsmount/logs/)"),
         S3]),
     "umount": Command(_cmd_umount, "unmount (also clears a dead mount)", [

@@ -65,7 +65,7 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 
 
 def serve(plate_path: str, mountpoint: str, *, allow_other: bool = False, subdir: str | None = None,
-          threads: int = DEFAULT_THREADS, ready_fd: int | None = None, xattrs: bool = True,
+          threads: int = DEFAULT_THREADS, ready_fd: int | None = None, xattrs: bool = False,
           writable: bool = False, materialize: str = "disk", pipeline_file: str | None = None,
           compute_cache_mb: int = 256, chunk_cache_mb: int = 1024,
           s3_endpoint: str | None = None) -> int:
@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subdir")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     p.add_argument("--ready-fd", type=int)
-    p.add_argument("--no-xattrs", action="store_true")
+    p.add_argument("--xattrs", action="store_true")
+    p.add_argument("--no-xattrs", action="store_true")      # the default; kept for old scripts
     p.add_argument("--writable", action="store_true")
     p.add_argument("--materialize", choices=["disk", "zarr"], default="disk")
     p.add_argument("--pipeline")
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
     faulthandler.enable()
     return serve(args.plate, args.mountpoint, allow_other=args.allow_other, subdir=args.subdir,
-                 threads=args.threads, ready_fd=args.ready_fd, xattrs=not args.no_xattrs,
+                 threads=args.threads, ready_fd=args.ready_fd, xattrs=args.xattrs and not args.no_xattrs,
                  writable=args.writable, materialize=args.materialize,
                  pipeline_file=args.pipeline, compute_cache_mb=args.compute_cache_mb,
                  chunk_cache_mb=args.chunk_cache_mb, s3_endpoint=args.s3_endpoint)

@@ -48,7 +48,8 @@ def run_demo(base: Path | None = None, *, keep_mounted: bool = True) -> int:
     direct = plate.backend().load(first)
     print(f"\ntifffile through the mount: {first} {img.shape} {img.dtype}, "
           f"identical to the zarr plane: {bool(np.array_equal(img, direct))}")
-    print(f"source of {first}: {os.getxattr(mnt / 'images' / first, 'user.vfsmount.source').decode()}")
+    from .fileinfo import file_facts
+    print(f"source of {first} (`vfsmount info FILE`): {file_facts(mnt / 'images' / first)['source']}")
     n_zarr = len(os.listdir(mnt / "zarr"))
     n_ws = len(os.listdir(mnt / "workspace"))
     n_proj = len(os.listdir(mnt / "projection"))

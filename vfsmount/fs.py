@@ -23,6 +23,7 @@ import trio
 
 from backends.errors import PathEscapeError, StorageNotFoundError
 
+from .listing import LISTED_INODES, find_listed
 from .nodes import DirNode, FileNode, Node, PassthroughFile
 from .outputs import CommitError, OutDir, OutFile, OutputsArea
 
@@ -40,13 +41,14 @@ class VfsOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, root: DirNode, *, threads: int = DEFAULT_THREADS, xattrs: bool = True,
+    def __init__(self, root: DirNode, *, threads: int = DEFAULT_THREADS, xattrs: bool = False,
                  outputs: OutputsArea | None = None) -> None:
         super().__init__()
         self.outputs = outputs
         self._dir_handles: dict[int, list] = {}
-        # Without xattrs, getxattr answers ENOSYS once and the kernel stops asking: `ls -l`
-        # then costs no round trip per file for security.selinux/ACL probes.
+        # Off by default: getxattr/listxattr answer ENOSYS once and the kernel stops asking,
+        # so `ls -l` costs no round trip per file for its security.selinux/ACL probes (the
+        # kernel caches no other answer). `vfsmount info FILE` gives the same facts.
         self.xattrs = xattrs
         self.root = root
         self.limiter = trio.CapacityLimiter(threads)
@@ -59,17 +61,22 @@ class VfsOperations(pyfuse3.Operations):
 
     # -- helpers --------------------------------------------------------------
     def _node(self, inode: int) -> Node:
-        try:
-            return self._nodes[inode]
-        except KeyError:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        node = self._nodes.get(inode)
+        if node is None:
+            node = find_listed(inode)        # listed images have no entry in _nodes
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
 
     def _remember(self, parent: int, name: bytes, node: Node) -> None:
-        if node.inode not in self._nodes:
+        if node.inode < LISTED_INODES and node.inode not in self._nodes:
             self._nodes[node.inode] = node
             self._labels[node.inode] = name    # for log lines; the key bytes are shared, not copied
 
     def _label(self, inode: int) -> str:
+        listed = find_listed(inode)
+        if listed is not None:
+            return listed.name
         return os.fsdecode(self._labels.get(inode, str(inode).encode()))
 
     async def _ensure_listed(self, d: DirNode) -> None:
@@ -184,7 +191,7 @@ class VfsOperations(pyfuse3.Operations):
                     return
         for i in range(max(start_id - 2, 0), len(names)):
             name = names[i]
-            node = children[name] if children is not None else d.get(name)
+            node = children[name] if children is not None else d.child_at(i)
             self._remember(d.inode, name, node)
             try:
                 attr = self._attr(node)

@@ -285,21 +285,19 @@ def _by_time(plan: FieldPlan) -> list[FieldPlan]:
 
 # -- calibrated flat files ---------------------------------------------------------------------
 
-class CalibratedTiff(PassthroughFile):
+class Calibrated:
     """A vendor TIFF served with the plate's pixel size in a new first IFD, appended after the
     vendor's bytes (see ``CalibratedLayout``): its size comes from the vendor file's size
     alone, so ``ls -l`` reads nothing. A file that cannot get one (BigTIFF, not a TIFF) is
-    served as it is, padded with zeros to that size, with one log line."""
+    served as it is, padded with zeros to that size, with one log line.
 
-    __slots__ = ("pixel_size", "_patch")
+    A mixin over a pass-through file class (``PassthroughFile``, or the listing's
+    ``ListedFile``): the concrete class adds the slots ``pixel_size`` and ``_patch``."""
 
-    def __init__(self, plain: PassthroughFile, pixel_size: float) -> None:
-        super().__init__(plain.name, plain._source, plain.mode & 0o777)
-        self.pixel_size = pixel_size
-        self._patch: tuple[bytes, bytes] | bool | None = None    # False: none possible
+    __slots__ = ()
 
     def _layout(self) -> CalibratedLayout | None:
-        layout = CalibratedLayout(PassthroughFile.size.fget(self))
+        layout = CalibratedLayout(super().size)
         return layout if layout.fits else None          # past 4 GiB: served as it is
 
     def _patch_for(self, layout: CalibratedLayout) -> tuple[bytes, bytes] | None:
@@ -322,13 +320,14 @@ class CalibratedTiff(PassthroughFile):
     @property
     def size(self) -> int:
         layout = self._layout()
-        return layout.size if layout else PassthroughFile.size.fget(self)
+        return layout.size if layout else super().size
 
     def read(self, handle, offset: int, length: int) -> bytes:
         layout = self._layout()
         if layout is None:
             return super().read(handle, offset, length)
-        return layout.read(offset, length, lambda o, n: PassthroughFile.read(self, handle, o, n),
+        plain_read = super().read
+        return layout.read(offset, length, lambda o, n: plain_read(handle, o, n),
                            self._patch_for(layout))
 
     def read_nowait(self, handle, offset: int, length: int) -> bytes | None:
@@ -339,11 +338,26 @@ class CalibratedTiff(PassthroughFile):
         return None
 
 
+class CalibratedTiff(Calibrated, PassthroughFile):
+    """A calibrated pass-through file of an ordinary directory (its own inode)."""
+
+    __slots__ = ("pixel_size", "_patch")
+
+    def __init__(self, plain: PassthroughFile, pixel_size: float) -> None:
+        super().__init__(plain.name, plain._source, plain.mode & 0o777)
+        self.pixel_size = pixel_size
+        self._patch: tuple[bytes, bytes] | bool | None = None    # False: none possible
+
+
+def is_tiff_name(name: str) -> bool:
+    return name.lower().endswith((".tif", ".tiff"))
+
+
 def populate_calibrated(main: DirNode, pixel_size: float):
     """A populator showing ``main``'s files, its pass-through TIFFs with a calibrated IFD."""
     def fill(directory: DirNode) -> None:
         for name, node in main.children():
-            if type(node) is PassthroughFile and node.name.lower().endswith((".tif", ".tiff")):
+            if type(node) is PassthroughFile and is_tiff_name(node.name):
                 node = CalibratedTiff(node, pixel_size)
             directory.add(name, node)
     return fill
@@ -352,8 +366,11 @@ def populate_calibrated(main: DirNode, pixel_size: float):
 def add_fiji_folders(root: DirNode, plate, main: DirNode, alias: str | None) -> None:
     """``alias`` (images/, unless None): the main directory, calibrated; and hyperstacks/
     with the main directory's fields."""
+    from .listing import ImageDir
     pixel = plate.entry().get("pixel_size")
-    if alias and pixel:
+    if alias and isinstance(main, ImageDir):
+        root.add(alias, main.calibrated(float(pixel)) if pixel else main.alias())
+    elif alias and pixel:
         root.add(alias, DirNode(main.mtime_ns, populate_calibrated(main, float(pixel))))
     elif alias:
         root.add(alias, DirNode(main.mtime_ns, lambda d: d.share_children(main)))

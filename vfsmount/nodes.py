@@ -114,6 +114,10 @@ class DirNode(Node):
             self._names = list(self._children)
         return self._names
 
+    def child_at(self, index: int) -> Node:
+        """The entry at ``index`` of ``names()`` (readdir pages through a folder by index)."""
+        return self._children[self.names()[index]]
+
     def children(self) -> Iterator[tuple[bytes, Node]]:
         self._ensure()
         return iter(self._children.items())

@@ -12,10 +12,10 @@ only reads its metadata.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
+from functools import partial
 from pathlib import Path
 
 from natsort import natsorted
@@ -26,7 +26,8 @@ from backends.paths import contained_path
 from backends.plate import Plate
 
 from .hyperstack import add_fiji_folders
-from .nodes import BytesFile, DirNode, PassthroughFile, SynthesizedTiff
+from .listing import ImageDir, ListedImages, release_freed_memory
+from .nodes import DirNode, PassthroughFile, SynthesizedTiff
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,16 @@ def coordinate_xattrs(name: str, source: str) -> dict[bytes, bytes]:
     return out
 
 
+def source_xattrs(name: str, source_of) -> dict[bytes, bytes]:
+    """coordinate_xattrs with ``source_of(name)``; a refused or missing source still lists
+    its coordinates."""
+    try:
+        source = source_of(name)
+    except Exception as e:
+        source = f"unavailable: {e}"
+    return coordinate_xattrs(name, source)
+
+
 class BackendFiles:
     """PathSource for a subdirectory whose backend serves real files (virtual workspace, disk)."""
 
@@ -62,11 +73,7 @@ class BackendFiles:
         return self.backend.real_path(name)
 
     def xattrs(self, name: str) -> dict[bytes, bytes]:
-        try:
-            source = os.path.relpath(self.path(name), self.plate_root)
-        except Exception as e:    # a refused or missing source still lists its coordinates
-            source = f"unavailable: {e}"
-        return coordinate_xattrs(name, source)
+        return source_xattrs(name, lambda n: os.path.relpath(self.path(n), self.plate_root))
 
 
 class BackendPlanes:
@@ -79,11 +86,7 @@ class BackendPlanes:
         return self.backend.plane(name)
 
     def xattrs(self, name: str) -> dict[bytes, bytes]:
-        try:
-            source = self.plane(name).source
-        except Exception as e:
-            source = f"unavailable: {e}"
-        return coordinate_xattrs(name, source)
+        return source_xattrs(name, lambda n: self.plane(n).source)
 
 
 class OriginalFiles:
@@ -97,6 +100,28 @@ class OriginalFiles:
 
     def xattrs(self, rel: str) -> dict[bytes, bytes]:
         return {b"user.vfsmount.source": rel.encode()}
+
+
+class MetadataFile:
+    """PathSource for openhcs_metadata.json, served from the file itself (a million-image
+    plate's metadata is 100s of MB: not a copy in memory)."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = Path(path)
+
+    def path(self, name: str) -> Path:
+        return self.file
+
+    def xattrs(self, name: str) -> dict[bytes, bytes]:
+        return {}
+
+
+def listed_images(plate: Plate, key: str) -> ListedImages:
+    """The pass-through images of subdirectory ``key``; their sources are stat-ed on first use.
+    Built at mount time: a mapping entry leaving the plate raises PathEscapeError here."""
+    backend = plate.backend(key)
+    names = plate.entry(key).get("image_files") or backend.list_files("")
+    return ListedImages(backend, names, lambda name: source_xattrs(name, backend.source_rel))
 
 
 def populate_images(plate: Plate, key: str):
@@ -167,7 +192,7 @@ def build_tree(plate: Plate, outputs=None, computed=()) -> DirNode:
         parts = display_name(key).split("/")
         for i, part in enumerate(parts):
             if i == len(parts) - 1:
-                node = DirNode(_mtime_ns(plate.metadata_file), populate_images(plate, key))
+                node = image_folder(plate, key)
                 dirs[key] = node
                 parent.add(part, node)
             else:
@@ -188,12 +213,30 @@ def build_tree(plate: Plate, outputs=None, computed=()) -> DirNode:
     if plate.url is None:     # a remote plate has no vendor tree to mirror
         root.add(ORIGINAL_DIR, DirNode(_mtime_ns(plate.path), populate_original(
             Path(os.path.realpath(plate.path)))))
-    root.add("openhcs_metadata.json", BytesFile(
-        json.dumps(plate.metadata, indent=1).encode(), _mtime_ns(plate.metadata_file)))
+    root.add("openhcs_metadata.json", PassthroughFile("openhcs_metadata.json",
+                                                      MetadataFile(plate.metadata_file)))
     # Keep root entries in a stable, natural order.
     ordered = natsorted(root.children(), key=lambda kv: kv[0])
     root._children = dict(ordered)
+    release_freed_memory()       # what parsing the metadata left behind
     return root
+
+
+def image_folder(plate: Plate, key: str) -> DirNode:
+    """The folder of subdirectory ``key``: pass-through images listed in columns (see
+    listing.py), anything else one node per image."""
+    mtime = _mtime_ns(plate.metadata_file)
+    if plate.primary_backend(key) == "virtual_workspace":
+        try:
+            return ImageDir(mtime, listed_images(plate, key))
+        except PathEscapeError as e:     # a tampered mapping: this folder fails, not the mount
+            log.error("%s/: refused: %s", display_name(key), e)
+            return DirNode(mtime, partial(_refuse, e))
+    return DirNode(mtime, populate_images(plate, key))
+
+
+def _refuse(error: Exception, directory: DirNode) -> None:
+    raise error
 
 
 def _mtime_ns(path) -> int:

@@ -1,0 +1,176 @@
+"""Listing at plate scale with the default options: extended attributes off (ENOSYS, so the
+kernel stops asking), `vfsmount info FILE` instead, pass-through sources checked once per
+folder and opened without following symlinks, image folders served from columns."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import tifffile
+
+from backends.errors import PathEscapeError
+from backends.metadata import update_metadata
+from backends.naming import virtual_name, ParsedName
+from backends.plate import Plate
+from backends.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.virtual_workspace import VirtualWorkspaceBackend, open_in_dir
+
+from .conftest import run_cli
+
+
+@pytest.fixture
+def plate(tmp_path):
+    spec = PlateSpec(wells=("A01", "B02"), sites=2, channels=2, z=2, t=1, shape=(16, 24))
+    return make_imagexpress_plate(tmp_path / "plate", spec, thumbnails=False)
+
+
+def remap(root, extra: dict[str, str]) -> None:
+    entry = dict(Plate.open(root).entry("workspace"))
+    entry["workspace_mapping"] = {**entry["workspace_mapping"], **extra}
+    entry["image_files"] = sorted(entry["workspace_mapping"])
+    update_metadata(root, {"workspace": entry})
+
+
+def test_xattrs_are_off_by_default_and_the_kernel_stops_asking(plate, mounts):
+    mnt = mounts.mount(plate)
+    f = mnt / "images" / "B02_s002_w2_z002_t001.tif"
+    for call in (lambda: os.getxattr(f, "user.vfsmount.well"), lambda: os.listxattr(f),
+                 lambda: os.getxattr(f, "security.selinux")):
+        with pytest.raises(OSError) as e:
+            call()
+        assert e.value.errno == errno.EOPNOTSUPP        # the daemon's ENOSYS, as the kernel says it
+    # `ls -l` still works and shows exact sizes (workspace/: the vendor's bytes; images/ adds
+    # a calibrated IFD, see test_hyperstacks)
+    out = subprocess.run(["ls", "-l", str(mnt / "workspace")], capture_output=True, text=True,
+                         check=True).stdout
+    ws = Plate.open(plate).entry("workspace")["workspace_mapping"]
+    line = next(l for l in out.splitlines() if l.endswith(f.name))
+    assert int(line.split()[4]) == (plate / ws[f.name]).stat().st_size
+    # with --xattrs they are back
+    mnt2 = mounts.mount(plate, "--xattrs")
+    assert os.getxattr(mnt2 / "images" / f.name, "user.vfsmount.well") == b"B02"
+
+
+def test_info_of_one_file(plate, mounts):
+    mnt = mounts.mount(plate)
+    name = "B02_s002_w2_z002_t001.tif"
+    ws = Plate.open(plate).entry("workspace")["workspace_mapping"]
+    for folder in ("images", "workspace"):
+        facts = json.loads(run_cli("info", str(mnt / folder / name), "--json").stdout)
+        assert (facts["well"], facts["site"], facts["channel"], facts["z"], facts["t"]) == \
+            ("B02", 2, 2, 2, 1)
+        assert facts["source"] == ws[name] and facts["mount"] == str(mnt)
+    text = run_cli("info", str(mnt / "original" / ws[name])).stdout
+    assert f"source:  {ws[name]}" in text
+    res = run_cli("info", str(plate / ws[name]), check=False)
+    assert res.returncode == 1 and "not inside a vfsmount mount" in res.stderr
+
+
+def test_info_of_a_zarr_backed_file(tmp_path, mounts):
+    from backends.convert import convert_plate
+    from backends.zarr_config import ZarrConfig
+    spec = PlateSpec(wells=("A01",), sites=1, channels=2, z=2, shape=(8, 8))
+    root = make_imagexpress_plate(tmp_path / "p", spec, thumbnails=False)
+    convert_plate(root, config=ZarrConfig(chunk_strategy="file"), progress=False)
+    mnt = mounts.mount(root)
+    facts = json.loads(run_cli("info", str(mnt / "images" / "A01_s001_w2_z002_t001.tif"),
+                               "--json").stdout)
+    assert facts["channel"] == 2 and facts["z"] == 2
+    assert facts["source"].endswith("A/01/0/0[0,1,1]"), facts["source"]
+
+
+def test_symlinked_source_is_not_followed_even_inside_the_plate(plate, mounts):
+    ws = Plate.open(plate).entry("workspace")["workspace_mapping"]
+    inside = plate / ws["A01_s001_w1_z001_t001.tif"]
+    os.symlink(inside, plate / "link_inside.tif")
+    remap(plate, {"C01_s001_w1_z001_t001.tif": "link_inside.tif"})
+    mnt = mounts.mount(plate)
+    assert "C01_s001_w1_z001_t001.tif" in os.listdir(mnt / "workspace")
+    with pytest.raises(OSError) as e:
+        (mnt / "workspace" / "C01_s001_w1_z001_t001.tif").read_bytes()
+    assert e.value.errno == errno.EACCES
+    assert "not followed" in mounts.log(mnt)
+    # everything else is still served
+    assert (mnt / "workspace" / "A01_s001_w1_z001_t001.tif").read_bytes() == inside.read_bytes()
+
+
+def test_source_folder_swapped_for_a_link_is_refused(tmp_path):
+    root = tmp_path / "plate"
+    (root / "d").mkdir(parents=True)
+    tifffile.imwrite(root / "d" / "a.tif", np.zeros((2, 2), np.uint8))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    tifffile.imwrite(outside / "a.tif", np.ones((2, 2), np.uint8))
+    backend = VirtualWorkspaceBackend(root, {"A01_s001_w1_z001_t001.tif": "d/a.tif"})
+    os.close(backend.open_source("A01_s001_w1_z001_t001.tif"))
+    (root / "d" / "a.tif").unlink()
+    (root / "d").rmdir()
+    os.symlink(outside, root / "d")
+    with pytest.raises(PathEscapeError, match="replaced by a link"):
+        backend.open_source("A01_s001_w1_z001_t001.tif")
+
+
+@pytest.mark.parametrize("name, rel", [
+    ("A01_s001_w1_z001_t001.tif", "d/../../x.tif"), ("A01_s001_w1_z001_t001.tif", "../x.tif"),
+    ("A01_s001_w1_z001_t001.tif", "d/x\0.tif"), ("A01_s001_w1_z001_t001.tif", "/etc/passwd"),
+    ("A01_s001_w1_z001_t001.tif", "d//x.tif"), ("..", "x.tif"), ("a/b.tif", "x.tif"),
+    ("a\0.tif", "x.tif")])
+def test_names_with_dotdot_slash_or_nul_are_refused(tmp_path, name, rel):
+    mapping = {virtual_name(ParsedName("A01", s)): f"ok_{s}.tif" for s in range(1, 50)}
+    mapping[name] = rel
+    with pytest.raises(PathEscapeError):
+        VirtualWorkspaceBackend(tmp_path, mapping)
+
+
+def test_open_in_dir_refuses_names_that_leave_the_folder(tmp_path):
+    from backends.virtual_workspace import SourceDir
+    (tmp_path / "d").mkdir()
+    folder = SourceDir(tmp_path, "d")
+    for bad in ("..", "../d/x", "x\0y", ""):
+        with pytest.raises((PathEscapeError, ValueError)):
+            open_in_dir(folder, bad)
+
+
+def test_missing_and_replaced_sources_in_a_listed_folder(plate, mounts):
+    ws = Plate.open(plate).entry("workspace")["workspace_mapping"]
+    gone, kept = "A01_s001_w1_z001_t001.tif", "A01_s001_w2_z001_t001.tif"
+    (plate / ws[gone]).unlink()
+    mnt = mounts.mount(plate)
+    listing = {e.name: e.stat().st_size for e in os.scandir(mnt / "workspace")}
+    assert listing[gone] == 0 and listing[kept] == (plate / ws[kept]).stat().st_size
+    with pytest.raises(OSError) as e:
+        (mnt / "workspace" / gone).read_bytes()
+    assert e.value.errno == errno.ENOENT
+    # images/ serves the same source behind a calibrated IFD: other bytes, so another inode
+    # (the kernel's page cache must not mix the two)
+    assert os.stat(mnt / "images" / kept).st_ino != os.stat(mnt / "workspace" / kept).st_ino
+
+
+def test_plate_names_are_shared_with_the_mapping(plate):
+    entry = Plate.open(plate).entry("workspace")
+    names, mapping = entry["image_files"], entry["workspace_mapping"]
+    assert all(a is b for a, b in zip(names, mapping))
+
+
+def test_metadata_file_is_served_in_place(plate, mounts):
+    from backends.metadata import METADATA_FILENAME
+    mnt = mounts.mount(plate)
+    assert (mnt / METADATA_FILENAME).read_bytes() == (plate / METADATA_FILENAME).read_bytes()
+    entry = dict(Plate.open(plate).entry("workspace"))
+    update_metadata(plate, {"workspace": {**entry, "pixel_size": 0.5}})    # rewritten meanwhile
+    served = json.loads((mnt / METADATA_FILENAME).read_bytes())
+    assert served["subdirectories"]["workspace"]["pixel_size"] == 0.5
+
+
+def test_a_tampered_mapping_fails_its_folder_not_the_mount(plate, mounts):
+    remap(plate, {"C01_s001_w1_z001_t001.tif": "../outside.tif"})
+    mnt = mounts.mount(plate)
+    with pytest.raises(OSError) as e:
+        os.listdir(mnt / "workspace")
+    assert e.value.errno == errno.EIO
+    assert "'..'" in mounts.log(mnt) and "C01_s001_w1_z001_t001.tif" in mounts.log(mnt)
+    assert "original" in os.listdir(mnt)

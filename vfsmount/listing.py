@@ -1,0 +1,253 @@
+"""Folders of pass-through images that cost a few dozen bytes per image.
+
+A plate can hold 1,000,000 images, and a file manager lists them all. Instead of one
+node object per image, an ``ImageDir`` keeps its images in columns: the names (shared
+with the plate's mapping, not copied), and the source's size, mtime and inode number in
+``array`` columns filled by one ``scandir`` per source folder. A file node is made on
+demand from a row (``child_at``/``get``) and dropped when the FUSE layer is done with it.
+
+Inode numbers are a contiguous range per image set (``LISTED_INODES`` and up, above every
+node-counter inode), so the FUSE layer finds a node from its inode without a dictionary of
+a million entries: ``find_listed(inode)``.
+"""
+from __future__ import annotations
+
+import bisect
+import ctypes
+import os
+import stat as stat_mod
+import threading
+from typing import Sequence
+
+import numpy as np
+
+from .hyperstack import Calibrated, is_tiff_name
+from .nodes import DirNode, PassthroughFile, _ReadAhead
+
+LISTED_INODES = 1 << 40          # node-counter inodes stay far below this
+_ranges_lock = threading.Lock()
+_range_starts: list[int] = []
+_range_sets: list["ListedImages"] = []
+
+
+def find_listed(inode: int) -> "ListedFile | None":
+    """The file node behind an inode of a listed image set, or None."""
+    if inode < LISTED_INODES:
+        return None
+    i = bisect.bisect_right(_range_starts, inode) - 1
+    if i < 0:
+        return None
+    images = _range_sets[i]
+    row = inode - images.first_inode
+    return images.node(row) if row < len(images.names) else None
+
+
+def _reserve_inodes(images: "ListedImages") -> int:
+    with _ranges_lock:
+        first = _range_starts[-1] + len(_range_sets[-1].names) + 1 if _range_starts \
+            else LISTED_INODES
+        _range_starts.append(first)
+        _range_sets.append(images)
+        return first
+
+
+class ListedImages:
+    """The images of one subdirectory served in place from a VirtualWorkspaceBackend;
+    shared by its folder and any alias of it (``images/``), so both show the same inodes."""
+
+    def __init__(self, backend, names: Sequence[str], xattrs) -> None:
+        self.backend = backend           # a VirtualWorkspaceBackend
+        self.names = names
+        self.xattrs = xattrs             # name -> {xattr: value}, asked only with --xattrs
+        self.lock = threading.Lock()
+        self.first_inode = 0
+        self.sizes = self.mtimes = self.source_inodes = None
+        self._hashes: np.ndarray | None = None
+        self._order: np.ndarray | None = None
+
+    def load(self) -> None:
+        """Stat every source: one scandir per source folder."""
+        with self.lock:
+            if self.sizes is not None:
+                return
+            sizes, mtimes, inodes = self.backend.stat_sources(self.names)
+            self.mtimes, self.source_inodes = mtimes, inodes
+            self.first_inode = _reserve_inodes(self)
+            self.sizes = sizes          # set last: it marks the set as loaded
+        release_freed_memory()
+
+    def _index(self) -> None:
+        """Sort the names' hashes once, at the first lookup by name (a listing needs none)."""
+        with self.lock:
+            if self._hashes is None:
+                hashes = np.fromiter(map(hash, self.names), dtype=np.int64, count=len(self.names))
+                order = np.argsort(hashes, kind="stable")
+                self._order, self._hashes = order.astype(np.int32), hashes[order]
+
+    def row_of(self, name: str) -> int | None:
+        """The row of ``name``: a binary search among the names' hashes."""
+        if self._hashes is None:
+            self._index()
+        h = hash(name)
+        i = int(np.searchsorted(self._hashes, h))
+        while i < len(self._hashes) and self._hashes[i] == h:
+            row = int(self._order[i])
+            if self.names[row] == name:
+                return row
+            i += 1
+        return None
+
+    def node(self, row: int) -> "ListedFile":
+        return ListedFile(self, row)
+
+
+class ListedFile(PassthroughFile):
+    """One row of a ListedImages, as the file node the FUSE layer expects."""
+
+    __slots__ = ("row",)
+
+    def __init__(self, images: ListedImages, row: int) -> None:
+        self._source = images
+        self.row = row
+        self.name = images.names[row]
+        self.inode = images.first_inode + row
+        self.mode = stat_mod.S_IFREG | 0o444
+        self.mtime_ns = images.mtimes[row]     # _seen stays unset: size/refresh use the columns
+
+    @property
+    def size(self) -> int:
+        size = self._source.sizes[self.row]
+        if size < 0:
+            raise FileNotFoundError(f"source of {self.name} is missing or not a regular file")
+        return size
+
+    def path(self):
+        return self._source.backend.real_path(self.name)
+
+    def get_xattrs(self) -> dict[bytes, bytes]:
+        return self._source.xattrs(self.name)
+
+    def refresh(self) -> bool:
+        """Re-stat the source (the link itself if it is one: never followed); True if it
+        changed since it was listed or last opened (replaced while mounted)."""
+        images, row = self._source, self.row
+        folder, base = images.backend.source(self.name)
+        st = os.stat(os.path.join(folder.path, base), follow_symlinks=False)
+        seen = (st.st_size, st.st_mtime_ns, st.st_ino)
+        changed = seen != (images.sizes[row], images.mtimes[row], images.source_inodes[row])
+        images.sizes[row], images.mtimes[row], images.source_inodes[row] = seen
+        self.mtime_ns = st.st_mtime_ns
+        return changed
+
+    def open(self) -> _ReadAhead:
+        fd = self._source.backend.open_source(self.name)
+        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise FileNotFoundError(f"source of {self.name} is not a regular file")
+        return _ReadAhead(fd)
+
+
+class CalibratedListedFile(Calibrated, ListedFile):
+    """A listed vendor TIFF behind a calibrated first IFD (``images/``)."""
+
+    __slots__ = ("pixel_size", "_patch")
+
+
+class CalibratedView:
+    """The images of a ListedImages under their own inode range, TIFFs served with a
+    calibrated first IFD (``hyperstack.Calibrated``): other bytes than the plain folder's,
+    so other inodes, or the kernel's page cache would mix the two."""
+
+    def __init__(self, images: ListedImages, pixel_size: float) -> None:
+        self.images, self.pixel_size = images, pixel_size
+        self.names = images.names
+        self.first_inode = 0
+
+    def load(self) -> None:
+        self.images.load()
+        with self.images.lock:
+            if not self.first_inode:
+                self.first_inode = _reserve_inodes(self)
+
+    def row_of(self, name: str) -> int | None:
+        return self.images.row_of(name)
+
+    def node(self, row: int) -> ListedFile:
+        if not is_tiff_name(self.names[row]):
+            node = ListedFile(self.images, row)
+        else:
+            node = CalibratedListedFile(self.images, row)
+            node.pixel_size, node._patch = self.pixel_size, None
+        node.inode = self.first_inode + row
+        return node
+
+
+class _EncodedNames:
+    """The names as the bytes readdir sends, encoded when asked (no second copy of a
+    million names)."""
+
+    __slots__ = ("names",)
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> bytes:
+        return self.names[i].encode("utf-8", "surrogateescape")     # what os.fsencode does
+
+
+class ImageDir(DirNode):
+    """A read-only folder of ListedImages; stats its sources on first use."""
+
+    __slots__ = ("images",)
+
+    def __init__(self, mtime_ns: int, images: ListedImages) -> None:
+        super().__init__(mtime_ns)
+        self.images = images
+        self._populate = ImageDir._load
+
+    def _load(self) -> None:
+        self.images.load()
+
+    def add(self, name, node):
+        raise TypeError("an ImageDir lists its images from the mapping only")
+
+    def alias(self) -> "ImageDir":
+        """Another folder (own inode) showing the same files (same inodes)."""
+        return ImageDir(self.mtime_ns, self.images)
+
+    def calibrated(self, pixel_size: float) -> "ImageDir":
+        """Another folder showing the same images with a calibrated first IFD (own inodes)."""
+        return ImageDir(self.mtime_ns, CalibratedView(self.images, pixel_size))
+
+    def get(self, name: bytes):
+        self._ensure()
+        row = self.images.row_of(os.fsdecode(name))
+        return None if row is None else self.images.node(row)
+
+    def child_at(self, index: int):
+        self._ensure()
+        return self.images.node(index)
+
+    def names(self) -> _EncodedNames:
+        self._ensure()
+        return _EncodedNames(self.images.names)
+
+    def children(self):
+        self._ensure()
+        return ((os.fsencode(n), self.images.node(i)) for i, n in enumerate(self.images.names))
+
+    def __len__(self) -> int:
+        return len(self.images.names)
+
+
+def release_freed_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim). Loading a large
+    plate's metadata, or stat-ing its sources, frees as much as it keeps, in holes that
+    otherwise stay resident: 300,000 images leave ~75 MB behind. A no-op without glibc."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
