@@ -33,6 +33,7 @@ from natsort import natsorted
 
 from .base import Backend, StorageBackend
 from .cache import ArrayCache
+from .chunk_guard import guard_store
 from .errors import (CorruptDataError, MetadataError, ReadOnlyError, RemoteStorageError,
                      StorageError, StorageNotFoundError)
 from .naming import ParsedName, normalize_well, parse_virtual_name, split_well
@@ -117,7 +118,7 @@ class ZarrStorageBackend(StorageBackend):
         self._position: dict[str, int] = {}
         self._last_started: int | None = None
         self._prefetcher = None
-        self._store = self._make_store(chunk_cache_bytes)
+        self._store = guard_store(self._make_store(chunk_cache_bytes), str(self.root))
         if mode == "r" or (mode == "a" and self._store_exists()):
             self._load_index()
 
