@@ -245,6 +245,11 @@ class GuardedStore(WrapperStore):
         self._where = where or str(store)
         self._arrays = {} if arrays is None else arrays   # prefix -> guard, None: not an array
 
+    @property
+    def wrapped(self):
+        """The store underneath (metadata may be read from it directly)."""
+        return self._store
+
     def _with_store(self, store):
         return type(self)(store, self._where, self._arrays)
 

@@ -29,6 +29,8 @@ def _cmd_info(args) -> int:
             "channels": e.get("channels", {}), "z_indexes": e.get("z_indexes", []),
             "timepoints": e.get("timepoints", []), "pixel_size_um": e.get("pixel_size"),
             "grid_dimensions": e.get("grid_dimensions"),
+            "z_spacing_um": e.get("z_spacing"), "unit": e.get("unit"),
+            "problems": e.get("problems", []),
             "available_backends": [k for k, v in e.get("available_backends", {}).items() if v],
             "main": e.get("main", False),
         }
@@ -53,7 +55,11 @@ def _cmd_info(args) -> int:
         print(f"  z:         {s['z_indexes']}")
         print(f"  t:         {s['timepoints']}")
         print(f"  pixel:     {s['pixel_size_um']} um" + (f", grid {s['grid_dimensions']}"
-                                                          if s["grid_dimensions"] else ""))
+                                                          if s["grid_dimensions"] else "")
+              + (f", z spacing {s['z_spacing_um']} um" if s["z_spacing_um"] else "")
+              + (f" (stored in {s['unit']})" if s["unit"] else ""))
+        for problem in s["problems"]:
+            print(f"  problem:   {problem}")
     if report.get("unparsed_tiffs"):
         print(f"\n{len(report['unparsed_tiffs'])} TIFF names did not parse and are not mapped:")
         for rel in report["unparsed_tiffs"][:10]:
