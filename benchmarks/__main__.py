@@ -16,6 +16,7 @@ BENCHMARKS = {
     "zarr": "conversion vs cp -r, store size per compressor, WELL vs FILE reads, peak memory",
     "memory": "memory-type conversions of a (16, 2048, 2048) stack vs np.copy",
     "pipeline": "pipeline throughput vs the same functions in a plain loop",
+    "chunk_guard": "cold sequential zarr reads with the chunk check (issue 16) vs without it",
     "remote": "S3 plate (SeaweedFS on loopback) mounted vs s3fs direct and vs local disk; "
               "Dask 2 workers vs 1 process",
     "foreign_zarr": "a foreign OME-Zarr plate (384 wells x 9 fields): plane index and mount + ls "

@@ -321,3 +321,62 @@ def test_issue_16_reproduction_half_chunk_two_processes(tmp_path, mounts):
     os.kill(mounts.pids[mnt], 0)                                      # the daemon is alive
     log = mounts.log(mnt)
     assert "A/01/0/0/0/0/0/0/0" in log and "truncated" in log and "Segmentation" not in log
+
+
+# -- vendor TIFFs: checked before decoding, other compressions in a worker ---------------------
+
+TIFF_KINDS = {"none": dict(rowsperstrip=8), "lzw": dict(compression="lzw"),
+              "deflate": dict(compression="zlib", rowsperstrip=16),
+              "zstd (worker)": dict(compression="zstd")}
+
+
+@pytest.mark.parametrize("kind", sorted(TIFF_KINDS))
+def test_vendor_tiff_strips_checked_against_the_file(tmp_path, kind):
+    import tifffile
+    from backends.disk import DiskStorageBackend
+    data = (np.arange(96 * 128).reshape(96, 128) * 7 % 4093).astype(np.uint16)
+    path = tmp_path / "A01_s1_w1.tif"
+    tifffile.imwrite(path, data, photometric="minisblack", **TIFF_KINDS[kind])
+    disk = DiskStorageBackend(tmp_path)
+    assert np.array_equal(disk.load(path.name), data)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:len(raw) * 2 // 3])           # the IFD is at the start, strips cut
+    with pytest.raises(CorruptDataError, match="past the end of the file") as e:
+        disk.load(path.name)
+    assert path.name in str(e.value)
+
+
+PASSTHROUGH_PIPELINE = '''
+from compute import numpy as numpy_function
+from compute.pipeline import FunctionStep, Pipeline
+
+@numpy_function
+def same(stack):
+    return stack
+
+pipeline = Pipeline([FunctionStep(same)], name="same")
+'''
+
+
+def test_corrupt_vendor_tiff_under_compute_on_read_is_eio(tmp_path, mounts):
+    spec = PlateSpec(wells=("A01", "B02"), sites=1, channels=1, z=2, shape=(96, 128))
+    root = make_imagexpress_plate(tmp_path / "plate", spec, thumbnails=False, projections=False)
+    plate = Plate.open(root)
+    bad = root / plate.entry()["workspace_mapping"]["B02_s001_w1_z002_t001.tif"]
+    raw = bad.read_bytes()
+    bad.write_bytes(raw[:len(raw) // 2])
+    pipeline_file = tmp_path / "same.py"
+    pipeline_file.write_text(PASSTHROUGH_PIPELINE)
+    mnt = mounts.mount(root, "--pipeline", str(pipeline_file))
+    folder = mnt / "processed" / "same"
+    for _ in range(3):
+        with pytest.raises(OSError) as e:
+            (folder / "B02_s001_w1_z001_t001.tif").read_bytes()
+        assert e.value.errno == errno.EIO
+    got = (folder / "A01_s001_w1_z002_t001.tif").read_bytes()
+    want = synthetic_image(parse_virtual_name("A01_s001_w1_z002_t001.tif"), spec.shape, spec.dtype)
+    import tifffile
+    assert np.array_equal(tifffile.imread(folder / "A01_s001_w1_z002_t001.tif"), want) and got
+    os.kill(mounts.pids[mnt], 0)
+    log = mounts.log(mnt)
+    assert bad.name in log and "past the end of the file" in log
