@@ -245,6 +245,12 @@ class GuardedStore(WrapperStore):
         self._where = where or str(store)
         self._arrays = {} if arrays is None else arrays   # prefix -> guard, None: not an array
 
+    def __getattr__(self, name: str):
+        """Anything else is the wrapped store's (its cache directory, its root, ...)."""
+        if name.startswith("__") or name == "_store":
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
     @property
     def wrapped(self):
         """The store underneath (metadata may be read from it directly)."""
