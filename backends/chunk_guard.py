@@ -152,9 +152,9 @@ def _v3_guard(path: str, doc: dict) -> ArrayGuard:
     index_codecs = [_name(c) for c in cfg.get("index_codecs", ["bytes", "crc32c"])]
     chain = _v3_chain(doc, cfg["codecs"], inner)
     if shard != len(codecs) - 1 or index_codecs not in (["bytes"], ["bytes", "crc32c"]):
-        # shards compressed as a whole, or an unusual index: cannot be read piecewise-checked
-        log.debug("%s: sharding layout without checks (%s)", path, index_codecs)
-        return ArrayGuard(path, Chain((), None, None, True))
+        # shards compressed as a whole, or an unusual index: a whole shard is trial-decoded
+        # in the worker (the sharding codec is no "bytes" codec, so the chain is unchecked)
+        return ArrayGuard(path, _v3_chain(doc, codecs, shape))
     n = math.prod(s // c for s, c in zip(shape, inner))
     crc = len(index_codecs) == 2
     layout = ShardLayout(n, 16 * n + 4 * crc, cfg.get("index_location", "end") == "end", crc)

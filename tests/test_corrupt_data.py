@@ -113,6 +113,8 @@ STORES = {
     "v3-blosc": dict(chunks=(1, 64, 80), compressors=zarr.codecs.BloscCodec(cname="lz4")),
     "v3-sharded": dict(chunks=(1, 64, 80), shards=(2, 64, 80),
                        compressors=zarr.codecs.BloscCodec(cname="zstd")),
+    "v2-delta-blosc": dict(chunks=(1, 64, 80), zarr_format=2, filters=[numcodecs.Delta("<u2")],
+                           compressors=numcodecs.Blosc("lz4")),
     "v2-lzma (worker)": dict(chunks=(1, 64, 80), zarr_format=2, compressors=numcodecs.LZMA()),
 }
 
@@ -258,11 +260,12 @@ def test_fuzz_six_codecs_six_readers(tmp_path, mounts):
         t.start()
     for t in threads:
         t.join()
-    assert not failures, (len(failures), sorted({f.split(": ", 1)[1][:70] for f in failures}))
+    assert not failures, (f"seed {SEED}", len(failures),
+                          sorted({f.split(": ", 1)[1][:70] for f in failures}))
     for codec in FUZZ_CODECS:               # every kind of damage was read, and intact planes too
-        assert outcomes.get(f"{codec}/None") == {"bytes"}, outcomes
+        assert outcomes.get(f"{codec}/None") == {"bytes"}, (SEED, outcomes)
         for how in ("truncate", "zero", "empty"):
-            assert outcomes.get(f"{codec}/{how}") == {"EIO"}, outcomes
+            assert outcomes.get(f"{codec}/{how}") == {"EIO"}, (SEED, outcomes)
     for mnt, pid in mounts.pids.items():   # every daemon is alive and serves a file again
         os.kill(pid, 0)
         assert os.path.ismount(mnt)
