@@ -110,6 +110,7 @@ class NodeReader:
         self.with_array_attrs = with_array_attrs   # zarr v2 keeps array attributes apart
         base = getattr(store, "wrapped", store)    # under backends.chunk_guard's check
         self.local_root = str(base.root) if isinstance(base, LocalStore) else None
+        self.problems: list[str] = []            # documents that are not JSON objects
 
     def groups(self, paths: list[str]) -> list[Node]:
         return self._nodes(paths, "group")
@@ -125,10 +126,16 @@ class NodeReader:
     def _nodes(self, paths: list[str], kind: str) -> list[Node]:
         if self.zarr_format == 3:
             return [_node_v3(d) for d in self.fetch([_join(p, "zarr.json") for p in paths])]
-        meta = self.fetch([_join(p, ".zarray" if kind == "array" else ".zgroup") for p in paths])
         attrs: list[dict | None] = [None] * len(paths)
         if kind == "group" or self.with_array_attrs:
             attrs = self.fetch([_join(p, ".zattrs") for p in paths])
+        # a group with attributes exists: only the others need their .zgroup looked at
+        need = [i for i, a in enumerate(attrs) if kind == "array" or a is None]
+        found = self.fetch([_join(paths[i], ".zarray" if kind == "array" else ".zgroup")
+                            for i in need])
+        meta: list[dict | None] = [{} for _ in paths]
+        for i, m in zip(need, found):
+            meta[i] = m
         nodes = []
         for m, a in zip(meta, attrs):
             if m is None and (kind == "array" or a is None):
@@ -143,7 +150,7 @@ class NodeReader:
     def fetch(self, keys: list[str]) -> list[dict | None]:
         """The JSON documents at ``keys`` (None where missing)."""
         if self.local_root is not None:
-            return [_parse(_read_local(f"{self.local_root}/{k}")) for k in keys]
+            return [self._parse(k, _read_local(f"{self.local_root}/{k}")) for k in keys]
         return self._run(self._fetch_async(keys))
 
     async def _fetch_async(self, keys: list[str]) -> list[dict | None]:
@@ -156,8 +163,20 @@ class NodeReader:
                     buf = await self.store.get(key, prototype=default_buffer_prototype())
                 except FileNotFoundError:
                     return None
-            return None if buf is None else _parse(buf.to_bytes())
+            return None if buf is None else self._parse(key, buf.to_bytes())
         return list(await asyncio.gather(*(one(k) for k in keys)))
+
+    def _parse(self, key: str, raw: bytes | None) -> dict | None:
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+        except ValueError as e:
+            doc = e
+        if not isinstance(doc, dict):
+            self.problems.append(f"{key!r} is not a JSON object; read as missing")
+            return None
+        return doc
 
     @staticmethod
     def _run(coro):
@@ -178,11 +197,6 @@ def _read_local(path: str) -> bytes | None:
         return None
 
 
-def _parse(raw: bytes | None) -> dict | None:
-    if raw is None:
-        return None
-    doc = json.loads(raw)
-    return doc if isinstance(doc, dict) else None
 
 
 def _node_v3(doc: dict | None) -> Node:
@@ -225,6 +239,7 @@ def read_plate(store, root_attrs: dict, zarr_format: int, where: str) -> NgffInd
     fields = _well_fields(reader, _plate_wells(plate, index), index)
     _read_images(reader, fields, index)
     _index_arrays(reader, [f for f in fields if f.dataset is not None], index)
+    index.problems[:0] = reader.problems
     if not index.files:
         detail = "; ".join(index.problems[:3]) or "no well lists an image"
         raise MetadataError(f"OME-Zarr plate has no readable images: {detail}", backend="zarr",

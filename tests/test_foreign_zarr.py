@@ -117,7 +117,8 @@ def write_ngff_zarr(path: Path, version: str, *, sharded: bool = False) -> Writt
                 image = nz.to_ngff_image(data, dims=["c", "z", "y", "x"],
                                          scale={"z": Z_STEP, "y": PIXEL, "x": PIXEL},
                                          axes_units={a: "micrometer" for a in "zyx"})
-                ms = nz.to_multiscales(image, scale_factors=[2], chunks=16)
+                ms = nz.to_multiscales(image, scale_factors=[2], chunks=16,
+                                       method=nz.Methods.DASK_BIN_SHRINK)   # no wasm start-up
                 ms.metadata.omero = nz.Omero(channels=[nz.OmeroChannel(
                     color="FFFFFF", window=nz.OmeroWindow(0, 4000, 0, 4000), label=n)
                     for n in LABELS])
@@ -182,6 +183,8 @@ def test_foreign_plate_info_and_mount(tmp_path, mounts, writer):
     page = tifffile.TiffFile(mnt / "images" / names[0]).pages[0]
     x_res = page.tags["XResolution"].value
     assert x_res[1] / x_res[0] == pytest.approx(written.pixel, rel=1e-5)
+    if writer.startswith("ngff-zarr"):
+        assert tifffile.TiffFile(mnt / "images" / names[0]).imagej_metadata["spacing"] == Z_STEP
     assert snapshot(store) == before
 
 
@@ -190,7 +193,8 @@ import ij.IJ; import ij.ImagePlus;
 public class Calib { public static void main(String[] a) {
   ImagePlus imp = IJ.openImage(a[0]);
   if (imp == null) { System.out.println("NULL"); System.exit(2); }
-  System.out.println("CAL " + imp.getCalibration().pixelWidth + " " + imp.getCalibration().getUnit());
+  System.out.println("CAL " + imp.getCalibration().pixelWidth + " " + imp.getCalibration().pixelHeight
+                     + " " + imp.getCalibration().pixelDepth + " " + imp.getCalibration().getUnit());
   System.exit(0);
 }}
 """
@@ -208,8 +212,10 @@ def test_imagej_reads_the_stores_pixel_size(tmp_path, mounts):
                           str(probe), str(tif)], capture_output=True, text=True, timeout=180)
     line = next((ln for ln in res.stdout.splitlines() if ln.startswith("CAL ")), None)
     assert line, res.stdout + res.stderr
-    _, width, unit = line.split()
+    _, width, height, depth, unit = line.split()
     assert float(width) == pytest.approx(PIXEL, rel=1e-5) and unit in ("micron", "µm")
+    assert float(height) == pytest.approx(PIXEL, rel=1e-5)
+    assert float(depth) == pytest.approx(Z_STEP)
 
 
 PIPELINE = """
@@ -285,10 +291,25 @@ def test_not_a_plate(tmp_path):
     assert res.returncode == 1 and "not an OME-Zarr HCS plate" in res.stderr
 
 
-def test_folder_holding_a_store(tmp_path):
+def test_folder_holding_a_store(tmp_path, mounts):
     written = write_ngff_zarr(tmp_path / "plate" / "scan.ome.zarr", "0.5")
     before = snapshot(written.store)
     info = json.loads(run_cli("info", str(tmp_path / "plate"), "--json").stdout)
     assert info["format"] == "ome_zarr" and info["main"] == "scan.ome.zarr"
     assert info["subdirectories"]["scan.ome.zarr"]["images"] == len(written.planes)
+    assert Path(info["metadata_file"]) == tmp_path / "plate" / "openhcs_metadata.json"
+    mnt = mounts.mount(tmp_path / "plate")
+    assert sorted(os.listdir(mnt / "images")) == sorted(written.planes)
+    name, (array, index) = next(iter(written.planes.items()))
+    direct = zarr.open_group(written.store, mode="r")[array][index]
+    assert tifffile.imread(mnt / "images" / name).tobytes() == direct.tobytes()
     assert snapshot(written.store) == before
+
+
+def test_broken_metadata_document(tmp_path):
+    written = _small(tmp_path)
+    (written.store / "B" / "3" / ".zattrs").write_text("{not json")
+    backend = ZarrStorageBackend(written.store)
+    assert backend.problems[0] == "'B/3/.zattrs' is not a JSON object; read as missing"
+    # the well's group is still there: its images are found as child groups holding multiscales
+    assert sorted(backend.list_files()) == sorted(written.planes)

@@ -16,8 +16,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..metadata import image_set_entry
-from .base import SKIP_DIRS, MicroscopeHandler, PlateScan, scandir_sorted
+from ..naming import parse_virtual_name
+from .base import (SKIP_DIRS, ImageSet, MicroscopeHandler, PlateScan, scandir_sorted,
+                   subdirectory_entry)
 
 NAME = "ome_zarr"
 PARSER_NAME = "NgffPlateStructure"
@@ -68,15 +69,14 @@ def store_entry(location: str | os.PathLike, store=None) -> dict:
         store = ZarrStorageBackend(location, mode="r")
     arrays = list(store.arrays().values())
     first = next((a for a in arrays if a.pixel_size), None)
-    entry = image_set_entry(
-        store.list_files(), "zarr", path=os.fspath(location),
-        microscope_handler_name=NAME, source_filename_parser_name=PARSER_NAME,
-        pixel_size=first.pixel_size if first else None,
-        z_spacing=next((a.z_spacing for a in arrays if a.z_spacing), None),
-        unit=first.unit if first else None,
-        problems=list(store.problems))
-    entry["channels"] = {c: store.channel_names.get(int(c)) for c in entry["channels"]}
-    return entry
+    images = ImageSet("zarr", "zarr")
+    for name in store.list_files():
+        images.add(parse_virtual_name(name), name)
+    scan = PlateScan(OmeZarrHandler(), [images], pixel_size=first.pixel_size if first else None,
+                     channel_names=dict(store.channel_names))
+    return {**subdirectory_entry(scan, images), "path": os.fspath(location),
+            "z_spacing": next((a.z_spacing for a in arrays if a.z_spacing), None),
+            "unit": first.unit if first else None, "problems": list(store.problems)}
 
 
 @dataclass
