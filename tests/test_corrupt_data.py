@@ -383,3 +383,22 @@ def test_corrupt_vendor_tiff_under_compute_on_read_is_eio(tmp_path, mounts):
     os.kill(mounts.pids[mnt], 0)
     log = mounts.log(mnt)
     assert bad.name in log and "past the end of the file" in log
+
+
+def test_unchecked_codec_through_the_mount_uses_the_worker(tmp_path, mounts):
+    """LZMA has no up-front check: the daemon trial-decodes its chunks in a worker process."""
+    spec = PlateSpec(wells=("A01", "B02"), sites=1, channels=1, z=2, shape=(64, 96))
+    root = make_imagexpress_plate(tmp_path / "plate", spec, thumbnails=False, projections=False)
+    store = convert_plate(root, progress=False)
+    _recode(store, 2, chunks="auto", compressors=numcodecs.LZMA(preset=1))
+    for chunk in _chunk_files(store / "B" / "02" / "0" / "0"):
+        chunk.write_bytes(chunk.read_bytes()[:40])
+    mnt = mounts.mount(root)
+    name = "A01_s001_w1_z002_t001.tif"
+    want = synthesize(synthetic_image(parse_virtual_name(name), spec.shape, spec.dtype), 0.65)
+    assert (mnt / "images" / name).read_bytes() == want
+    with pytest.raises(OSError) as e:
+        (mnt / "images" / "B02_s001_w1_z001_t001.tif").read_bytes()
+    assert e.value.errno == errno.EIO
+    os.kill(mounts.pids[mnt], 0)
+    assert "cannot be decoded: LZMAError" in mounts.log(mnt)
