@@ -108,7 +108,8 @@ class NodeReader:
         self.store = store
         self.zarr_format = zarr_format
         self.with_array_attrs = with_array_attrs   # zarr v2 keeps array attributes apart
-        self.local_root = str(store.root) if isinstance(store, LocalStore) else None
+        base = getattr(store, "wrapped", store)    # under backends.chunk_guard's check
+        self.local_root = str(base.root) if isinstance(base, LocalStore) else None
         self.problems: list[str] = []            # documents that are not JSON objects
 
     def groups(self, paths: list[str]) -> list[Node]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import zarr
 
+from .chunk_guard import guard_store
 from .errors import (CorruptDataError, MetadataError, RemoteStorageError, StorageError,
                      StorageNotFoundError)
 from .remote import S3Options, describe_error
@@ -23,8 +24,8 @@ def open_store(root: Path | str, *, remote: bool, read_only: bool,
     if remote:
         from .remote import zarr_store
         try:
-            return zarr_store(root, read_only=read_only, options=options,
-                              cache_bytes=chunk_cache_bytes)
+            return guard_store(zarr_store(root, read_only=read_only, options=options,
+                                          cache_bytes=chunk_cache_bytes), str(root))
         except StorageError:
             raise
         except Exception as e:
@@ -32,7 +33,7 @@ def open_store(root: Path | str, *, remote: bool, read_only: bool,
     from zarr.storage import LocalStore
     if read_only and not Path(root).is_dir():
         raise StorageNotFoundError("no zarr store", backend=BACKEND_NAME, path=root)
-    return LocalStore(root, read_only=read_only)
+    return guard_store(LocalStore(root, read_only=read_only), str(root))
 
 
 def store_exists(root: Path | str, *, remote: bool, options: S3Options | None = None) -> bool:

@@ -19,6 +19,7 @@ BENCHMARKS = {
     "gpu": "GPU conversions (cupy/torch/jax) vs a device-to-device copy; a pipeline on GPU vs CPU",
     "pipeline": "pipeline throughput vs the same functions in a plain loop",
     "fiji": "ImageJ opening one field from hyperstacks/ vs as an image sequence of images/",
+    "chunk_guard": "cold sequential zarr reads with the chunk check (issue 16) vs without it",
     "remote": "S3 plate (SeaweedFS on loopback) mounted vs s3fs direct and vs local disk; "
               "Dask 2 workers vs 1 process",
     "foreign_zarr": "a foreign OME-Zarr plate (384 wells x 9 fields): plane index and mount + ls "

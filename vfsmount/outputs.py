@@ -464,13 +464,15 @@ class OutFile(FileNode):
         """The staged TIFF's single plane (or, without ``pixels``, just a check of its structure)."""
         import numpy as np
         import tifffile
+
+        from backends.tiff_guard import read_tiff_checked
         try:
             with tifffile.TiffFile(staging) as tif:
                 if len(tif.pages) == 0:
                     raise ValueError("no image directory")
                 if not pixels:
                     return None
-                data = tif.asarray()
+            data = read_tiff_checked(staging)     # strips checked first; no decoder crash
         except Exception as e:
             raise CommitError(errno.EINVAL, f"{self.rel}: not a valid TIFF ({e}); nothing stored") from e
         data = np.squeeze(data)
