@@ -29,6 +29,8 @@ def _cmd_info(args) -> int:
             "channels": e.get("channels", {}), "z_indexes": e.get("z_indexes", []),
             "timepoints": e.get("timepoints", []), "pixel_size_um": e.get("pixel_size"),
             "grid_dimensions": e.get("grid_dimensions"),
+            "z_spacing_um": e.get("z_spacing"), "time_interval_s": e.get("time_interval"),
+            "unknown": e.get("physics_unknown", {}),
             "available_backends": [k for k, v in e.get("available_backends", {}).items() if v],
             "main": e.get("main", False),
         }
@@ -50,7 +52,9 @@ def _cmd_info(args) -> int:
         print(f"  sites:     {s['sites']}")
         chans = ", ".join(f"w{c}" + (f"={n}" if n else "") for c, n in s["channels"].items())
         print(f"  channels:  {chans}")
-        print(f"  z:         {s['z_indexes']}")
+        print(f"  z:         {s['z_indexes']}, spacing " + (
+            f"{s['z_spacing_um']} um" if s["z_spacing_um"] else
+            f"unknown ({s['unknown'].get('z_spacing', 'not recorded')})"))
         print(f"  t:         {s['timepoints']}")
         print(f"  pixel:     {s['pixel_size_um']} um" + (f", grid {s['grid_dimensions']}"
                                                           if s["grid_dimensions"] else ""))
@@ -67,7 +71,8 @@ def _cmd_convert(args) -> int:
     from backends.convert import convert_plate
     from backends.zarr_config import ZarrConfig
     config = ZarrConfig(chunk_strategy=args.chunk_strategy, compressor=args.compressor,
-                        compression_level=args.level, ngff_version=args.ngff_version)
+                        compression_level=args.level, ngff_version=args.ngff_version,
+                        pyramid_levels=args.levels)
     out = convert_plate(args.plate, args.output, config=config, overwrite=args.overwrite,
                         progress=not args.no_progress)
     print(f"wrote {out} ({config.chunk_strategy.value} chunks, {config.compressor.value}, "
@@ -148,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compressor", choices=["zstd", "lz4", "zlib", "none"], default="zstd")
     s.add_argument("--level", type=int, default=1, help="compression level 0-9")
     s.add_argument("--ngff-version", choices=["0.4", "0.5"], default="0.4")
+    s.add_argument("--levels", type=int, default=None,
+                   help="pyramid levels below full resolution (default: halve until the plane "
+                        "fits 1024 px; 0: none)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing store")
     s.add_argument("--no-progress", action="store_true")
     _s3_option(s)
