@@ -28,6 +28,7 @@ from .naming import parse_virtual_name
 from .plate import Plate
 from .remote import is_url
 from .zarr_config import ZarrChunkStrategy, ZarrConfig
+from .zarr_ngff import describe_store, physics_of
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +101,9 @@ def _copy_fields(plate: Plate, source, names: list[str], store, config: ZarrConf
                 chunk = field_names[i:i + batch]
                 store.save_batch(source.load_batch(chunk), chunk, flush=False)
                 bar.update(len(chunk))
-        store.flush(plate_name=plate.path.name, pixel_size=plate.entry(
-            source_subdirectory(plate)).get("pixel_size"))
+        entry = plate.entry(source_subdirectory(plate))
+        store.flush(plate_name=plate.path.name, pixel_size=entry.get("pixel_size"))
+        describe_store(store, physics_of(entry), name=plate.path.name, pyramid=True)
     finally:
         bar.close()
 

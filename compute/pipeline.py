@@ -47,7 +47,7 @@ from backends.remote import is_url
 
 from .conversion import to_numpy_view
 from .errors import MemoryTypeError, PipelineError
-from .materialization import OPTION_TYPES, materialize
+from .materialization import OPTION_TYPES
 from .memory_types import MemoryType, detect_memory_type
 from .stack_utils import stack_slices, unstack_slices
 
@@ -185,7 +185,8 @@ class Target:
     the sink where results go."""
 
     def __init__(self, path: str | os.PathLike, output: str) -> None:
-        from compute.output_sink import (OutputSink, local_outputs_root, remote_outputs_root)
+        from compute.output_sink import (OutputSink, local_outputs_root, mount_physics,
+                                         output_physics, remote_outputs_root)
         self.output = output
         self.remote = is_url(path)
         self.path: Path | str = os.fspath(path) if self.remote else Path(path).absolute()
@@ -194,7 +195,8 @@ class Target:
             self.names = natsorted(n for n in os.listdir(self.path / "images")
                                    if n.lower().endswith((".tif", ".tiff")))
             self.reader_spec = ReaderSpec(str(self.path / "images"))
-            self.sink = OutputSink(str(self.path / "outputs"), output, through_mount=True)
+            self.sink = OutputSink(str(self.path / "outputs"), output, through_mount=True,
+                                   physics=mount_physics(self.path))
             if not os.access(self.path / "outputs", os.W_OK):
                 raise PipelineError(f"{self.path} is a read-only mount: mount it with --writable")
             self.plate = None
@@ -207,7 +209,7 @@ class Target:
                                           digest.hexdigest()[:16])
             root = (remote_outputs_root(self.plate.url) if self.plate.url
                     else local_outputs_root(self.plate.path))
-            self.sink = OutputSink(root, output)
+            self.sink = OutputSink(root, output, physics=output_physics(self.plate.entry()))
         # the plate is open already: its backend, not a second Plate.open through the spec
         self.reader = self.plate.backend() if self.plate else self.reader_spec.open()
 
@@ -416,8 +418,8 @@ def process_well(pipeline: Pipeline, reader, sink, well: str, groups: Sequence[G
                             fm.save(specials[name], f"{stage}/special/{name}", Backend.MEMORY,
                                     overwrite=True)
                             if spec is not None:
-                                result.files += materialize(specials[name], spec, g.stem,
-                                                            sink.write_file)
+                                result.files += sink.materialize(specials[name], spec, g,
+                                                                 zarr_store, name)
                 fm.delete(stage, Backend.MEMORY, recursive=True)
         except Exception as e:
             msg = f"well {well}, {g.stem}, step {step_name!r}: {type(e).__name__}: {e}"
@@ -475,7 +477,7 @@ def run_pipeline(pipeline: Pipeline | Sequence[FunctionStep], target: str | os.P
         if zarr_store is not None and wr.zarr_index:
             zarr_store.adopt(wr.zarr_index)
     if zarr_store is not None:
-        zarr_store.flush()              # the shared documents, written once, last
+        out.sink.finish_zarr(zarr_store)    # the shared documents, written once, last
     result.images_written = len(images)
     out.record(image_backend, images)
     if result.failures:
