@@ -12,6 +12,7 @@ import zarr
 
 from .errors import MetadataError
 from .naming import ParsedName, normalize_well
+from .zarr_ngff import decode_present
 
 INDEX_KEY = "vfsmount"
 AXES = ("t", "c", "z", "y", "x")
@@ -101,14 +102,24 @@ class NgffIndexMixin:
             raise MetadataError(f"array {array_path!r}: axes {axes} do not match its shape {arr.shape}"
                                 " (need ... y, x last)", backend=self.name, path=self.root)
         pixel = None
-        for t in ds.get("coordinateTransformations", []):
-            if t.get("type") == "scale":
+        x_unit = (ms.get("axes") or [{}])[-1]
+        for t in ds.get("coordinateTransformations", []):   # a unitless x counts pixels
+            if t.get("type") == "scale" and (not isinstance(x_unit, dict) or x_unit.get("unit")):
                 pixel = float(t["scale"][-1])
         info = ArrayInfo(array_path, tuple(arr.shape), np.dtype(arr.dtype), tuple(arr.chunks),
                          axes, pixel)
         self._arrays[array_path] = info
         lead = axes[:-2]
-        for index in np.ndindex(*arr.shape[:-2]):
+        record = dict(arr.attrs).get(INDEX_KEY)           # ours: the site, and holes if any
+        record = record if isinstance(record, dict) else {}
+        site = int(record.get("site", site))
+        try:
+            present = decode_present(record, arr.shape[:-2])
+        except ValueError as e:
+            raise MetadataError(f"array {array_path!r}: {e}", backend=self.name,
+                                path=self.root) from None
+        for index in zip(*np.nonzero(present)) if arr.ndim > 2 else [()]:
+            index = tuple(int(i) for i in index)
             coords = dict(zip(lead, index))
             name = ParsedName(well, site, coords.get("c", 0) + 1, coords.get("z", 0) + 1,
                               coords.get("t", 0) + 1).virtual_name()

@@ -107,7 +107,7 @@ class ZarrStorageBackend(NgffIndexMixin, ZarrReadMixin, ZarrWriterMixin, Storage
                                     "(convert again with --overwrite)", backend=self.name,
                                     path=self.root)
             return
-        if own is not None:
+        if isinstance(own, dict) and "files" in own:    # format 1: a root index of every plane
             self._load_own_index(own)
         elif self.mode == "r" or "plate" in _ome(attrs):
             self._load_foreign_index(root, attrs)

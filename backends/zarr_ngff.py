@@ -110,6 +110,8 @@ def omero_block(arr, channel_numbers: list[int], physics: dict | None) -> dict:
         if not window:
             plane = np.asarray(arr[:, i]) if arr.ndim == 5 else np.asarray(arr)
             window = [float(v) for v in np.percentile(plane, [0.1, 99.9])] if plane.size else [0, 1]
+            if window[1] <= window[0]:          # a flat (or never written) channel
+                window = [window[0], window[0] + 1]
         cmin = float(lo) if lo is not None else float(min(window[0], 0))
         cmax = float(hi) if hi is not None else float(max(window[1], 1))
         channels.append({"label": ci.get("name") or f"Channel {number}", "active": True,
@@ -129,29 +131,29 @@ def image_levels(group) -> int:
     return max(n, 1)
 
 
-def _channel_numbers(arr) -> list[int]:
-    """The channel each c index holds: the writer's record where it has one, else index + 1."""
-    recorded = (dict(arr.attrs).get("vfsmount") or {}).get("c") or []
-    if len(recorded) == arr.shape[1] and all(isinstance(c, int) and c > 0 for c in recorded):
-        return list(recorded)
-    return list(range(1, arr.shape[1] + 1))
-
-
 def write_image_metadata(root, path: str, info, config: ZarrConfig, physics: dict | None = None,
-                         channel_numbers: list[int] | None = None) -> None:
-    """Multiscales + omero metadata of one field image (its level-0 array at ``path``)."""
+                         *, omero: dict | None = None) -> dict:
+    """Multiscales + omero metadata of one field image (its level-0 array at ``path``); channel
+    n is c index n-1. ``omero`` (from an earlier field with as many channels) is reused rather
+    than measured again; the block written is returned."""
     from ome_zarr.writer import write_multiscales_metadata
     row, col, field, _level = path.split("/")
-    if physics is None and getattr(info, "pixel_size", None):
-        physics = {"pixel_size": info.pixel_size}
+    physics = {"pixel_size": getattr(info, "pixel_size", None), **(physics or {})}
     group = root[f"{row}/{col}/{field}"]
     axes, scale = axes_and_scale(physics)
     levels = image_levels(group)
-    numbers = channel_numbers or _channel_numbers(group["0"])
-    omero = omero_block(group[str(levels - 1)], numbers, physics)
+    if omero is None or len(omero["channels"]) != info.shape[1]:
+        omero = omero_block(group[str(levels - 1)], list(range(1, info.shape[1] + 1)), physics)
     write_multiscales_metadata(group, datasets=level_datasets(scale, levels),
                                fmt=ngff_format(config), axes=axes, name=f"{row}{col}_f{field}",
-                               metadata={"omero": omero})
+                               metadata={"omero": json_copy(omero)})
+    return omero
+
+
+def json_copy(doc: dict) -> dict:
+    """ome-zarr's writer pops keys out of what it is given: hand it a copy."""
+    import copy
+    return copy.deepcopy(doc)
 
 
 def write_plate_metadata(root, arrays, config: ZarrConfig, *, name: str) -> None:
@@ -215,17 +217,14 @@ def write_pyramid(group, config: ZarrConfig, levels: int) -> None:
         arr[...] = data
 
 
-def describe_store(store, physics: dict, *, name: str, pyramid: bool = False) -> None:
-    """Pyramids (when asked) and the full NGFF metadata of every field of ``store`` (a
-    ZarrStorageBackend), from the plate's ``physics``."""
+def write_pyramids(store) -> None:
+    """Levels 1.. of every field of ``store`` (a ZarrStorageBackend), as its config asks; the
+    next flush() lists them in the multiscales metadata."""
     root = store._root_group()
-    arrays = store.arrays()
-    for path, info in arrays.items():
-        group = root[path.rsplit("/", 1)[0]]
-        if pyramid:
-            write_pyramid(group, store.config, pyramid_levels(info.shape, store.config))
-        write_image_metadata(root, path, info, store.config, physics)
-    write_plate_metadata(root, arrays, store.config, name=name)
+    for path, info in store.arrays().items():
+        levels = pyramid_levels(info.shape, store.config)
+        if levels:
+            write_pyramid(root[path.rsplit("/", 1)[0]], store.config, levels)
 
 
 def write_labels(root, image_path: str, name: str, labels: np.ndarray, config: ZarrConfig,
@@ -257,3 +256,33 @@ def write_labels(root, image_path: str, name: str, labels: np.ndarray, config: Z
 def _ome_attrs(group) -> dict:
     attrs = dict(group.attrs)
     return attrs.get("ome", attrs)
+
+
+# -- vfsmount's own per-array record (array attrs["vfsmount"]) ------------------------------
+# Plane names are derived from the NGFF structure: site = the field's position in its well
+# (or the recorded "site"), channel/z/t = index + 1 along c/z/t. A field written plane by plane
+# may have holes (a channel never written): "present" is then a bitmap of the planes that
+# exist, over the (t, c, z) positions in C order, packed (numpy.packbits) and base64-encoded.
+# Its size is one bit per plane slot of one field: it never grows with the store.
+PLANES_FORMAT = 2
+
+
+def encode_present(mask: np.ndarray) -> str | None:
+    """The bitmap of present planes, or None when every plane is present."""
+    import base64
+    if mask.all():
+        return None
+    return base64.b64encode(np.packbits(mask.ravel())).decode()
+
+
+def decode_present(record: dict | None, lead_shape: tuple[int, ...]) -> np.ndarray:
+    """The present-planes mask (shape ``lead_shape``) from an array's record."""
+    import base64
+    n = int(np.prod(lead_shape))
+    bits = (record or {}).get("present")
+    if not bits:
+        return np.ones(lead_shape, dtype=bool)
+    flat = np.unpackbits(np.frombuffer(base64.b64decode(bits), dtype=np.uint8))[:n]
+    if flat.size != n:
+        raise ValueError(f"present-planes bitmap has {flat.size} bits for {n} planes")
+    return flat.astype(bool).reshape(lead_shape)

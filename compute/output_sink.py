@@ -67,9 +67,7 @@ class OutputSink:
     def finish_zarr(self, store) -> None:
         """The store's shared documents, written once, last: index, plate/well metadata and
         each field's multiscales with the source's scale and channels."""
-        from backends.zarr_ngff import describe_store
-        store.flush(pixel_size=self.pixel_size)
-        describe_store(store, self.physics or {}, name=self.name)
+        store.flush()
 
     def materialize(self, value: Any, spec, group, zarr_store=None, output: str = "") -> list[str]:
         """A special output's files (CSV tables get micrometre columns); a label image also
