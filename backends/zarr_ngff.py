@@ -248,7 +248,8 @@ def write_labels(root, image_path: str, name: str, labels: np.ndarray, config: Z
     write_multiscales_metadata(group, datasets=level_datasets(scale, 1), fmt=fmt, axes=axes,
                                name=name)
     present = [n for n in (_ome_attrs(labels_group).get("labels") or []) if n != name]
-    add_metadata(labels_group, {"labels": present}, fmt=fmt)   # write_label_metadata appends
+    version = {"version": fmt.version} if config.zarr_format == 3 else {}   # 0.5: every group
+    add_metadata(labels_group, {"labels": present, **version}, fmt=fmt)   # the next call appends
     write_label_metadata(labels_group, name, fmt=fmt, source={"image": "../../"})
     return f"{image_path}/labels/{name}"
 

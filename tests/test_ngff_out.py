@@ -159,3 +159,98 @@ def test_convert_levels_option(tmp_path):
     assert level2.shape[-2:] == (525, 258)
     scale = auto["datasets"][2]["coordinateTransformations"][0]["scale"]
     assert scale[2] == pytest.approx(2.5) and scale[3] == pytest.approx(0.65 * 4)
+
+
+# -- outputs keep the physics of their source ----------------------------------------------
+
+SMALL = PlateSpec(wells=("A01", "B02"), sites=1, channels=2, z=3, shape=(64, 96))
+
+
+def expected_labels(plate: Path, name: str) -> np.ndarray:
+    """What examples/cells.py computes for one (well, site, channel) stack, run in-process."""
+    from compute.functions import gaussian_filter, label_with_measurements, threshold_otsu
+    p = Plate.open(plate)
+    stem = name.split("_z")[0]
+    names = [n for n in p.image_files() if n.startswith(stem + "_z")]
+    stack = np.stack(p.backend().load_batch(names))
+    return label_with_measurements(threshold_otsu(gaussian_filter(stack)), stack)[0]
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_run_materialize_zarr_outputs_are_valid_and_keep_the_plate_scale(tmp_path, version):
+    plate = make_imagexpress_plate(tmp_path / "p", SMALL, thumbnails=False, projections=False)
+    convert_plate(plate, config=ZarrConfig(ngff_version=version), progress=False)
+    run_cli("run", str(REPO / "examples" / "cells.py"), str(plate), "--materialize", "zarr",
+            "--no-progress")
+    store = plate / "outputs" / "cells.zarr"
+    images = validate_store(store, version)
+    assert set(images) == {"A/01/0", "B/02/0"}
+    for path, meta in images.items():
+        scale = meta["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+        assert scale[2:] == pytest.approx([2.5, 0.65, 0.65])        # the plate's z step and pixel
+        assert [c["label"] for c in meta["omero"]["channels"]] == ["Wave1", "Wave2"]
+        root = zarr.open_group(store, mode="r")
+        assert _ome(root[f"{path}/labels"])["labels"] == ["rois"]    # label_with_measurements
+        np.testing.assert_array_equal(root[f"{path}/labels/rois/0"][0, 0],
+                                      root[f"{path}/0"][0, 1])       # the last stack written: w2
+    out = ZarrStorageBackend(store)
+    name = "B02_s001_w2_z002_t001.tif"
+    np.testing.assert_array_equal(out.load(name), expected_labels(plate, name)[1])
+    assert out.plane(name).pixel_size == pytest.approx(0.65)
+    ref = out.plane(name).ref
+    data = open_with_ome_zarr_py(store, ref.array.rsplit("/", 1)[0])
+    np.testing.assert_array_equal(data[ref.index], out.load(name))
+    table = (plate / "outputs" / "cells" / "B02_s001_w2_t001_measurements.csv").read_text()
+    header, first = table.splitlines()[:2]
+    cols = dict(zip(header.split(","), first.split(",")))
+    assert float(cols["area_um2"]) == pytest.approx(float(cols["area"]) * 0.65 ** 2, rel=1e-5)
+    assert float(cols["centroid_x_um"]) == pytest.approx(float(cols["centroid_x"]) * 0.65,
+                                                         rel=1e-5)
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_cp_into_a_zarr_materializing_mount_writes_a_valid_store(tmp_path, mounts, version):
+    plate = make_imagexpress_plate(tmp_path / "p", SMALL, thumbnails=False, projections=False)
+    convert_plate(plate, config=ZarrConfig(ngff_version=version), progress=False)
+    mnt = mounts.mount(plate, "--writable", "--materialize", "zarr")
+    names = sorted(n for n in (mnt / "images").iterdir() if n.name.startswith("B02_s001_w2"))
+    (mnt / "outputs" / "copy").mkdir()
+    subprocess.run(["cp", *map(str, names), str(mnt / "outputs" / "copy")], check=True)
+    from vfsmount.control import unmount
+    unmount(mnt)
+    store = plate / "outputs" / "copy.zarr"
+    (meta,) = validate_store(store, version).values()
+    scale = meta["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale[2:] == pytest.approx([2.5, 0.65, 0.65])
+    source = Plate.open(plate).backend()
+    assert_pixels_equal_source(store, source, [n.name for n in names], version)
+    # channel 2 only: the store records that c index 0 holds nothing
+    assert ZarrStorageBackend(store).list_files() == [n.name for n in names]
+
+
+PIXEL_PROBE = r"""
+import ij.IJ; import ij.ImagePlus;
+public class PixelProbe { public static void main(String[] a) {
+  ImagePlus imp = IJ.openImage(a[0]);
+  if (imp == null) { System.out.println("NULL"); System.exit(2); }
+  ij.measure.Calibration c = imp.getCalibration();
+  System.out.println("CAL " + c.pixelWidth + " " + c.pixelHeight + " " + c.getUnit());
+  System.exit(0);
+}}
+"""
+
+
+@pytest.mark.imagej
+@pytest.mark.skipif(not imagej_available(), reason="needs the Debian imagej package")
+def test_pipeline_output_tiff_opens_in_imagej_with_the_plate_pixel_size(tmp_path):
+    plate = make_imagexpress_plate(tmp_path / "p", SMALL, thumbnails=False, projections=False)
+    run_cli("run", str(REPO / "examples" / "cells.py"), str(plate), "--no-progress")
+    tiff = plate / "outputs" / "cells" / "A01_s001_w1_z002_t001.tif"
+    probe = tmp_path / "PixelProbe.java"
+    probe.write_text(PIXEL_PROBE)
+    res = subprocess.run(["java", "-Djava.awt.headless=true", "-cp", "/usr/share/java/ij.jar",
+                          str(probe), str(tiff)], capture_output=True, text=True, timeout=180)
+    line = next(l for l in res.stdout.splitlines() if l.startswith("CAL "))
+    width, height, unit = line.split()[1:]
+    assert float(width) == pytest.approx(0.65) and float(height) == pytest.approx(0.65)
+    assert unit in ("micron", "µm", "um")
