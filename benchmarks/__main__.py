@@ -14,6 +14,8 @@ BENCHMARKS = {
     "mount_write": "cp into the writable outputs/ area vs cp to local disk, and vs zarr written directly",
     "mount_ls": "ls -l of 100k virtual vs 100k real files; mount ready time and daemon RSS",
     "zarr": "conversion vs cp -r, store size per compressor, WELL vs FILE reads, peak memory",
+    "ngff_out": "convert with the default pyramid vs --levels 0; metadata bytes read to list one "
+                "well of a 1,000,000-plane store vs the old per-plane root index",
     "memory": "memory-type conversions of a (16, 2048, 2048) stack vs np.copy",
     "pipeline": "pipeline throughput vs the same functions in a plain loop",
     "remote": "S3 plate (SeaweedFS on loopback) mounted vs s3fs direct and vs local disk; "
