@@ -61,15 +61,27 @@ def open_with_ome_zarr_py(path: Path, image_path: str) -> np.ndarray:
     return np.asarray(nodes[0].data[0])
 
 
+def open_with_napari(path: Path, image_path: str) -> np.ndarray:
+    """Level 0 of one field image as napari-ome-zarr's reader function gives it (napari
+    without a Qt binding); the plate opens too, as a grid of first fields."""
+    from napari_ome_zarr import napari_get_reader
+    plate_layers = napari_get_reader(str(path))(str(path))
+    assert plate_layers and plate_layers[0][2] == "image"
+    data, meta, _kind = napari_get_reader(str(path / image_path))(str(path / image_path))[0]
+    return np.asarray(data[0] if isinstance(data, list) else data), meta
+
+
 def assert_pixels_equal_source(store_path: Path, source, names: list[str], version: str) -> None:
     """Every source plane equals its plane in the store, read back by vfsmount's reader and,
-    for one field, by ome-zarr-py."""
+    for one field, by ome-zarr-py and by napari-ome-zarr."""
     store = ZarrStorageBackend(store_path)
     for name in names:
         np.testing.assert_array_equal(store.load(name), source.load(name), err_msg=name)
     ref = store.plane(names[0]).ref
     image = ref.array.rsplit("/", 1)[0]
     data = open_with_ome_zarr_py(store_path, image)
+    np.testing.assert_array_equal(data[ref.index], source.load(names[0]))
+    data, meta = open_with_napari(store_path, image)
     np.testing.assert_array_equal(data[ref.index], source.load(names[0]))
 
 
