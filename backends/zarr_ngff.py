@@ -114,9 +114,10 @@ def omero_block(arr, channel_numbers: list[int], physics: dict | None) -> dict:
                 window = [window[0], window[0] + 1]
         cmin = float(lo) if lo is not None else float(min(window[0], 0))
         cmax = float(hi) if hi is not None else float(max(window[1], 1))
+        # only what differs from the defaults (linear, not inverted): every reader of the
+        # plate parses this once per field
         channels.append({"label": ci.get("name") or f"Channel {number}", "active": True,
-                         "color": ci.get("color") or "FFFFFF", "coefficient": 1.0,
-                         "family": "linear", "inverted": False,
+                         "color": ci.get("color") or "FFFFFF",
                          "window": {"min": cmin, "max": cmax, "start": float(window[0]),
                                     "end": float(window[1])}})
     return {"channels": channels, "rdefs": {"model": "color" if len(channels) > 1 else "greyscale"}}

@@ -46,18 +46,24 @@ def make_million_plane_store(path: Path, wells: int = 384, fields: int = 9, chan
     writer (arrays, per-array records, NGFF metadata); no chunk is written."""
     from backends.zarr_backend import ZarrStorageBackend
     from backends.zarr_config import ZarrConfig
-    from backends.zarr_writer import _planes_record
+    from backends.zarr_writer import compact_json
     store = ZarrStorageBackend(path, mode="w", config=ZarrConfig(chunk_strategy="file"))
     store.physics = {"pixel_size": 0.65, "z_spacing": 2.0}
     full = np.ones((1, channels, zs), dtype=bool)
+    with compact_json():               # as save_batch() writes them
+        _make_fields(store, wells, fields, (1, channels, zs), full)
+    store.flush(plate_name="million")
+    return wells * fields * channels * zs
+
+
+def _make_fields(store, wells: int, fields: int, lead: tuple, full: np.ndarray) -> None:
+    from backends.zarr_writer import _planes_record
     for w in range(wells):
         row, col = row_letters(w // 24 + 1), w % 24 + 1
         for f in range(fields):
             path_ = f"{row}/{col:02d}/{f}/0"
-            store._create_field_array(path_, (1, channels, zs, 64, 64), np.uint16)
+            store._create_field_array(path_, lead + (64, 64), np.uint16)
             store._array(path_).attrs["vfsmount"] = _planes_record(f + 1, full)
-    store.flush(plate_name="million")
-    return wells * fields * channels * zs
 
 
 class CountingReads:
