@@ -1,21 +1,51 @@
 """Reading a store's NGFF structure (ours or another tool's) into a plane index.
 
 The index maps each flat plane name (``A01_s001_w1_z001_t001.tif``) to an array and the
-integer position of the plane in it, and describes every array from its metadata alone.
+integer position of the plane in it, and describes every array from its metadata alone:
+the plate's wells, each well's images, each image's level-0 dataset, and that array's
+shape, dtype and chunks. No chunk is ever read, and every metadata document of one level
+(all wells, then all images, then all arrays) is fetched concurrently through the store's
+own async API, so a local directory and an ``s3://`` store take the same path.
+
+What real writers produce, all read here: NGFF 0.4 (zarr v2, ``.zattrs``), 0.5 (zarr v3,
+attributes under ``ome``) and 0.6 (``coordinateSystems``, ``sequence`` transformations);
+sharded arrays; wells without ``well`` attributes (their images are the child groups that
+hold ``multiscales``); integer or string ``path`` fields; columns ``1`` or ``01``; any subset
+of t, c, z before y, x; pyramids (level 0 is served). ``labels/`` and ``tables/`` are never
+images: only the datasets a ``multiscales`` entry lists are.
+
+Names: site = position in the well's image list, channel/z/t = index + 1. A store written
+by vfsmount carries the real t/c/z values on each array (``attrs["vfsmount"]``), and older
+ones a root index of every name (``attrs["vfsmount"]["files"]``); both are honoured.
+
+A malformed part (a listed well that is missing, a missing dataset, axes that do not
+match the array) is one problem line naming the group; the rest of the plate is indexed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import functools
+import json
+import math
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 import numpy as np
-import zarr
 
 from .errors import MetadataError
 from .naming import ParsedName, normalize_well
 from .zarr_ngff import decode_present
 
+log = logging.getLogger(__name__)
+
 INDEX_KEY = "vfsmount"
 AXES = ("t", "c", "z", "y", "x")
+# Spatial units of NGFF axes, in micrometres (ImageJ calibrates in microns).
+_MICRONS = {"micrometer": 1.0, "micron": 1.0, "um": 1.0, "nanometer": 1e-3, "nm": 1e-3,
+            "millimeter": 1e3, "mm": 1e3, "centimeter": 1e4, "meter": 1e6, "angstrom": 1e-4,
+            "picometer": 1e-6}
+_CONCURRENT_READS = 512          # metadata documents in flight at once
 
 
 @dataclass
@@ -25,7 +55,9 @@ class ArrayInfo:
     dtype: np.dtype
     chunks: tuple[int, ...]
     axes: tuple[str, ...]           # e.g. ("t", "c", "z", "y", "x") or ("c", "y", "x")
-    pixel_size: float | None = None
+    pixel_size: float | None = None  # micrometres per pixel (x)
+    z_spacing: float | None = None   # micrometres between z-planes
+    unit: str | None = None          # the store's own spatial unit, as written
 
 
 @dataclass
@@ -34,93 +66,414 @@ class PlaneRef:
     index: tuple[int, ...]          # one integer per non-(y, x) axis
 
 
+@dataclass
+class NgffIndex:
+    """What :func:`read_plate` found."""
+
+    arrays: dict[str, ArrayInfo] = field(default_factory=dict)
+    files: dict[str, PlaneRef] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)      # one line each, naming the group
+    channel_names: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class Node:
+    """One zarr node's metadata document (never its chunks)."""
+
+    kind: str | None                 # "group", "array", or None when missing
+    attrs: dict
+    shape: tuple[int, ...] = ()
+    dtype: Any = None
+    chunks: tuple[int, ...] = ()
+
+
 def _ome(attrs: dict) -> dict:
-    """NGFF 0.5 nests everything under "ome"; 0.4 keeps it at the top."""
-    return attrs.get("ome", attrs)
+    """NGFF 0.5+ nests everything under "ome"; 0.4 keeps it at the top."""
+    ome = attrs.get("ome")
+    return ome if isinstance(ome, dict) else attrs
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+# -- metadata documents ---------------------------------------------------------------------
+
+class NodeReader:
+    """Metadata of many nodes at once. Documents are fetched concurrently through the store's
+    async API (``s3://`` and any other zarr store), or, for a local directory, read straight
+    from disk: thousands of small files read in a loop beat a thread hop per file."""
+
+    def __init__(self, store, zarr_format: int, *, with_array_attrs: bool = False) -> None:
+        from zarr.storage import LocalStore
+        self.store = store
+        self.zarr_format = zarr_format
+        self.with_array_attrs = with_array_attrs   # zarr v2 keeps array attributes apart
+        self.local_root = str(store.root) if isinstance(store, LocalStore) else None
+        self.problems: list[str] = []            # documents that are not JSON objects
+
+    def groups(self, paths: list[str]) -> list[Node]:
+        return self._nodes(paths, "group")
+
+    def arrays(self, paths: list[str]) -> list[Node]:
+        return self._nodes(paths, "array")
+
+    def children(self, paths: list[str]) -> list[list[str]]:
+        async def all_children() -> list[list[str]]:
+            return list(await asyncio.gather(*(self._children(p) for p in paths)))
+        return self._run(all_children())
+
+    def _nodes(self, paths: list[str], kind: str) -> list[Node]:
+        if self.zarr_format == 3:
+            return [_node_v3(d) for d in self.fetch([_join(p, "zarr.json") for p in paths])]
+        attrs: list[dict | None] = [None] * len(paths)
+        if kind == "group" or self.with_array_attrs:
+            attrs = self.fetch([_join(p, ".zattrs") for p in paths])
+        # a group with attributes exists: only the others need their .zgroup looked at
+        need = [i for i, a in enumerate(attrs) if kind == "array" or a is None]
+        found = self.fetch([_join(paths[i], ".zarray" if kind == "array" else ".zgroup")
+                            for i in need])
+        meta: list[dict | None] = [{} for _ in paths]
+        for i, m in zip(need, found):
+            meta[i] = m
+        nodes = []
+        for m, a in zip(meta, attrs):
+            if m is None and (kind == "array" or a is None):
+                nodes.append(Node(None, {}))
+            elif kind == "group":
+                nodes.append(Node("group", a or {}))
+            else:
+                nodes.append(Node("array", a or {}, tuple(m["shape"]), m["dtype"],
+                                  tuple(m["chunks"])))
+        return nodes
+
+    def fetch(self, keys: list[str]) -> list[dict | None]:
+        """The JSON documents at ``keys`` (None where missing)."""
+        if self.local_root is not None:
+            return [self._parse(k, _read_local(f"{self.local_root}/{k}")) for k in keys]
+        return self._run(self._fetch_async(keys))
+
+    async def _fetch_async(self, keys: list[str]) -> list[dict | None]:
+        from zarr.core.buffer import default_buffer_prototype
+        gate = asyncio.Semaphore(_CONCURRENT_READS)
+
+        async def one(key: str) -> dict | None:
+            async with gate:
+                try:
+                    buf = await self.store.get(key, prototype=default_buffer_prototype())
+                except FileNotFoundError:
+                    return None
+            return None if buf is None else self._parse(key, buf.to_bytes())
+        return list(await asyncio.gather(*(one(k) for k in keys)))
+
+    def _parse(self, key: str, raw: bytes | None) -> dict | None:
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+        except ValueError as e:
+            doc = e
+        if not isinstance(doc, dict):
+            self.problems.append(f"{key!r} is not a JSON object; read as missing")
+            return None
+        return doc
+
+    @staticmethod
+    def _run(coro):
+        from zarr.core.sync import sync
+        return sync(coro)
+
+    async def _children(self, path: str) -> list[str]:
+        prefix = path.strip("/")
+        return [name async for name in self.store.list_dir(prefix)
+                if not name.startswith(".") and name not in ("zarr.json",)]
+
+
+def _read_local(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+
+
+def _node_v3(doc: dict | None) -> Node:
+    if doc is None:
+        return Node(None, {})
+    attrs = doc.get("attributes") or {}
+    if doc.get("node_type") != "array":
+        return Node("group", attrs)
+    # a sharded array's chunk grid is its shards: the unit a read fetches
+    chunks = doc["chunk_grid"]["configuration"]["chunk_shape"]
+    return Node("array", attrs, tuple(doc["shape"]), doc["data_type"], tuple(chunks))
+
+
+# -- the plate walk -------------------------------------------------------------------------
+
+@dataclass
+class Field:
+    """One image of a well, on its way to the index."""
+
+    path: str                        # the image group, e.g. "B/3/0"
+    well: str                        # normalized, e.g. "B03"
+    site: int
+    node: Node | None = None         # its group metadata, once read
+    multiscales: dict | None = None
+    dataset: dict | None = None
+
+    @property
+    def array_path(self) -> str:
+        return _join(self.path, str(self.dataset["path"]))
+
+
+def read_plate(store, root_attrs: dict, zarr_format: int, where: str) -> NgffIndex:
+    """The plane index of an OME-Zarr HCS plate, from metadata documents alone."""
+    plate = _ome(root_attrs).get("plate")
+    if not isinstance(plate, dict) or not isinstance(plate.get("wells"), list):
+        raise MetadataError("not an OME-Zarr HCS plate: root attributes have no 'plate' with "
+                            "'wells'", backend="zarr", path=where)
+    reader = NodeReader(store, zarr_format, with_array_attrs=INDEX_KEY in root_attrs)
+    index = NgffIndex()
+    fields = _well_fields(reader, _plate_wells(plate, index), index)
+    _read_images(reader, fields, index)
+    _index_arrays(reader, [f for f in fields if f.dataset is not None], index)
+    index.problems[:0] = reader.problems
+    if not index.files:
+        detail = "; ".join(index.problems[:3]) or "no well lists an image"
+        raise MetadataError(f"OME-Zarr plate has no readable images: {detail}", backend="zarr",
+                            path=where)
+    for problem in index.problems:
+        log.warning("%s: %s (the rest of the plate is served)", where, problem)
+    return index
+
+
+def _plate_wells(plate: dict, index: NgffIndex) -> list[tuple[str, str]]:
+    """(group path, normalized well name) of every well the plate lists."""
+    wells = []
+    for well in plate["wells"]:
+        path = str(well.get("path", "")).strip("/") if isinstance(well, dict) else ""
+        parts = path.split("/")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            wells.append((path, normalize_well(parts[0] + parts[1])))
+        except ValueError:
+            index.problems.append(f"plate well path {path!r} is not 'row/column'")
+    return wells
+
+
+def _well_fields(reader: NodeReader, wells: list[tuple[str, str]], index: NgffIndex) -> list[Field]:
+    fields: list[Field] = []
+    bare: list[tuple[str, str]] = []
+    for (path, name), node in zip(wells, reader.groups([p for p, _ in wells])):
+        if node.kind is None:
+            index.problems.append(f"plate lists well {path!r} but the store has no such group")
+            continue
+        well = _ome(node.attrs).get("well")
+        images = well.get("images") if isinstance(well, dict) else None
+        if not isinstance(images, list):
+            bare.append((path, name))
+            continue
+        for site, image in enumerate(images, 1):
+            image_path = image.get("path") if isinstance(image, dict) else None
+            fields.append(Field(_join(path, str(image_path)), name, site))   # may be an int
+    return fields + _fields_from_children(reader, bare)
+
+
+def _fields_from_children(reader: NodeReader, wells: list[tuple[str, str]]) -> list[Field]:
+    """A well group without ``well`` attributes: its images are the child groups holding
+    ``multiscales``, in natural order."""
+    from natsort import natsorted
+    if not wells:
+        return []
+    candidates = [(path, name, child)
+                  for (path, name), children in zip(wells, reader.children([p for p, _ in wells]))
+                  for child in natsorted(children) if child not in ("labels", "tables")]
+    nodes = reader.groups([_join(p, c) for p, _n, c in candidates])
+    fields: list[Field] = []
+    sites: dict[str, int] = {}
+    for (path, name, child), node in zip(candidates, nodes):
+        if node.kind == "group" and "multiscales" in _ome(node.attrs):
+            sites[path] = sites.get(path, 0) + 1
+            fields.append(Field(_join(path, child), name, sites[path], node))
+    return fields
+
+
+def _read_images(reader: NodeReader, fields: list[Field], index: NgffIndex) -> None:
+    """Each image's multiscales entry and its level-0 dataset."""
+    todo = [f for f in fields if f.node is None]
+    for f, node in zip(todo, reader.groups([f.path for f in todo])):
+        f.node = node
+    for f in fields:
+        ms = _ome(f.node.attrs).get("multiscales")
+        if f.node.kind is None:
+            index.problems.append(f"well lists image {f.path!r} but the store has no such group")
+        elif not isinstance(ms, list) or not ms or not isinstance(ms[0], dict) \
+                or not ms[0].get("datasets"):
+            index.problems.append(f"image {f.path!r} has no multiscales datasets")
+        else:
+            f.multiscales, f.dataset = ms[0], ms[0]["datasets"][0]   # level 0 of the pyramid
+
+
+def _index_arrays(reader: NodeReader, fields: list[Field], index: NgffIndex) -> None:
+    for f, node in zip(fields, reader.arrays([f.array_path for f in fields])):
+        if node.kind is None:
+            index.problems.append(f"image {f.path!r}: multiscales dataset "
+                                  f"{str(f.dataset['path'])!r} is missing")
+            continue
+        try:
+            info = _array_info(f, node)
+            _add_planes(index, info, f, node.attrs.get(INDEX_KEY))
+        except (ValueError, TypeError, KeyError) as e:
+            index.problems.append(str(e) if isinstance(e, ValueError) else
+                                  f"image {f.path!r}: unreadable metadata ({type(e).__name__}: {e})")
+            continue
+        if not index.channel_names:
+            index.channel_names = _channel_names(f.node.attrs)
+
+
+def _array_info(f: Field, node: Node) -> ArrayInfo:
+    path = f.array_path
+    axes_meta = _axes(f.multiscales)
+    axes = tuple(a["name"].lower() for a in axes_meta) or AXES[-len(node.shape):]
+    lead = axes[:-2]
+    if len(axes) != len(node.shape) or axes[-2:] != ("y", "x") or \
+            not set(lead) <= {"t", "c", "z"} or len(set(lead)) != len(lead):
+        raise ValueError(f"array {path!r}: axes {axes} do not match its shape {node.shape} "
+                         "(need any of t, c, z, then y, x)")
+    try:
+        dtype = np.dtype(node.dtype)
+    except TypeError:
+        raise ValueError(f"array {path!r}: data type {node.dtype!r} cannot be served") from None
+    scale = _scale(f.multiscales, f.dataset, len(axes))
+    units = {a["name"].lower(): a.get("unit") for a in axes_meta}
+    unit = units.get("x")
+    factor = _MICRONS.get(str(unit).lower(), 1.0) if unit else 1.0   # no unit: microns
+    z_spacing = scale[axes.index("z")] * factor if "z" in axes and scale else None
+    pixel = scale[-1] * factor if scale else None
+    if _is_ours(node.attrs.get(INDEX_KEY)):    # ours leave the unit out of what is not known
+        pixel = pixel if unit else None
+        z_spacing = z_spacing if units.get("z") else None
+    return ArrayInfo(path, tuple(node.shape), dtype, tuple(node.chunks), axes, pixel,
+                     z_spacing, unit)
+
+
+def _is_ours(own: Any) -> bool:
+    """An array record of vfsmount's index-free format (see zarr_ngff.PLANES_FORMAT)."""
+    return isinstance(own, dict) and isinstance(own.get("format"), int) and own["format"] >= 2
+
+
+def _axes(ms: dict) -> list[dict]:
+    """Axis dicts of a multiscales entry: ``axes`` (0.4/0.5, strings in 0.3) or the coordinate
+    system the datasets map into (0.6)."""
+    axes = ms.get("axes")
+    if axes is None:
+        systems = [s for s in ms.get("coordinateSystems", []) if isinstance(s, dict)]
+        outputs = {((t.get("output") or {}).get("name") if isinstance(t.get("output"), dict)
+                    else t.get("output"))
+                   for t in ms["datasets"][0].get("coordinateTransformations", [])}
+        named = [s for s in systems if s.get("name") in outputs]
+        axes = (named or systems or [{}])[0].get("axes", [])
+    return [a if isinstance(a, dict) else {"name": str(a)} for a in axes]
+
+
+def _scale(ms: dict, dataset: dict, n: int) -> list[float] | None:
+    """The product of every scale on the way from the level-0 array to physical space
+    (the dataset's own, nested ``sequence`` ones, then the multiscales-wide ones)."""
+    found = [s for t in dataset.get("coordinateTransformations", []) + ms.get(
+        "coordinateTransformations", []) for s in _scales(t)]
+    vectors = [s for s in found if len(s) == n]
+    if not vectors:
+        return None
+    return [float(math.prod(v)) for v in zip(*vectors)]
+
+
+def _scales(t: Any) -> Iterable[list]:
+    if not isinstance(t, dict):
+        return
+    if t.get("type") == "scale" and isinstance(t.get("scale"), list):
+        yield t["scale"]
+    for inner in t.get("transformations", []) or []:     # 0.6 "sequence"
+        yield from _scales(inner)
+
+
+def _channel_names(image_attrs: dict) -> dict[int, str]:
+    channels = (_ome(image_attrs).get("omero") or {}).get("channels") or []
+    return {i: str(c["label"]) for i, c in enumerate(channels, 1)
+            if isinstance(c, dict) and c.get("label") not in (None, "")}
+
+
+def _add_planes(index: NgffIndex, info: ArrayInfo, f: Field, own: Any) -> None:
+    """Name every plane of one image: ours by the values we wrote, others by position."""
+    own = own if isinstance(own, dict) else {}
+    lead = info.axes[:-2]
+    values = tuple((a, tuple(own[a])) for a in lead if isinstance(own.get(a), list))
+    site, present = f.site, None
+    if _is_ours(own):          # its site, and which planes exist when not all do
+        site = int(own.get("site", f.site))
+        try:
+            present = decode_present(own, info.shape[:-2]) if own.get("present") else None
+        except ValueError as e:
+            raise ValueError(f"array {info.path!r}: unreadable present-planes record ({e})") \
+                from None
+    planes = {ParsedName(f.well, site, c, z, t).virtual_name(): PlaneRef(info.path, position)
+              for position, c, z, t in _plane_coordinates(lead, info.shape[:-2], values)
+              if present is None or present[position]}
+    clash = next((n for n in planes if n in index.files), None)
+    if clash:
+        raise ValueError(f"image {f.path!r}: plane {clash} is also in "
+                         f"{index.files[clash].array!r}")
+    index.arrays[info.path] = info
+    index.files.update(planes)
+
+
+@functools.lru_cache(maxsize=256)
+def _plane_coordinates(lead: tuple, shape: tuple, values: tuple) -> tuple:
+    """(position, channel, z, t) of every plane; every field of a plate usually shares one."""
+    known = dict(values)
+    out = []
+    for position in np.ndindex(*shape):
+        coords = {a: (known[a][i] if a in known else i + 1) for a, i in zip(lead, position)}
+        if any(not isinstance(v, int) or v < 1 for v in coords.values()):
+            continue              # a slot of ours never written
+        out.append((position, coords.get("c", 1), coords.get("z", 1), coords.get("t", 1)))
+    return tuple(out)
+
+
+def read_own_index(own: dict, where: str) -> tuple[dict[str, ArrayInfo], dict[str, PlaneRef]]:
+    """A vfsmount store's root index of every name (kept for stores written before the
+    names were derived from the NGFF structure)."""
+    arrays: dict[str, ArrayInfo] = {}
+    files: dict[str, PlaneRef] = {}
+    try:
+        for path, a in own["arrays"].items():
+            arrays[path] = ArrayInfo(path, tuple(a["shape"]), np.dtype(a["dtype"]),
+                                     tuple(a["chunks"]), tuple(a["axes"]), a.get("pixel_size"))
+        for name, (path, *pos) in own["files"].items():
+            info = arrays[path]
+            if len(pos) != len(info.shape) - 2 or any(
+                    not 0 <= i < n for i, n in zip(pos, info.shape)):
+                raise ValueError(f"{name}: index {pos} outside array {path} {info.shape}")
+            files[name] = PlaneRef(path, tuple(pos))
+    except (KeyError, TypeError, ValueError) as e:
+        raise MetadataError("inconsistent vfsmount index in zarr store attributes",
+                            backend="zarr", path=where, cause=e) from e
+    return arrays, files
 
 
 class NgffIndexMixin:
     """Fills ``self._arrays`` and ``self._files`` of a ZarrStorageBackend."""
 
     def _load_own_index(self, own: dict) -> None:
-        try:
-            for path, a in own["arrays"].items():
-                self._arrays[path] = ArrayInfo(path, tuple(a["shape"]), np.dtype(a["dtype"]),
-                                               tuple(a["chunks"]), tuple(a["axes"]),
-                                               a.get("pixel_size"))
-            for name, (path, *index) in own["files"].items():
-                info = self._arrays[path]
-                if len(index) != len(info.shape) - 2 or any(
-                        not 0 <= i < n for i, n in zip(index, info.shape)):
-                    raise ValueError(f"{name}: index {index} outside array {path} {info.shape}")
-                self._files[name] = PlaneRef(path, tuple(index))
-        except (KeyError, TypeError, ValueError) as e:
-            raise MetadataError("inconsistent vfsmount index in zarr store attributes",
-                                backend=self.name, path=self.root, cause=e) from e
+        arrays, files = read_own_index(own, str(self.root))
+        self._arrays.update(arrays)
+        self._files.update(files)
 
-    def _load_foreign_index(self, root: zarr.Group, attrs: dict) -> None:
-        plate = _ome(attrs).get("plate")
-        if not isinstance(plate, dict) or not isinstance(plate.get("wells"), list):
-            raise MetadataError("not an OME-Zarr HCS plate: root attributes have no 'plate' with 'wells'",
-                                backend=self.name, path=self.root)
-        for well in plate["wells"]:
-            well_path = str(well.get("path", "")) if isinstance(well, dict) else ""
-            parts = well_path.split("/")
-            if len(parts) != 2:
-                raise MetadataError(f"plate well path {well_path!r} is not 'row/column'",
-                                    backend=self.name, path=self.root)
-            well_name = normalize_well(parts[0] + parts[1].zfill(2))
-            try:
-                wg = root[well_path]
-            except KeyError:
-                raise MetadataError(f"plate lists well {well_path!r} but the store has no such group",
-                                    backend=self.name, path=self.root) from None
-            images = _ome(dict(wg.attrs)).get("well", {}).get("images", [])
-            for site, image in enumerate(images, 1):
-                image_path = f"{well_path}/{image['path']}"   # "path" may be an integer
-                self._index_foreign_image(root, image_path, well_name, site)
-        if not self._files:
-            raise MetadataError("OME-Zarr plate has no images", backend=self.name, path=self.root)
-
-    def _index_foreign_image(self, root: zarr.Group, image_path: str, well: str, site: int) -> None:
-        try:
-            ms = _ome(dict(root[image_path].attrs))["multiscales"][0]
-        except (KeyError, IndexError, TypeError):
-            raise MetadataError(f"image {image_path!r} has no multiscales metadata",
-                                backend=self.name, path=self.root) from None
-        axes = tuple((a["name"] if isinstance(a, dict) else a).lower() for a in ms.get("axes", []))
-        ds = ms["datasets"][0]
-        array_path = f"{image_path}/{ds['path']}"
-        try:
-            arr = root[array_path]
-        except KeyError:
-            raise MetadataError(f"dataset {array_path!r} listed in multiscales is missing",
-                                backend=self.name, path=self.root) from None
-        if not axes:
-            axes = AXES[-arr.ndim:]
-        if len(axes) != arr.ndim or axes[-2:] != ("y", "x"):
-            raise MetadataError(f"array {array_path!r}: axes {axes} do not match its shape {arr.shape}"
-                                " (need ... y, x last)", backend=self.name, path=self.root)
-        pixel = None
-        x_unit = (ms.get("axes") or [{}])[-1]
-        for t in ds.get("coordinateTransformations", []):   # a unitless x counts pixels
-            if t.get("type") == "scale" and (not isinstance(x_unit, dict) or x_unit.get("unit")):
-                pixel = float(t["scale"][-1])
-        info = ArrayInfo(array_path, tuple(arr.shape), np.dtype(arr.dtype), tuple(arr.chunks),
-                         axes, pixel)
-        self._arrays[array_path] = info
-        lead = axes[:-2]
-        record = dict(arr.attrs).get(INDEX_KEY)           # ours: the site, and holes if any
-        record = record if isinstance(record, dict) else {}
-        site = int(record.get("site", site))
-        try:
-            present = decode_present(record, arr.shape[:-2])
-        except ValueError as e:
-            raise MetadataError(f"array {array_path!r}: {e}", backend=self.name,
-                                path=self.root) from None
-        for index in zip(*np.nonzero(present)) if arr.ndim > 2 else [()]:
-            index = tuple(int(i) for i in index)
-            coords = dict(zip(lead, index))
-            name = ParsedName(well, site, coords.get("c", 0) + 1, coords.get("z", 0) + 1,
-                              coords.get("t", 0) + 1).virtual_name()
-            self._files[name] = PlaneRef(array_path, tuple(index))
+    def _load_foreign_index(self, root, attrs: dict) -> None:
+        index = read_plate(self._store, attrs, root.metadata.zarr_format, str(self.root))
+        self._arrays.update(index.arrays)
+        self._files.update(index.files)
+        self.problems = index.problems
+        self.channel_names = index.channel_names

@@ -1,22 +1,24 @@
 """A plate: its handler, its metadata, and a backend for each image set.
 
-A plate is a local directory, or an OME-Zarr store in object storage
-(``s3://bucket/plate.zarr``). A remote plate's openhcs_metadata.json is derived from
-the store's index and kept in the per-user cache (``Plate.path`` is that folder);
-``Plate.location`` is what the user named.
+A plate is a local directory (a vendor layout, or a folder holding an OME-Zarr plate), or
+an OME-Zarr plate store given directly: a local ``plate.ome.zarr`` or ``s3://bucket/plate.zarr``,
+both opened by :func:`open_store_plate`. A store's openhcs_metadata.json is derived from the
+store's NGFF structure and kept in the per-user cache (``Plate.path`` is that folder), so
+nothing is ever written into the store; ``Plate.location`` is what the user named.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .base import DataSink, get_backend_class
 from .disk import DiskStorageBackend
 from .errors import MetadataError, PlateFormatError
 from .handlers import PlateScan, detect_handler
+from .handlers.ome_zarr import is_zarr_store, store_entry
 from .metadata import (cache_root, image_set_entry, main_subdirectory, metadata_path,
                        primary_backend, read_metadata, update_metadata)
 from .remote import is_url
@@ -30,7 +32,8 @@ class Plate:
     metadata: dict
     metadata_file: Path
     scan: PlateScan | None = None       # set when this call (re)indexed the plate
-    url: str | None = None              # a remote plate's store URL
+    url: str | None = None              # a store given directly: its path or s3:// URL
+    opened: dict = field(default_factory=dict, repr=False)   # key -> backend opened already
 
     @property
     def location(self) -> str:
@@ -43,8 +46,8 @@ class Plate:
     @classmethod
     def open(cls, path: str | os.PathLike, *, rescan: bool = False) -> "Plate":
         """Open a plate, indexing it first if it has no metadata (or ``rescan``)."""
-        if is_url(path):
-            return open_remote_plate(os.fspath(path))
+        if is_url(path) or is_zarr_store(path):
+            return open_store_plate(path)
         plate = Path(path).absolute()
         if not plate.is_dir():
             raise PlateFormatError("plate is not a directory", path=plate)
@@ -84,6 +87,8 @@ class Plate:
         if kind == "virtual_workspace":
             cls = get_backend_class(kind)
             return cls(self.path, entry.get("workspace_mapping", {}))
+        if kind == "zarr" and key in self.opened:
+            return self.opened[key]
         if kind == "zarr":
             cls = get_backend_class(kind)
             where = entry.get("path")
@@ -98,31 +103,34 @@ class Plate:
         return self.entry().get("microscope_handler_name", "")
 
 
-def remote_plate_dir(url: str) -> Path:
-    """The local folder that holds a remote plate's metadata (and nothing else)."""
-    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return cache_root() / "remote" / f"{url.rstrip('/').rsplit('/', 1)[-1]}-{digest}"
+def store_plate_dir(location: str) -> Path:
+    """The local folder that holds a store plate's metadata (and nothing else)."""
+    digest = hashlib.sha256(location.encode()).hexdigest()[:16]
+    return cache_root() / ("remote" if is_url(location) else "stores") / f"{location.rstrip('/').rsplit('/', 1)[-1]}-{digest}"
 
 
-def open_remote_plate(url: str) -> Plate:
-    """A zarr store in object storage as a plate: checked now, so a wrong endpoint, credentials
-    or bucket is one clear error here rather than EIO on every read later."""
-    from .remote import check_access
+def open_store_plate(location: str | os.PathLike) -> Plate:
+    """An OME-Zarr plate store, local or in object storage, as a plate. A remote one is
+    checked first, so a wrong endpoint, credentials or bucket is one clear error here
+    rather than EIO on every read later."""
+    if is_url(location):
+        from .remote import check_access
+        location = os.fspath(location).rstrip("/")
+        check_access(location, must_exist=True)
+    else:
+        location = os.path.realpath(location)
     from .zarr_backend import ZarrStorageBackend
-    url = url.rstrip("/")
-    check_access(url, must_exist=True)
-    store = ZarrStorageBackend(url, mode="r")
-    names = store.list_files()
-    pixel = next((a.pixel_size for a in store.arrays().values() if a.pixel_size), None)
-    entry = image_set_entry(names, "zarr", path=url, pixel_size=pixel)
-    local = remote_plate_dir(url)
+    store = ZarrStorageBackend(location, mode="r")      # indexed once, served by the mount
+    local = store_plate_dir(location)
     local.mkdir(parents=True, exist_ok=True)
-    written = update_metadata(local, {"zarr": entry}, main="zarr")
-    return Plate(local, read_metadata(local), written, url=url)
+    written = update_metadata(local, {"zarr": store_entry(location, store)}, main="zarr")
+    return Plate(local, read_metadata(local), written, url=location, opened={"zarr": store})
 
 
 def index_plate(path: str | os.PathLike) -> Plate:
     """Detect the format, map every image, and write openhcs_metadata.json."""
+    if is_zarr_store(path):             # never write metadata into a store
+        return open_store_plate(path)
     plate = Path(path).absolute()
     previous = read_metadata(plate)
     try:

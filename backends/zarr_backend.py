@@ -7,10 +7,16 @@ dimensions, so fields are separate images (the reference design's single 5D
 WELL = one chunk per field image (every plane of that field of the well in one
 chunk), FILE = one chunk per (1, 1, 1, Y, X) plane.
 
-Every array carries ``attrs["vfsmount"]["files"]``: normalized file name ->
-[t, c, z]. The root carries the same index for the whole store, so opening a
-store of 100,000 planes reads one JSON document. Stores written by other tools
-have neither; their names are derived from the plate/well/field structure.
+One concern per module:
+
+- ``zarr_store``: opening a store, local or ``s3://`` (the one place a store is opened);
+- ``ngff_index``: reading the NGFF structure of any store, ours or another tool's, into
+  the plane index (names -> array + position), from metadata documents only;
+- ``zarr_read``: reading planes (decoded-plane cache, row ranges, read-ahead, batches);
+- ``zarr_writer``: writing planes, NGFF metadata and the root index.
+
+Every array we write carries ``attrs["vfsmount"]``: its t/c/z values and file names; the
+root may carry an index of every name (``attrs["vfsmount"]["files"]``), used when present.
 
 The root may be a local directory or an object-storage URL (``s3://bucket/plate.zarr``,
 see backends.remote). A store still being written remotely carries
@@ -31,6 +37,7 @@ from .base import Backend, StorageBackend
 from .cache import ArrayCache
 from .errors import MetadataError, StorageError
 from .ngff_index import AXES, INDEX_KEY, ArrayInfo, NgffIndexMixin, PlaneRef, _ome
+from .naming import natural_key, try_parse_virtual_name
 from .remote import S3Options, is_url
 from .zarr_config import ZarrConfig
 from .zarr_read import ZarrPlane, ZarrReadMixin
@@ -69,6 +76,8 @@ class ZarrStorageBackend(NgffIndexMixin, ZarrReadMixin, ZarrWriterMixin, Storage
         self._position: dict[str, int] = {}
         self._last_started: int | None = None
         self._prefetcher = None
+        self.problems: list[str] = []                     # malformed parts of a foreign plate
+        self.channel_names: dict[int, str] = {}           # from omero.channels[].label
         self._store = self._make_store(chunk_cache_bytes)
         if mode == "r" or (mode == "a" and self._store_exists()):
             self._load_index()
@@ -79,6 +88,7 @@ class ZarrStorageBackend(NgffIndexMixin, ZarrReadMixin, ZarrWriterMixin, Storage
 
     def _where(self, rel: str = "") -> str:
         return f"{self.root}/{rel}" if rel else str(self.root)
+
     def _make_store(self, chunk_cache_bytes: int | None):
         return open_store(self.root, remote=self.remote, read_only=self.mode == "r",
                           options=self.options, chunk_cache_bytes=chunk_cache_bytes)
@@ -107,7 +117,7 @@ class ZarrStorageBackend(NgffIndexMixin, ZarrReadMixin, ZarrWriterMixin, Storage
                                     "(convert again with --overwrite)", backend=self.name,
                                     path=self.root)
             return
-        if isinstance(own, dict) and "files" in own:    # format 1: a root index of every plane
+        if isinstance(own, dict) and "files" in own:      # a root index (older vfsmount stores)
             self._load_own_index(own)
         elif self.mode == "r" or "plate" in _ome(attrs):
             self._load_foreign_index(root, attrs)
@@ -120,7 +130,7 @@ class ZarrStorageBackend(NgffIndexMixin, ZarrReadMixin, ZarrWriterMixin, Storage
         if extensions is not None:
             exts = tuple(e.lower() for e in extensions)
             names = [n for n in names if n.lower().endswith(exts)]
-        return natsorted(names)
+        return natural_order(names)
 
     def list_dir(self, directory: str | os.PathLike = "") -> list[str]:
         return self.list_files(directory)
@@ -135,3 +145,13 @@ class ZarrStorageBackend(NgffIndexMixin, ZarrReadMixin, ZarrWriterMixin, Storage
 
     def arrays(self) -> dict[str, ArrayInfo]:
         return dict(self._arrays)
+
+
+def natural_order(names: Iterable[str]) -> list[str]:
+    """Plane names in natural order, by their coordinates: natsort's string keys cost
+    seconds on a 20,000-plane plate, parsed coordinates a tenth of that."""
+    names = list(names)
+    parsed = [try_parse_virtual_name(n) for n in names]
+    if None in parsed:
+        return natsorted(names)
+    return [n for _key, n in sorted(zip(map(natural_key, parsed), names))]

@@ -27,6 +27,7 @@ class ZarrPlane:
     shape: tuple[int, int]
     dtype: np.dtype
     pixel_size: float | None = None
+    z_spacing: float | None = None
 
     def read_rows(self, y0: int, y1: int) -> np.ndarray:
         return self.backend.read_rows(self.ref, self.name, y0, y1)
@@ -153,4 +154,5 @@ class ZarrReadMixin:
     def plane(self, path: str | os.PathLike) -> ZarrPlane:
         name, ref = self._ref(path)
         info = self._arrays[ref.array]
-        return ZarrPlane(self, name, ref, info.shape[-2:], info.dtype, info.pixel_size)
+        return ZarrPlane(self, name, ref, info.shape[-2:], info.dtype, info.pixel_size,
+                         info.z_spacing)

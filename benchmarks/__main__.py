@@ -20,6 +20,8 @@ BENCHMARKS = {
     "pipeline": "pipeline throughput vs the same functions in a plain loop",
     "remote": "S3 plate (SeaweedFS on loopback) mounted vs s3fs direct and vs local disk; "
               "Dask 2 workers vs 1 process",
+    "foreign_zarr": "a foreign OME-Zarr plate (384 wells x 9 fields): plane index and mount + ls "
+                    "vs zarr opening every field's array",
 }
 
 

@@ -383,3 +383,25 @@ def test_dask_local_cluster_from_the_command_line(copy_real_plate, tmp_path):
     res = run_cli("run", str(REPO / "examples" / "cells.py"), str(plate), "--dask", "local:2")
     assert "cells: 12 stacks, 12 images" in res.stdout, res.stdout
     assert len(list((plate / "outputs" / "cells").glob("*_measurements.csv"))) == 12
+
+
+# -- foreign OME-Zarr plates in object storage ---------------------------------------------------
+
+def test_foreign_plate_in_s3_reads_like_the_local_copy(s3, tmp_path):
+    """ngff-zarr's sharded 0.5 plate, uploaded as is: `info` and reads go through the same
+    store-plate path as the local copy, with the same names, bytes and physical metadata."""
+    pytest.importorskip("ngff_zarr")
+    from backends.remote import filesystem
+    from .test_foreign_zarr import PIXEL, write_ngff_zarr
+    written = write_ngff_zarr(tmp_path / "plate.ome.zarr", "0.5", sharded=True)
+    url = s3.url(_unique("foreign"))
+    fs, path = filesystem(url)
+    fs.put(str(written.store), path, recursive=True)
+    info = run_cli("info", url, "--json")
+    import json
+    entry = json.loads(info.stdout)["subdirectories"]["zarr"]
+    assert entry["images"] == len(written.planes) and entry["pixel_size_um"] == pytest.approx(PIXEL)
+    remote, local = Plate.open(url).backend(), Plate.open(written.store).backend()
+    assert remote.list_files() == local.list_files() == sorted(written.planes)
+    for name in list(written.planes)[::7]:
+        assert remote.load(name).tobytes() == local.load(name).tobytes()

@@ -295,3 +295,26 @@ def test_convert_opera_with_output_elsewhere(tmp_path):
     plate = Plate.open(root)
     assert plate.main == "zarr" and plate.entry()["path"] == str(out)
     assert_zarr_equals_source(plate)
+
+
+@pytest.mark.parametrize("root_key", ["kept without files", "removed"])
+def test_own_store_reads_without_the_root_index(tmp_path, root_key):
+    """Our stores are read by the NGFF-structure reader too: without the root `vfsmount.files`
+    index the names come from each array's t/c/z values (or, with no vfsmount key at all,
+    from positions), and equal the indexed ones."""
+    spec = PlateSpec(wells=("A01", "B03"), sites=2, channels=3, z=2, t=2, shape=(16, 24))
+    root = make_imagexpress_plate(tmp_path / "p", spec, thumbnails=False, projections=False)
+    store = convert_plate(root, config=ZarrConfig(ngff_version="0.5"), progress=False)
+    indexed = ZarrStorageBackend(store)
+    doc = json.loads((store / "zarr.json").read_text())
+    if root_key == "removed":
+        del doc["attributes"]["vfsmount"]
+    else:
+        doc["attributes"]["vfsmount"] = {"format": 2}
+    (store / "zarr.json").write_text(json.dumps(doc))
+    derived = ZarrStorageBackend(store)
+    assert derived.list_files() == indexed.list_files()
+    assert {n: derived._files[n] for n in derived.list_files()} == indexed._files
+    name = virtual_name(next(iter(spec.coordinates())))
+    assert np.array_equal(derived.load(name), indexed.load(name))
+    assert derived.arrays()["B/03/1/0"].pixel_size == indexed.arrays()["B/03/1/0"].pixel_size

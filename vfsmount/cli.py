@@ -30,7 +30,8 @@ def _cmd_info(args) -> int:
             "timepoints": e.get("timepoints", []), "pixel_size_um": e.get("pixel_size"),
             "grid_dimensions": e.get("grid_dimensions"),
             "z_spacing_um": e.get("z_spacing"), "time_interval_s": e.get("time_interval"),
-            "unknown": e.get("physics_unknown", {}),
+            "unknown": e.get("physics_unknown", {}), "unit": e.get("unit"),
+            "problems": e.get("problems", []),
             "available_backends": [k for k, v in e.get("available_backends", {}).items() if v],
             "main": e.get("main", False),
         }
@@ -57,7 +58,10 @@ def _cmd_info(args) -> int:
             f"unknown ({s['unknown'].get('z_spacing', 'not recorded')})"))
         print(f"  t:         {s['timepoints']}")
         print(f"  pixel:     {s['pixel_size_um']} um" + (f", grid {s['grid_dimensions']}"
-                                                          if s["grid_dimensions"] else ""))
+                                                          if s["grid_dimensions"] else "")
+              + (f" (stored in {s['unit']})" if s["unit"] else ""))
+        for problem in s["problems"]:
+            print(f"  problem:   {problem}")
     if report.get("unparsed_tiffs"):
         print(f"\n{len(report['unparsed_tiffs'])} TIFF names did not parse and are not mapped:")
         for rel in report["unparsed_tiffs"][:10]:

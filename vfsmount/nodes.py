@@ -262,7 +262,8 @@ class SynthesizedTiff(FileNode):
     def layout(self) -> TiffLayout:
         if self._layout is None:
             plane = self._plane = self._source.plane(self.name)
-            self._layout = layout_for(tuple(plane.shape), plane.dtype, plane.pixel_size)
+            self._layout = layout_for(tuple(plane.shape), plane.dtype, plane.pixel_size,
+                                      getattr(plane, "z_spacing", None))
         return self._layout
 
     @property
@@ -283,6 +284,7 @@ class SynthesizedTiff(FileNode):
 
 
 @functools.lru_cache(maxsize=256)
-def layout_for(shape: tuple[int, int], dtype, pixel_size: float | None) -> TiffLayout:
+def layout_for(shape: tuple[int, int], dtype, pixel_size: float | None,
+               z_spacing: float | None = None) -> TiffLayout:
     # Every plane of a store usually shares one layout; build its header once.
-    return TiffLayout.for_plane(shape, dtype, pixel_size)
+    return TiffLayout.for_plane(shape, dtype, pixel_size, z_spacing=z_spacing)

@@ -35,10 +35,12 @@ class UnsupportedPlaneError(ValueError):
     """The dtype or shape cannot be written as a plain grayscale TIFF."""
 
 
-def imagej_description(pixel_size: float | None) -> bytes:
+def imagej_description(pixel_size: float | None, z_spacing: float | None = None) -> bytes:
     lines = ["ImageJ=1.11a", "images=1"]
-    if pixel_size:
+    if pixel_size or z_spacing:
         lines.append("unit=micron")
+    if z_spacing:
+        lines.append(f"spacing={z_spacing!r}")        # ImageJ's voxel depth
     return ("\n".join(lines) + "\n").encode() + b"\0"
 
 
@@ -72,7 +74,7 @@ class TiffLayout:
 
     @classmethod
     def for_plane(cls, shape: tuple[int, int], dtype, pixel_size: float | None = None,
-                  *, force_bigtiff: bool = False) -> "TiffLayout":
+                  *, force_bigtiff: bool = False, z_spacing: float | None = None) -> "TiffLayout":
         dtype = np.dtype(dtype)
         if dtype == np.bool_:
             dtype = np.dtype(np.uint8)
@@ -84,7 +86,7 @@ class TiffLayout:
         rps = max(1, min(height, STRIP_TARGET_BYTES // row_bytes))
         data_bytes = height * row_bytes
         bigtiff = force_bigtiff or data_bytes + 65536 + 16 * (height // rps + 1) > CLASSIC_LIMIT
-        header = _build_header(height, width, dtype, pixel_size, rps, bigtiff)
+        header = _build_header(height, width, dtype, pixel_size, rps, bigtiff, z_spacing)
         return cls((height, width), dtype, pixel_size, header, rps, bigtiff)
 
     def read(self, offset: int, length: int, read_rows: Callable[[int, int], np.ndarray]) -> bytes:
@@ -116,10 +118,10 @@ def synthesize(plane: np.ndarray, pixel_size: float | None = None, **kw) -> byte
 
 
 def _build_header(height: int, width: int, dtype: np.dtype, pixel_size: float | None,
-                  rps: int, bigtiff: bool) -> bytes:
+                  rps: int, bigtiff: bool, z_spacing: float | None = None) -> bytes:
     n_strips = -(-height // rps)
     row_bytes = width * dtype.itemsize
-    description = imagej_description(pixel_size)
+    description = imagej_description(pixel_size, z_spacing)
     xres = _resolution(pixel_size)
     off_type, off_fmt, off_size = (_LONG8, "Q", 8) if bigtiff else (_LONG, "I", 4)
 

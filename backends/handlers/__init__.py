@@ -11,11 +11,13 @@ from pathlib import Path
 from ..errors import PlateFormatError
 from .base import ImageSet, MicroscopeHandler, PlateScan
 from .imagexpress import ImageXpressHandler
+from .ome_zarr import OmeZarrHandler
 from .openhcs import OpenHCSHandler
 from .opera_phenix import OperaPhenixHandler
 
 # Order matters: a normalized plate's names would also parse as ImageXpress.
-HANDLERS: tuple[type[MicroscopeHandler], ...] = (OperaPhenixHandler, OpenHCSHandler, ImageXpressHandler)
+HANDLERS: tuple[type[MicroscopeHandler], ...] = (OperaPhenixHandler, OpenHCSHandler, ImageXpressHandler,
+                                                 OmeZarrHandler)
 HANDLERS_BY_NAME = {h.name: h for h in HANDLERS}
 
 
@@ -36,4 +38,5 @@ def detect_handler(plate: str | os.PathLike) -> MicroscopeHandler:
 
 
 __all__ = ["HANDLERS", "HANDLERS_BY_NAME", "detect_handler", "MicroscopeHandler", "PlateScan",
-           "ImageSet", "ImageXpressHandler", "OperaPhenixHandler", "OpenHCSHandler"]
+           "ImageSet", "ImageXpressHandler", "OperaPhenixHandler", "OpenHCSHandler",
+           "OmeZarrHandler"]
