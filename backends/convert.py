@@ -28,6 +28,7 @@ from .naming import parse_virtual_name
 from .plate import Plate
 from .remote import is_url
 from .zarr_config import ZarrChunkStrategy, ZarrConfig
+from .zarr_ngff import physics_of, write_pyramids
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def _copy_fields(plate: Plate, source, names: list[str], store, config: ZarrConf
         p = parse_virtual_name(name)
         fields.setdefault((p.well, p.site), []).append(name)
     bar = _progress(len(names), f"convert {plate.path.name}", progress)
+    store.physics = physics_of(plate.entry(source_subdirectory(plate)))   # scale, channels
     try:
         for (_well, _site), field_names in sorted(fields.items(), key=lambda kv: (
                 natsorted([kv[0][0]])[0], kv[0][1])):
@@ -100,8 +102,8 @@ def _copy_fields(plate: Plate, source, names: list[str], store, config: ZarrConf
                 chunk = field_names[i:i + batch]
                 store.save_batch(source.load_batch(chunk), chunk, flush=False)
                 bar.update(len(chunk))
-        store.flush(plate_name=plate.path.name, pixel_size=plate.entry(
-            source_subdirectory(plate)).get("pixel_size"))
+        write_pyramids(store)
+        store.flush(plate_name=plate.path.name)
     finally:
         bar.close()
 

@@ -13,7 +13,12 @@ Layout (all paths plate-relative, POSIX separators)::
           "main": true,
           "grid_dimensions": [cols, rows] | null, "pixel_size": um | null,
           "channels": {"1": "DAPI" | null, ...},
-          "wells": [...], "sites": [...], "z_indexes": [...], "timepoints": [...]}}}
+          "wells": [...], "sites": [...], "z_indexes": [...], "timepoints": [...],
+          "z_spacing": um | null, "time_interval": s | null,   # from the instrument, never guessed
+          "channel_names": {"1": "DAPI" | null, ...},
+          "channel_info": {"1": {"name", "emission_wavelength", "excitation_wavelength",
+                                 "color", "window": [start, end]}, ...},
+          "physics_unknown": {"z_spacing": "why it is not known", ...}}}}
 
 Subdirectory keys: ``workspace`` (a vendor plate seen through its mapping),
 ``projection`` (vendor maximum projections kept apart from z-planes), ``zarr``
@@ -125,14 +130,16 @@ def validate(doc: Any, source: str | Path = METADATA_FILENAME) -> dict:
         backends = entry.get("available_backends", {})
         if not isinstance(backends, dict) or not all(isinstance(v, bool) for v in backends.values()):
             raise bad(f"{where}.available_backends must map backend names to true/false")
-        ps = entry.get("pixel_size")
-        if ps is not None and not isinstance(ps, (int, float)):
-            raise bad(f"{where}.pixel_size must be a number or null")
+        for number in ("pixel_size", "z_spacing", "time_interval"):
+            value = entry.get(number)
+            if value is not None and not isinstance(value, (int, float)):
+                raise bad(f"{where}.{number} must be a number or null")
         grid = entry.get("grid_dimensions")
         if grid is not None and not (isinstance(grid, list) and all(isinstance(g, int) for g in grid)):
             raise bad(f"{where}.grid_dimensions must be a list of integers or null")
-        if not isinstance(entry.get("channels", {}), dict):
-            raise bad(f"{where}.channels must be an object")
+        for mapping_field in ("channels", "channel_names", "channel_info", "physics_unknown"):
+            if not isinstance(entry.get(mapping_field, {}), dict):
+                raise bad(f"{where}.{mapping_field} must be an object")
     if len(mains) > 1:
         raise bad(f"more than one subdirectory is marked main: {mains}")
     return doc

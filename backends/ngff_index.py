@@ -35,6 +35,7 @@ import numpy as np
 
 from .errors import MetadataError
 from .naming import ParsedName, normalize_well
+from .zarr_ngff import decode_present
 
 log = logging.getLogger(__name__)
 
@@ -352,8 +353,17 @@ def _array_info(f: Field, node: Node) -> ArrayInfo:
     unit = units.get("x")
     factor = _MICRONS.get(str(unit).lower(), 1.0) if unit else 1.0   # no unit: microns
     z_spacing = scale[axes.index("z")] * factor if "z" in axes and scale else None
-    return ArrayInfo(path, tuple(node.shape), dtype, tuple(node.chunks), axes,
-                     scale[-1] * factor if scale else None, z_spacing, unit)
+    pixel = scale[-1] * factor if scale else None
+    if _is_ours(node.attrs.get(INDEX_KEY)):    # ours leave the unit out of what is not known
+        pixel = pixel if unit else None
+        z_spacing = z_spacing if units.get("z") else None
+    return ArrayInfo(path, tuple(node.shape), dtype, tuple(node.chunks), axes, pixel,
+                     z_spacing, unit)
+
+
+def _is_ours(own: Any) -> bool:
+    """An array record of vfsmount's index-free format (see zarr_ngff.PLANES_FORMAT)."""
+    return isinstance(own, dict) and isinstance(own.get("format"), int) and own["format"] >= 2
 
 
 def _axes(ms: dict) -> list[dict]:
@@ -401,8 +411,17 @@ def _add_planes(index: NgffIndex, info: ArrayInfo, f: Field, own: Any) -> None:
     own = own if isinstance(own, dict) else {}
     lead = info.axes[:-2]
     values = tuple((a, tuple(own[a])) for a in lead if isinstance(own.get(a), list))
-    planes = {ParsedName(f.well, f.site, c, z, t).virtual_name(): PlaneRef(info.path, position)
-              for position, c, z, t in _plane_coordinates(lead, info.shape[:-2], values)}
+    site, present = f.site, None
+    if _is_ours(own):          # its site, and which planes exist when not all do
+        site = int(own.get("site", f.site))
+        try:
+            present = decode_present(own, info.shape[:-2]) if own.get("present") else None
+        except ValueError as e:
+            raise ValueError(f"array {info.path!r}: unreadable present-planes record ({e})") \
+                from None
+    planes = {ParsedName(f.well, site, c, z, t).virtual_name(): PlaneRef(info.path, position)
+              for position, c, z, t in _plane_coordinates(lead, info.shape[:-2], values)
+              if present is None or present[position]}
     clash = next((n for n in planes if n in index.files), None)
     if clash:
         raise ValueError(f"image {f.path!r}: plane {clash} is also in "

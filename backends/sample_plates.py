@@ -64,13 +64,29 @@ def synthetic_image(p: ParsedName, shape=(128, 160), dtype="uint16") -> np.ndarr
 def _imwrite(path: Path, data: np.ndarray, description: str | None = None) -> None:
     import tifffile
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, data, photometric="minisblack", description=description)
+    tifffile.imwrite(path, data, photometric="minisblack", description=description,
+                     software="MetaSeries" if description else None, metadata=None)
+
+
+def metaseries_description(p: ParsedName, pixel_size: float, z_step: float) -> str:
+    """A MetaSeries description as MetaXpress writes it (what tifffile's parser reads)."""
+    props = [("spatial-calibration-state", "bool", "on"),
+             ("spatial-calibration-x", "float", pixel_size),
+             ("spatial-calibration-y", "float", pixel_size),
+             ("spatial-calibration-units", "string", "um"),
+             ("z-position", "float", round(1000.0 + (p.z - 1) * z_step, 3)),
+             ("acquisition-time-local", "time", f"20240101 10:{p.t:02d}:00.000"),
+             ("_IllumSetting_", "string", f"Wave{p.channel}"),
+             ("wavelength", "float", 450 + 50 * p.channel),
+             ("scale-min", "int", 10), ("scale-max", "int", 3000)]
+    body = "".join(f'<prop id="{i}" type="{t}" value="{v}"/>' for i, t, v in props)
+    return f"<MetaData><PlaneInfo>{body}</PlaneInfo></MetaData>"
 
 
 def make_imagexpress_plate(root: str | os.PathLike, spec: PlateSpec = PlateSpec(), *,
                            plate_name: str = "SynthPlate", nested: bool = True,
                            thumbnails: bool = True, projections: bool = True,
-                           guid: bool = True, pixel_size: float = 0.65,
+                           guid: bool = True, pixel_size: float = 0.65, z_step: float = 2.5,
                            write_pixels: bool = True) -> Path:
     """An ImageXpress export: TimePoint_N/ZStep_M/ folders (when nested), GUID suffixes,
     _thumb files and top-level maximum projections beside the ZStep folders."""
@@ -78,8 +94,6 @@ def make_imagexpress_plate(root: str | os.PathLike, spec: PlateSpec = PlateSpec(
         raise ValueError("ImageXpress keeps z and t in ZStep_/TimePoint_ folders: use nested=True")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    desc = (f'<MetaData><prop id="spatial-calibration-x" type="float" value="{pixel_size}"/>'
-            f'</MetaData>')
     stacks: dict[tuple, list[np.ndarray]] = {}
     for p in spec.coordinates():
         folder = root
@@ -93,6 +107,7 @@ def make_imagexpress_plate(root: str | os.PathLike, spec: PlateSpec = PlateSpec(
         stem = f"{plate_name}_{p.well}_s{p.site}_w{p.channel}"
         img = synthetic_image(p, spec.shape, spec.dtype) if write_pixels else np.zeros(
             spec.shape, spec.dtype)
+        desc = metaseries_description(p, pixel_size, z_step)
         _imwrite(folder / f"{stem}{suffix}.tif", img, desc)
         if thumbnails:
             _imwrite(folder / f"{stem}_thumb{suffix}.tif", img[::4, ::4], desc)
@@ -100,12 +115,14 @@ def make_imagexpress_plate(root: str | os.PathLike, spec: PlateSpec = PlateSpec(
             stacks.setdefault((p.well, p.site, p.channel, p.t), []).append(img)
     for (well, site, channel, t), planes in stacks.items():
         folder = root / f"TimePoint_{t}" if spec.t > 1 else root
-        _imwrite(folder / f"{plate_name}_{well}_s{site}_w{channel}.tif", np.max(planes, axis=0), desc)
+        _imwrite(folder / f"{plate_name}_{well}_s{site}_w{channel}.tif", np.max(planes, axis=0),
+                 metaseries_description(ParsedName(well, site, channel, 1, t), pixel_size, z_step))
     return root
 
 
 def make_opera_plate(root: str | os.PathLike, spec: PlateSpec = PlateSpec(), *,
-                     pixel_size_m: float = 5.98e-07, images_dir: bool = True) -> Path:
+                     pixel_size_m: float = 5.98e-07, z_step_m: float = 2e-06,
+                     images_dir: bool = True) -> Path:
     """A Harmony export: Images/ with Index.idx.xml and rXXcXXfXXpXX-chXskXfk1fl1.tiff files."""
     root = Path(root)
     images = root / "Images" if images_dir else root
@@ -123,7 +140,10 @@ def make_opera_plate(root: str | os.PathLike, spec: PlateSpec = PlateSpec(), *,
             f"<ChannelID>{p.channel}</ChannelID><ChannelName>Channel {p.channel}</ChannelName>"
             f"<ImageResolutionX Unit=\"m\">{pixel_size_m}</ImageResolutionX>"
             f"<PositionX Unit=\"m\">{(p.site - 1) % 2 * 1e-4}</PositionX>"
-            f"<PositionY Unit=\"m\">{(p.site - 1) // 2 * 1e-4}</PositionY></Image>")
+            f"<PositionY Unit=\"m\">{(p.site - 1) // 2 * 1e-4}</PositionY>"
+            f"<PositionZ Unit=\"m\">{(p.z - 1) * z_step_m:.3e}</PositionZ>"
+            f"<MainEmissionWavelength Unit=\"nm\">{400 + 60 * p.channel}</MainEmissionWavelength>"
+            "</Image>")
     xml = ('<?xml version="1.0" encoding="utf-8"?>\n<EvaluationInputData Version="1" '
            'xmlns="http://www.perkinelmer.com/PEHH/HarmonyV5"><Images>'
            + "".join(entries) + "</Images></EvaluationInputData>")

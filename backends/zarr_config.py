@@ -27,12 +27,15 @@ class ZarrConfig:
     compressor: ZarrCompressor = ZarrCompressor.ZSTD
     compression_level: int = 1
     ngff_version: str = "0.4"   # 0.4 = zarr format 2 (what Java readers open); 0.5 = zarr format 3
+    pyramid_levels: int | None = None   # levels below level 0; None: halve until it fits 1024 px
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "chunk_strategy", ZarrChunkStrategy(self.chunk_strategy))
         object.__setattr__(self, "compressor", ZarrCompressor(self.compressor))
         if self.ngff_version not in ("0.4", "0.5"):
             raise ValueError(f"ngff_version must be '0.4' or '0.5', got {self.ngff_version!r}")
+        if self.pyramid_levels is not None and not 0 <= int(self.pyramid_levels) <= 16:
+            raise ValueError(f"pyramid_levels must be 0..16, got {self.pyramid_levels}")
         if not 0 <= int(self.compression_level) <= 9:
             raise ValueError(f"compression_level must be 0..9, got {self.compression_level}")
 

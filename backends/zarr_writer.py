@@ -14,7 +14,9 @@ from .zarr_config import ZarrChunkStrategy
 
 
 class ZarrWriterMixin:
-    """The write side of ZarrStorageBackend (moved verbatim from zarr_backend.py)."""
+    """The write side of ZarrStorageBackend."""
+
+    physics: dict | None = None     # the source's physics (zarr_ngff.physics_of), set by the creator
 
     def _writable(self, path) -> None:
         if self.mode == "r":
@@ -42,13 +44,15 @@ class ZarrWriterMixin:
                 raise StorageError(f"a plane must be 2D, got shape {arr.shape}", backend=self.name,
                                    path=name)
             fields.setdefault((parsed.well, parsed.site), []).append((parsed, name, arr))
-        with self._lock:
+        with self._lock, compact_json():
             for (well, site), planes in fields.items():
                 self._write_field(well, site, planes)
             if flush:
                 self.flush()
 
     def _write_field(self, well: str, site: int, planes: list) -> None:
+        """Planes of one field into its array, at (t-1, channel-1, z-1): names are derived
+        from positions, so the store needs no per-plane index (see zarr_ngff.PLANES_FORMAT)."""
         row, col = split_well(well)
         array_path = f"{row}/{col:02d}/{site - 1}/0"
         first = planes[0][2]
@@ -56,90 +60,111 @@ class ZarrWriterMixin:
             if arr.shape != first.shape or arr.dtype != first.dtype:
                 raise StorageError(f"plane {arr.shape} {arr.dtype} differs from the field's "
                                    f"{first.shape} {first.dtype}", backend=self.name, path=name)
+        need = tuple(max(getattr(p, axis) for p, _n, _a in planes) for axis in ("t", "channel", "z"))
         info = self._arrays.get(array_path)
-        existing = {n: r for n, r in self._files.items() if r.array == array_path}
-        axes_values = _axis_values(existing, info) if info else ([], [], [])
-        for p, _name, _arr in planes:
-            for axis, value in zip(axes_values, (p.t, p.channel, p.z)):
-                if value not in axis:
-                    axis.append(value)
         if info is None:
-            axes_values = tuple(sorted(v) for v in axes_values)
-        shape = tuple(len(v) for v in axes_values) + first.shape
-        root = self._root_group()
-        if info is None:
-            chunks = (shape if self.config.chunk_strategy is ZarrChunkStrategy.WELL
-                      else (1, 1, 1) + first.shape)
-            try:
-                group = root.require_group(row).require_group(f"{col:02d}").require_group(str(site - 1))
-                self._open[array_path] = group.create_array(
-                    "0", shape=shape, chunks=chunks, dtype=first.dtype, fill_value=0,
-                    compressors=self.config.compressors(),
-                    chunk_key_encoding=({"name": "v2", "separator": "/"}
-                                        if self.config.zarr_format == 2 else None),
-                    overwrite=True)
-            except Exception as e:
-                raise StorageError("cannot create zarr array", backend=self.name,
-                                   path=self._where(array_path), cause=e) from e
-            info = ArrayInfo(array_path, shape, first.dtype, chunks, AXES)
-            self._arrays[array_path] = info
-        else:
-            if info.shape[-2:] != first.shape or info.dtype != first.dtype:
-                raise StorageError(f"planes {first.shape} {first.dtype} do not match the existing "
-                                   f"field array {info.shape[-2:]} {info.dtype}", backend=self.name,
-                                   path=self._where(array_path))
-            if shape != info.shape:
-                self._array(array_path).resize(shape)
-                info.shape = shape
+            info = self._create_field_array(array_path, need + first.shape, first.dtype)
+        elif info.shape[-2:] != first.shape or info.dtype != first.dtype:
+            raise StorageError(f"planes {first.shape} {first.dtype} do not match the existing "
+                               f"field array {info.shape[-2:]} {info.dtype}", backend=self.name,
+                               path=self._where(array_path))
+        shape = tuple(max(a, b) for a, b in zip(info.shape[:3], need)) + first.shape
+        if shape != info.shape:
+            self._array(array_path).resize(shape)
+            info.shape = shape
+            self._described.discard(array_path)       # its channels (omero) changed
+        mask = self._present_mask(array_path, shape[:3])
+        index_of = {name: (p.t - 1, p.channel - 1, p.z - 1) for p, name, _a in planes}
+        self._store_planes(array_path, planes, index_of, mask.any())
+        for name, idx in index_of.items():
+            self._files[name] = PlaneRef(array_path, idx)
+            mask[idx] = True
+        self._written.add(array_path)
+        self._array(array_path).attrs[INDEX_KEY] = _planes_record(site, mask)
+
+    def _create_field_array(self, array_path: str, shape: tuple, dtype) -> ArrayInfo:
+        from .zarr_ngff import AXIS_NAMES
+        row, col, field, level = array_path.split("/")
+        chunks = (shape if self.config.chunk_strategy is ZarrChunkStrategy.WELL
+                  else (1, 1, 1) + shape[-2:])
+        v3 = self.config.zarr_format == 3
+        try:
+            group = self._root_group().require_group(row).require_group(col).require_group(field)
+            self._open[array_path] = group.create_array(
+                level, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                compressors=self.config.compressors(), overwrite=True,
+                chunk_key_encoding=None if v3 else {"name": "v2", "separator": "/"},
+                **({"dimension_names": list(AXIS_NAMES)} if v3 else {}))
+        except Exception as e:
+            raise StorageError("cannot create zarr array", backend=self.name,
+                               path=self._where(array_path), cause=e) from e
+        info = self._arrays[array_path] = ArrayInfo(array_path, shape, np.dtype(dtype), chunks, AXES)
+        return info
+
+    def _store_planes(self, array_path: str, planes: list, index_of: dict, existing: bool) -> None:
         arr = self._array(array_path)
-        t_vals, c_vals, z_vals = axes_values
-        index_of = {}
-        for p, name, data in planes:
-            idx = (t_vals.index(p.t), c_vals.index(p.channel), z_vals.index(p.z))
-            index_of[name] = idx
-        if tuple(info.chunks) == tuple(shape):
+        info = self._arrays[array_path]
+        if tuple(info.chunks) == tuple(info.shape):
             # The field is one chunk: assemble it and write it once, rather than
             # re-encoding the whole chunk for every plane.
-            whole = arr[...] if existing else np.zeros(shape, dtype=first.dtype)
+            whole = arr[...] if existing else np.zeros(info.shape, dtype=info.dtype)
             for _p, name, data in planes:
                 whole[index_of[name]] = data
             arr[...] = whole
         else:
             for _p, name, data in planes:
                 arr[index_of[name]] = data
-        for name, idx in index_of.items():
-            self._files[name] = PlaneRef(array_path, idx)
-        self._written.add(array_path)
-        arr.attrs[INDEX_KEY] = {"files": {n: list(r.index) for n, r in self._files.items()
-                                          if r.array == array_path},
-                                "t": t_vals, "c": c_vals, "z": z_vals}
+
+    def _present_mask(self, array_path: str, lead_shape: tuple) -> np.ndarray:
+        """Which planes of a field exist (kept in memory; grown with the array)."""
+        masks = self.__dict__.setdefault("_present_masks", {})
+        mask = masks.get(array_path)
+        if mask is None:
+            mask = np.zeros(lead_shape, dtype=bool)
+            for ref in self._files.values():
+                if ref.array == array_path:
+                    mask[ref.index] = True
+        elif mask.shape != lead_shape:
+            grown = np.zeros(lead_shape, dtype=bool)
+            grown[tuple(slice(0, n) for n in mask.shape)] = mask
+            mask = grown
+        masks[array_path] = mask
+        return mask
 
     def flush(self, *, plate_name: str | None = None, pixel_size: float | None = None) -> None:
-        """Write OME-Zarr plate/well/image metadata and the root index for what is stored.
+        """Write OME-Zarr plate/well/image metadata (with ``self.physics``: scale, channels) and
+        the root's format marker for what is stored.
 
-        Incremental: image metadata is written once per new field and plate metadata when
-        the set of fields changes, so saving planes one by one stays cheap.
+        Incremental: image metadata is written once per new (or grown) field and plate metadata
+        when the set of fields changes, so saving planes one by one stays cheap.
         """
-        from .zarr_ngff import write_image_metadata, write_plate_metadata
-        with self._lock:
+        from .zarr_ngff import PLANES_FORMAT, write_image_metadata, write_plate_metadata
+        with self._lock, compact_json():
             root = self._root_group()
+            physics = {k: v for k, v in (self.physics or {}).items() if v is not None}
             if pixel_size is not None:
-                for info in self._arrays.values():
-                    info.pixel_size = pixel_size
-                self._described.clear()
+                physics["pixel_size"] = pixel_size
+            if physics.get("pixel_size") is not None:
+                for path, info in self._arrays.items():
+                    if info.pixel_size != physics["pixel_size"]:
+                        info.pixel_size = physics["pixel_size"]
+                        self._described.discard(path)
+            omero = None           # display windows measured once per flush, not per field
             for path, info in self._arrays.items():
                 if path not in self._described:
-                    write_image_metadata(root, path, info, self.config)
+                    omero = write_image_metadata(root, path, info, self.config, physics or None,
+                                                 omero=omero)
                     self._described.add(path)
             fields = frozenset(self._arrays)
             if fields != self._plate_described:
                 write_plate_metadata(root, self._arrays, self.config,
                                      name=plate_name or self.store_name)
                 self._plate_described = fields
-            self._root_group().attrs[INDEX_KEY] = self.index_document()
+            root.attrs[INDEX_KEY] = {"format": PLANES_FORMAT}
 
     def index_document(self, arrays: Iterable[str] | None = None) -> dict:
-        """The root index (or the part of it for ``arrays``): what :meth:`adopt` takes."""
+        """What :meth:`adopt` takes: the arrays and planes a Dask worker wrote (in memory only;
+        the store itself names its planes from its NGFF structure)."""
         keep = set(self._arrays) if arrays is None else set(arrays)
         return {
             "format": 1,
@@ -162,6 +187,7 @@ class ZarrWriterMixin:
             for path in paths:
                 self._open.pop(path, None)
                 self._described.discard(path)
+                self.__dict__.get("_present_masks", {}).pop(path, None)
             self.cache.clear()
             self._load_own_index(index)
 
@@ -177,9 +203,11 @@ class ZarrWriterMixin:
         name, ref = self._ref(path)
         with self._lock:
             del self._files[name]
-            arr = self._array(ref.array)
-            files = {n: list(r.index) for n, r in self._files.items() if r.array == ref.array}
-            arr.attrs[INDEX_KEY] = {**dict(arr.attrs).get(INDEX_KEY, {}), "files": files}
+            info = self._arrays[ref.array]
+            mask = self._present_mask(ref.array, info.shape[:3])
+            mask[ref.index] = False
+            site = int(ref.array.split("/")[2]) + 1
+            self._array(ref.array).attrs[INDEX_KEY] = _planes_record(site, mask)
             self.flush()
 
     def ensure_directory(self, path) -> None:
@@ -197,17 +225,18 @@ class ZarrWriterMixin:
                             path=src)
 
 
-def _axis_values(existing: dict[str, PlaneRef], info: ArrayInfo) -> tuple[list, list, list]:
-    """Recover the (t, c, z) values each index position stands for from an array's file names."""
-    n_t, n_c, n_z = info.shape[:3]
-    t_vals: list = [None] * n_t
-    c_vals: list = [None] * n_c
-    z_vals: list = [None] * n_z
-    for name, ref in existing.items():
-        p = parse_virtual_name(name)
-        t_vals[ref.index[0]], c_vals[ref.index[1]], z_vals[ref.index[2]] = p.t, p.channel, p.z
-    for vals in (t_vals, c_vals, z_vals):  # unused slots (never written) get placeholder values
-        for i, v in enumerate(vals):
-            if v is None:
-                vals[i] = -(i + 1)
-    return t_vals, c_vals, z_vals
+def compact_json():
+    """Metadata documents without indentation: every reader of a big plate parses them all, and
+    zarr's default indent makes them ~40 % larger."""
+    import zarr
+    return zarr.config.set({"json_indent": None})
+
+
+def _planes_record(site: int, mask: np.ndarray) -> dict:
+    """An array's own record: its site, and which planes exist when not all do."""
+    from .zarr_ngff import PLANES_FORMAT, encode_present
+    record = {"format": PLANES_FORMAT, "site": site}
+    present = encode_present(mask)
+    if present is not None:
+        record["present"] = present
+    return record

@@ -15,6 +15,8 @@ BENCHMARKS = {
     "mount_ls": "ls -l of 100k images of a nested plate vs 100k real files, default options and --xattrs",
     "mount_scale": "mount ready time and daemon RSS for 300k and a simulated 1M images",
     "zarr": "conversion vs cp -r, store size per compressor, WELL vs FILE reads, peak memory",
+    "ngff_out": "convert with the default pyramid vs --levels 0; metadata bytes read to list one "
+                "well of a 1,000,000-plane store vs the old per-plane root index",
     "memory": "memory-type conversions of a (16, 2048, 2048) stack vs np.copy",
     "gpu": "GPU conversions (cupy/torch/jax) vs a device-to-device copy; a pipeline on GPU vs CPU",
     "pipeline": "pipeline throughput vs the same functions in a plain loop",

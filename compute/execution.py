@@ -16,7 +16,6 @@ import numpy as np
 from .conversion import to_numpy_view
 from .flow import StepFailure, run_steps, synthetic_planes
 from .grouping import Group
-from .materialization import materialize
 from .memory_types import MemoryType, detect_memory_type
 from .stack_utils import unstack_slices
 from .steps import FunctionStep, Pipeline
@@ -64,8 +63,8 @@ class _Writer:
         specs = step.special_outputs()
         for name, value in produced.items():
             if specs.get(name) is not None:
-                self.result.files += materialize(value, specs[name], self.group.stem,
-                                                 self.sink.write_file)
+                self.result.files += self.sink.materialize(value, specs[name], self.group,
+                                                           self.zarr_store, name)
 
     def images(self, data: Any, backend: str, suffix: str | None) -> list[str]:
         planes = unstack_slices(data, "numpy")

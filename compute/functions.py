@@ -45,7 +45,14 @@ def max_projection(stack: np.ndarray) -> np.ndarray:
     return stack.max(axis=0, keepdims=True)
 
 
-@special_outputs(("measurements", MaterializationSpec(CsvOptions(filename_suffix="_measurements.csv"))),
+# pixel columns of the measurement table and their micrometre twins (added when the plate's
+# pixel size is known)
+MEASUREMENT_UNITS = (("area", "area_um2", 2), ("centroid_y", "centroid_y_um", 1),
+                     ("centroid_x", "centroid_x_um", 1))
+
+
+@special_outputs(("measurements", MaterializationSpec(CsvOptions(
+                    filename_suffix="_measurements.csv", physical=MEASUREMENT_UNITS))),
                  ("rois", MaterializationSpec(ROIOptions())))
 @special_inputs("source")
 @numpy_function

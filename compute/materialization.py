@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -30,8 +30,13 @@ class WriterOptions:
 
 @dataclass(frozen=True)
 class CsvOptions(WriterOptions):
+    """``physical``: (pixel column, micrometre column, power) -- each such column gets a
+    micrometre twin beside it when the plate's pixel size is known (power 2 for areas)."""
+
     filename_suffix: str = ".csv"
     fields: Sequence[str] | None = None      # column subset and order; None: every field
+    physical: tuple[tuple[str, str, int], ...] = ()
+    pixel_size: float | None = None          # um; filled in from the plate when written
 
 
 @dataclass(frozen=True)
@@ -133,16 +138,45 @@ def _tiff_stack(value: Any) -> bytes:
     import tifffile
     from .conversion import to_numpy_view
     from .memory_types import detect_memory_type
-    arr = to_numpy_view(value, detect_memory_type(value))
+    return calibrated_tiff(to_numpy_view(value, detect_memory_type(value)))
+
+
+def calibrated_tiff(arr: np.ndarray, pixel_size: float | None = None) -> bytes:
+    """A TIFF ImageJ opens (an ImageJ hyperstack where the dtype allows) with the pixel size
+    in microns, when it is known."""
+    import tifffile
+    imagej = arr.dtype in (np.uint8, np.uint16, np.float32)
+    calibration: dict = {}
+    if pixel_size and imagej:       # ImageJ's own unit field: pixels per micron
+        calibration = {"resolution": (1 / pixel_size, 1 / pixel_size), "metadata": {"unit": "um"}}
+    elif pixel_size:                # plain TIFF: pixels per centimetre
+        calibration = {"resolution": (1e4 / pixel_size, 1e4 / pixel_size),
+                       "resolutionunit": "CENTIMETER"}
     buf = io.BytesIO()
-    tifffile.imwrite(buf, arr, imagej=arr.dtype in (np.uint8, np.uint16, np.float32),
-                     photometric="minisblack")
+    tifffile.imwrite(buf, arr, imagej=imagej, photometric="minisblack", **calibration)
     return buf.getvalue()
+
+
+def _in_micrometers(rows: list[dict], options: CsvOptions) -> list[dict]:
+    """Each physical column followed by its micrometre twin (rows unchanged without a pixel size)."""
+    if not options.pixel_size or not options.physical:
+        return rows
+    twins = {px: (um, power) for px, um, power in options.physical}
+    out = []
+    for r in rows:
+        row = {}
+        for k, v in r.items():
+            row[k] = v
+            if k in twins and isinstance(v, (int, float)):
+                um, power = twins[k]
+                row[um] = round(v * options.pixel_size ** power, 6)
+        out.append(row)
+    return out
 
 
 def _csv(value: Any, options: CsvOptions) -> str:
     import csv
-    rows = _rows(_select(value, options.source), options.fields)
+    rows = _in_micrometers(_rows(_select(value, options.source), options.fields), options)
     out = io.StringIO()
     if rows:
         w = csv.DictWriter(out, fieldnames=list(dict.fromkeys(k for r in rows for k in r)),
@@ -173,12 +207,14 @@ WRITERS: dict[type, Callable[[Any, Any], bytes]] = {
 OPTION_TYPES = tuple(WRITERS)   # the writer is chosen by the options' type
 
 
-def materialize(value: Any, spec: MaterializationSpec, stem: str, write: Callable[[str, bytes], None]
-                ) -> list[str]:
+def materialize(value: Any, spec: MaterializationSpec, stem: str, write: Callable[[str, bytes], None],
+                *, pixel_size: float | None = None) -> list[str]:
     """Encode ``value`` once per option and hand (file name, bytes) to ``write``; return names,
-    the primary one first."""
+    the primary one first. ``pixel_size`` (um) adds micrometre columns to CSV tables."""
     names = []
     for options in spec.options:
+        if isinstance(options, CsvOptions) and pixel_size and not options.pixel_size:
+            options = replace(options, pixel_size=pixel_size)
         name = stem + options.filename_suffix
         write(name, WRITERS[type(options)](value, options))
         names.append(name)

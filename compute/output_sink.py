@@ -10,13 +10,14 @@ plate/well metadata) are written once, by whoever calls :meth:`OutputSink.finish
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from backends.remote import is_url
+from backends.zarr_ngff import output_physics   # what outputs inherit from their source
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,13 @@ class OutputSink:
     root: str                       # the outputs/ folder: a local path or a URL
     name: str                       # this pipeline's folder inside it
     through_mount: bool = False     # a --writable mount decides itself what becomes zarr
+    # the source plate's physics (backends.zarr_ngff.physics_of): outputs keep its pixel size,
+    # z spacing and channel names -- a result is measured in the same micrometres as its source
+    physics: dict | None = field(default=None, compare=False)
+
+    @property
+    def pixel_size(self) -> float | None:
+        return (self.physics or {}).get("pixel_size")
 
     @property
     def remote(self) -> bool:
@@ -46,20 +54,39 @@ class OutputSink:
         DiskStorageBackend(self.root).save_bytes(data, Path(self.name) / rel)
 
     def write_image_file(self, name: str, plane: np.ndarray) -> None:
-        """A plane as a TIFF file in the folder (not zarr)."""
-        from backends.formats import encode_file
-        if self.remote:
-            self.write_file(name, encode_file(plane, name))
-            return
-        from backends.disk import DiskStorageBackend
-        DiskStorageBackend(self.root).save(plane, Path(self.name) / name)
+        """A plane as a TIFF file in the folder (not zarr), with the ImageJ calibration."""
+        from .materialization import calibrated_tiff
+        self.write_file(name, calibrated_tiff(np.asarray(plane), self.pixel_size))
 
     def open_zarr(self) -> Any:
         """The image store, opened for adding planes (created empty if missing)."""
-        from backends.zarr_backend import ZarrStorageBackend
-        from backends.zarr_config import ZarrConfig
+        from backends.zarr_ngff import output_store
         where = self.zarr_location if self.remote else Path(self.zarr_location)
-        return ZarrStorageBackend(where, mode="a", config=ZarrConfig(chunk_strategy="file"))
+        return output_store(where, self.physics)
+
+    def finish_zarr(self, store) -> None:
+        """The store's shared documents, written once, last: index, plate/well metadata and
+        each field's multiscales with the source's scale and channels."""
+        store.flush()
+
+    def materialize(self, value: Any, spec, group, zarr_store=None, output: str = "") -> list[str]:
+        """A special output's files (CSV tables get micrometre columns); a label image also
+        becomes NGFF ``labels/<output>`` of its field in the zarr store, when there is one."""
+        from .materialization import ROIOptions, _select, materialize
+        names = materialize(value, spec, group.stem, self.write_file, pixel_size=self.pixel_size)
+        for options in spec.options:
+            labels = _select(value, options.source)
+            if zarr_store is not None and isinstance(options, ROIOptions) \
+                    and isinstance(labels, np.ndarray) and labels.dtype.kind in "ui":
+                self.write_labels(zarr_store, group.coords[0], output or "labels", labels)
+        return names
+
+    def write_labels(self, store, where, name: str, labels: np.ndarray) -> None:
+        from backends.naming import split_well
+        from backends.zarr_ngff import write_labels
+        row, col = split_well(where.well)
+        write_labels(store._root_group(), f"{row}/{col:02d}/{where.site - 1}", name, labels,
+                     store.config, self.physics)
 
     def read_file(self, rel: str) -> bytes:
         if self.remote:
@@ -76,6 +103,13 @@ class OutputSink:
             return []
         return sorted(str(p.relative_to(base)) for p in base.rglob("*")
                       if p.is_file() and not p.name.startswith(".vfsmount"))
+
+
+def mount_physics(mountpoint: str | os.PathLike) -> dict:
+    """The physics of the plate a vfsmount mount serves (its openhcs_metadata.json)."""
+    from backends.metadata import main_subdirectory, read_metadata
+    doc = read_metadata(mountpoint)
+    return output_physics(main_subdirectory(doc)[1]) if doc else {}
 
 
 def remote_outputs_root(plate_url: str) -> str:

@@ -59,7 +59,7 @@ def run_pipeline(pipeline: Pipeline | Sequence[FunctionStep], target: str | os.P
     finally:
         bar.close()
     result = _collect(well_results, zarr_store, RunResult(groups=len(groups),
-                                                          output=out.sink.folder))
+                                                          output=out.sink.folder), out.sink)
     out.record(pipeline.backend_for(pipeline.steps[-1]), result.images)
     if result.failures:
         raise PipelineError(f"{len(result.failures)} stack(s) failed (outputs of the others are "
@@ -78,7 +78,7 @@ def _run_in_threads(pipeline: Pipeline, out: Target, by_well: dict[str, list[Gro
         return list(pool.map(run_well, natsorted(by_well)))
 
 
-def _collect(well_results: list[WellResult], zarr_store, result: RunResult) -> RunResult:
+def _collect(well_results: list[WellResult], zarr_store, result: RunResult, sink) -> RunResult:
     """Merge the wells' results; the zarr store's shared documents are written once, last."""
     for wr in well_results:
         result.images += wr.images
@@ -87,6 +87,6 @@ def _collect(well_results: list[WellResult], zarr_store, result: RunResult) -> R
         if zarr_store is not None and wr.zarr_index:
             zarr_store.adopt(wr.zarr_index)
     if zarr_store is not None:
-        zarr_store.flush()
+        sink.finish_zarr(zarr_store)      # the shared documents (with the plate's physics)
     result.images_written = len(result.images)
     return result

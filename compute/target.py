@@ -23,7 +23,8 @@ from backends.mountinfo import mount_type
 from backends.remote import is_url
 
 from .errors import PipelineError
-from .output_sink import OutputSink, local_outputs_root, remote_outputs_root
+from .output_sink import (OutputSink, local_outputs_root, mount_physics, output_physics,
+                          remote_outputs_root)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ class Target:
         self.names = natsorted(n for n in os.listdir(self.path / MAIN_ALIAS)
                                if n.lower().endswith((".tif", ".tiff")))
         self.reader_spec = ReaderSpec(str(self.path / MAIN_ALIAS))
-        self.sink = OutputSink(str(self.path / OUTPUTS_DIR), self.output, through_mount=True)
+        self.sink = OutputSink(str(self.path / OUTPUTS_DIR), self.output, through_mount=True,
+                               physics=mount_physics(self.path))
         if not os.access(self.path / OUTPUTS_DIR, os.W_OK):
             raise PipelineError(f"{self.path} is a read-only mount: mount it with --writable")
 
@@ -88,7 +90,7 @@ class Target:
         self.reader_spec = ReaderSpec(self.plate.location, self.plate.main, digest.hexdigest()[:16])
         root = (remote_outputs_root(self.plate.url) if self.plate.url
                 else local_outputs_root(self.plate.path))
-        self.sink = OutputSink(root, self.output)
+        self.sink = OutputSink(root, self.output, physics=output_physics(self.plate.entry()))
 
     def load(self, names: Sequence[str]) -> list[np.ndarray]:
         return self.reader.load_batch(list(names))

@@ -354,3 +354,42 @@ def test_info_json(tmp_path):
     assert ws["pixel_size_um"] == pytest.approx(0.65)
     assert report["metadata_file"] == str(root / METADATA_FILENAME)
     assert ws["available_backends"] == ["virtual_workspace"]
+
+
+# -- physics from the instrument's own metadata ---------------------------------------------
+
+def test_imagexpress_physics_come_from_the_metaseries_tags(tmp_path):
+    spec = PlateSpec(wells=("A01",), sites=1, channels=2, z=3, t=2, shape=(16, 16))
+    plate = make_imagexpress_plate(tmp_path / "p", spec, z_step=1.75, pixel_size=0.325)
+    ws = Plate.open(plate).entry("workspace")
+    assert ws["pixel_size"] == pytest.approx(0.325) and ws["z_spacing"] == pytest.approx(1.75)
+    assert ws["time_interval"] == pytest.approx(60.0)          # TimePoint_1 -> _2: one minute
+    assert ws["channel_names"] == {"1": "Wave1", "2": "Wave2"}
+    info = ws["channel_info"]["2"]
+    assert info["emission_wavelength"] == 550 and info["window"] == [10, 3000]
+    assert info["color"] == "92FF00" and ws["physics_unknown"] == {}
+    proj = Plate.open(plate).entry("projection")
+    assert proj["z_spacing"] is None and proj["physics_unknown"]["z_spacing"] == "a single z-plane"
+
+
+def test_a_plate_without_z_positions_says_its_spacing_is_unknown(tmp_path):
+    for z in (1, 2):     # plain TIFFs: no MetaSeries tags at all
+        folder = tmp_path / "p" / f"ZStep_{z}"
+        folder.mkdir(parents=True)
+        tifffile.imwrite(folder / "A01_s1_w1.tif", np.zeros((8, 8), np.uint16))
+    ws = Plate.open(tmp_path / "p").entry("workspace")
+    assert ws["z_spacing"] is None and ws["pixel_size"] is None
+    assert "no z-position" in ws["physics_unknown"]["z_spacing"]
+    out = run_cli("info", str(tmp_path / "p"), "--no-rescan").stdout
+    assert "spacing unknown (the MetaSeries tags record no z-position steps)" in out
+    js = json.loads(run_cli("info", str(tmp_path / "p"), "--json", "--no-rescan").stdout)
+    assert js["subdirectories"]["workspace"]["z_spacing_um"] is None
+
+
+def test_opera_physics_come_from_the_harmony_xml(tmp_path):
+    spec = PlateSpec(wells=("B03",), sites=2, channels=2, z=4, shape=(16, 16))
+    plate = make_opera_plate(tmp_path / "p", spec, z_step_m=1.5e-6)
+    ws = Plate.open(plate).entry("workspace")
+    assert ws["z_spacing"] == pytest.approx(1.5) and ws["pixel_size"] == pytest.approx(0.598)
+    assert ws["channel_names"] == {"1": "Channel 1", "2": "Channel 2"}
+    assert ws["channel_info"]["2"]["emission_wavelength"] == 520

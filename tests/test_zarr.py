@@ -217,14 +217,15 @@ def test_inconsistent_shapes_are_refused(tmp_path):
     spec = PlateSpec(wells=("A01",), sites=1, channels=1, z=2, shape=(16, 16))
     root = make_imagexpress_plate(tmp_path / "p", spec, thumbnails=False, projections=False)
     store = convert_plate(root, progress=False)
-    attrs = json.loads((store / ".zattrs").read_text())
-    attrs["vfsmount"]["files"]["A01_s001_w1_z002_t001.tif"] = ["A/01/0/0", 0, 0, 7]
-    (store / ".zattrs").write_text(json.dumps(attrs))
-    with pytest.raises(MetadataError, match="outside array"):
+    array_attrs = store / "A" / "01" / "0" / "0" / ".zattrs"
+    good = array_attrs.read_text()
+    record = json.loads(good)
+    record["vfsmount"]["present"] = "not a bitmap!"        # the array's record of its planes
+    array_attrs.write_text(json.dumps(record))
+    with pytest.raises(MetadataError, match="A/01/0/0"):
         ZarrStorageBackend(store)
-    # foreign-style: axes that do not match the array
-    del attrs["vfsmount"]
-    (store / ".zattrs").write_text(json.dumps(attrs))
+    array_attrs.write_text(good)
+    # axes that do not match the array
     image_attrs = json.loads((store / "A" / "01" / "0" / ".zattrs").read_text())
     image_attrs["multiscales"][0]["axes"] = image_attrs["multiscales"][0]["axes"][1:]
     (store / "A" / "01" / "0" / ".zattrs").write_text(json.dumps(image_attrs))

@@ -39,8 +39,7 @@ class UserError(Exception):
 # -- info --------------------------------------------------------------------------------------
 
 def _cmd_info(args) -> int:
-    from backends.remote import is_url
-    if not is_url(args.plate) and Path(args.plate).is_file():
+    if _is_file_of_a_mount(args.plate):
         return _file_info(args)
     from backends.plate import Plate
     report = info_report(Plate.open(args.plate, rescan=not args.no_rescan))
@@ -75,7 +74,8 @@ def _subdirectory_report(plate, key: str, e: dict) -> dict:
         "channels": e.get("channels", {}), "z_indexes": e.get("z_indexes", []),
         "timepoints": e.get("timepoints", []), "pixel_size_um": e.get("pixel_size"),
         "grid_dimensions": e.get("grid_dimensions"),
-        "z_spacing_um": e.get("z_spacing"), "unit": e.get("unit"),
+        "z_spacing_um": e.get("z_spacing"), "time_interval_s": e.get("time_interval"),
+        "unknown": e.get("physics_unknown", {}), "unit": e.get("unit"),
         "problems": e.get("problems", []),
         **_plane_format(plate, key, e),
         "available_backends": [k for k, v in e.get("available_backends", {}).items() if v],
@@ -113,16 +113,16 @@ def _print_info(report: dict) -> None:
         print(f"  sites:     {s['sites']}")
         chans = ", ".join(f"w{c}" + (f"={n}" if n else "") for c, n in s["channels"].items())
         print(f"  channels:  {chans}")
-        print(f"  z:         {s['z_indexes']}")
+        print(f"  z:         {s['z_indexes']}, spacing " + (
+            f"{s['z_spacing_um']} um" if s["z_spacing_um"] else
+            f"unknown ({s['unknown'].get('z_spacing', 'not recorded')})"))
         print(f"  t:         {s['timepoints']}")
         plane = "unknown" if s["width"] is None else \
             f"{s['width']} x {s['height']} {s['dtype']}, {s['bytes_per_plane']} bytes"
         print(f"  plane:     {plane}")
         pixel = "unknown" if s["pixel_size_um"] is None else f"{s['pixel_size_um']} um"
         grid = f", grid {s['grid_dimensions']}" if s["grid_dimensions"] else ""
-        print(f"  pixel:     {pixel}{grid}"
-              + (f", z spacing {s['z_spacing_um']} um" if s["z_spacing_um"] else "")
-              + (f" (stored in {s['unit']})" if s["unit"] else ""))
+        print(f"  pixel:     {pixel}{grid}" + (f" (stored in {s['unit']})" if s["unit"] else ""))
         for problem in s["problems"]:
             print(f"  problem:   {problem}")
     if report["unparsed_tiffs"]:
@@ -131,6 +131,20 @@ def _print_info(report: dict) -> None:
             print(f"  {rel}")
     if report["ignored_thumbnails"]:
         print(f"\n{report['ignored_thumbnails']} thumbnails ignored")
+
+
+def _is_file_of_a_mount(path: str) -> bool:
+    """`info FILE` is for a file of a vfsmount mount; any other file is taken as a plate
+    (and refused by name if it is an .nd2, .czi, ... file)."""
+    from backends.remote import is_url
+    from .fileinfo import mount_root
+    if is_url(path) or not Path(path).is_file():
+        return False
+    try:
+        mount_root(Path(path).absolute().parent)
+    except ValueError:
+        return False
+    return True
 
 
 def _file_info(args) -> int:
@@ -152,7 +166,8 @@ def _cmd_convert(args) -> int:
     if args.output is None:
         _refuse_read_only(args.plate, "give --output DIR for the OME-Zarr store")
     config = ZarrConfig(chunk_strategy=args.chunk_strategy, compressor=args.compressor,
-                        compression_level=args.level, ngff_version=args.ngff_version)
+                        compression_level=args.level, ngff_version=args.ngff_version,
+                        pyramid_levels=args.levels)
     out = convert_plate(args.plate, args.output, config=config, overwrite=args.overwrite,
                         progress=_progress(args))
     print(f"wrote {out} ({config.chunk_strategy.value} chunks, {config.compressor.value}, "
@@ -388,6 +403,9 @@ COMMANDS: dict[str, Command] = {
         arg("--level", type=int, default=1, help="compression level 0-9; default 1"),
         arg("--ngff-version", choices=["0.4", "0.5"], default="0.4",
             help="0.4 (zarr format 2, what Fiji/MoBIE read) or 0.5 (zarr format 3); default 0.4"),
+        arg("--levels", type=int, default=None,
+            help="pyramid levels below full resolution (default: halve until the plane fits "
+                 "1024 px; 0: none)"),
         arg("--overwrite", action="store_true", help="replace an existing store"),
         NO_PROGRESS, S3]),
     "mount": Command(_cmd_mount, "serve a plate as a POSIX tree through FUSE", [

@@ -111,10 +111,9 @@ class OutputsArea:
         with self.lock:
             st = self._stores.get(sub)
             if st is None and (create or path.exists()):
-                from backends.zarr_backend import ZarrStorageBackend
-                from backends.zarr_config import ZarrConfig
-                # FILE chunks: a committed plane rewrites only its own chunk
-                st = ZarrStorageBackend(path, mode="a", config=ZarrConfig(chunk_strategy="file"))
+                from backends.zarr_ngff import output_physics, output_store
+                # FILE chunks (a committed plane rewrites only its own chunk), the plate's physics
+                st = output_store(path, output_physics(self.plate.entry()))
                 self._stores[sub] = st
             return st
 

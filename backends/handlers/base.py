@@ -11,6 +11,7 @@ from natsort import natsorted
 
 from ..errors import NameCollisionError
 from ..naming import ParsedName, natural_key
+from ..physics import ChannelInfo, PlatePhysics
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class PlateScan:
     channel_names: dict[int, str | None] = field(default_factory=dict)
     unparsed: list[str] = field(default_factory=list)   # TIFFs whose names did not parse
     ignored: int = 0                                      # thumbnails and the like
+    physics: PlatePhysics = field(default_factory=PlatePhysics)   # z spacing, channels, ...
 
     def metadata_entries(self) -> dict[str, dict]:
         """One openhcs_metadata.json subdirectory entry per image set (the shared helper)."""
@@ -61,6 +63,9 @@ def subdirectory_entry(scan: PlateScan, s: ImageSet) -> dict:
     names = sorted(images, key=lambda n: natural_key(images[n]))
     coords = s.images.values()
     channels = sorted({p.channel for p in coords})
+    z_indexes, timepoints = sorted({p.z for p in coords}), sorted({p.t for p in coords})
+    labels = {str(c): scan.channel_names.get(c) or scan.physics.channels.get(c, ChannelInfo()).name
+              for c in channels}
     entry = {
         "microscope_handler_name": scan.handler.name,
         "source_filename_parser_name": scan.handler.parser_name,
@@ -69,11 +74,12 @@ def subdirectory_entry(scan: PlateScan, s: ImageSet) -> dict:
         "main": False,
         "grid_dimensions": scan.grid_dimensions,
         "pixel_size": scan.pixel_size,
-        "channels": {str(c): scan.channel_names.get(c) for c in channels},
+        "channels": labels,
         "wells": natsorted({p.well for p in coords}),
         "sites": sorted({p.site for p in coords}),
-        "z_indexes": sorted({p.z for p in coords}),
-        "timepoints": sorted({p.t for p in coords}),
+        "z_indexes": z_indexes,
+        "timepoints": timepoints,
+        **scan.physics.entry_fields(len(z_indexes), len(timepoints), labels),
     }
     if s.backend == "virtual_workspace":
         entry["workspace_mapping"] = {n: s.sources[n] for n in names}

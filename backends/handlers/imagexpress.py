@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import MetadataError, PlateFormatError
 from ..naming import ParsedName, normalize_well
+from ..physics import ChannelInfo, PlatePhysics, median_step, to_micrometers
 from .base import (SKIP_DIRS, TIFF_SUFFIXES, ImageSet, MicroscopeHandler, PlateScan,
                    scandir_sorted)
 
@@ -149,9 +150,8 @@ class ImageXpressHandler(MicroscopeHandler):
         if not workspace.images:  # a projection-only plate: its images are the plate
             projection.key = "workspace"
             scan.image_sets = [projection]
-        if scan.pixel_size is None:
-            scan.pixel_size = _pixel_size_from_tiff(plate / next(iter(
-                (workspace.sources or projection.sources).values())))
+        pixel_size, scan.physics = read_physics(plate, scan.image_sets)
+        scan.pixel_size = scan.pixel_size or pixel_size
         for rel in scan.unparsed:
             log.warning("%s: TIFF name does not parse as ImageXpress; not mapped", plate / rel)
         return scan
@@ -169,16 +169,63 @@ class ImageXpressHandler(MicroscopeHandler):
             raise MetadataError("HTD has a non-integer site grid", path=htd, cause=e) from e
 
 
-_CALIBRATION = re.compile(r'id="spatial-calibration-x" type="float" value="([0-9.eE+-]+)"')
-
-
-def _pixel_size_from_tiff(path: Path) -> float | None:
-    """MetaSeries writes the pixel size (um) into the TIFF description; only the IFD is read."""
+def _plane_info(path: Path) -> dict | None:
+    """The MetaSeries ``PlaneInfo`` of one image, parsed by tifffile (only its first IFD is
+    read); None when the file has none or cannot be read (its read fails later, by name)."""
     import tifffile
     try:
         with tifffile.TiffFile(path) as tif:
-            description = tif.pages[0].description or ""
-    except Exception:  # a damaged first image must not stop indexing; its read fails later
+            meta = tif.metaseries_metadata
+    except Exception:  # a damaged image must not stop indexing
+        log.warning("%s: cannot read its MetaSeries metadata", path)
         return None
-    m = _CALIBRATION.search(description)
-    return float(m[1]) if m else None
+    return (meta or {}).get("PlaneInfo")
+
+
+def _first_series(images: dict[str, ParsedName], along: str) -> list[str]:
+    """The names of the first field/channel whose planes vary ``along`` "z" or "t", in order."""
+    series: dict[tuple, dict[int, str]] = {}
+    for name, p in images.items():
+        key = (p.well, p.site, p.channel, p.t if along == "z" else p.z)
+        series.setdefault(key, {})[getattr(p, along)] = name
+    for _key, planes in sorted(series.items()):
+        if len(planes) > 1:
+            return [planes[i] for i in sorted(planes)]
+    return []
+
+
+def read_physics(plate: Path, image_sets: list[ImageSet]) -> tuple[float | None, PlatePhysics]:
+    """(pixel size in um, the rest of the physics) from the MetaSeries tags of a few images:
+    one per channel, one z series (z spacing) and one time series (interval) of the first
+    image set (the z-stacks when there are projections beside them)."""
+    physics = PlatePhysics()
+    pixel_size = None
+    channels: dict[int, str] = {}
+    for image_set in image_sets:
+        for name, p in image_set.images.items():
+            channels.setdefault(p.channel, image_set.sources[name])
+    for channel, source in sorted(channels.items()):
+        info = _plane_info(plate / source) or {}
+        if pixel_size is None and info.get("spatial-calibration-state", True) \
+                and "spatial-calibration-x" in info:
+            pixel_size = to_micrometers(float(info["spatial-calibration-x"]),
+                                        info.get("spatial-calibration-units"))
+        window = [info["scale-min"], info["scale-max"]] if "scale-min" in info else None
+        physics.channels[channel] = ChannelInfo(
+            name=info.get("_IllumSetting_") or info.get("image-name"),
+            emission_wavelength=info.get("wavelength"), window=window)
+    physics.z_spacing = _series_step(plate, image_sets[0], "z", "z-position")
+    physics.time_interval = _series_step(plate, image_sets[0], "t", "acquisition-time-local")
+    if physics.z_spacing is None:
+        physics.unknown["z_spacing"] = "the MetaSeries tags record no z-position steps"
+    return pixel_size, physics
+
+
+def _series_step(plate: Path, image_set: ImageSet, along: str, tag: str) -> float | None:
+    values = []
+    for name in _first_series(image_set.images, along):
+        value = (_plane_info(plate / image_set.sources[name]) or {}).get(tag)
+        if value is None:
+            return None
+        values.append(value.timestamp() if hasattr(value, "timestamp") else float(value))
+    return median_step(values)

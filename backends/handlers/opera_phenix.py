@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from datetime import datetime
 from pathlib import Path
 
 from ..errors import MetadataError, PlateFormatError
 from ..naming import ParsedName, row_letters
+from ..physics import ChannelInfo, PlatePhysics, median_step, to_micrometers
 from .base import TIFF_SUFFIXES, ImageSet, MicroscopeHandler, PlateScan, scandir_sorted
 
 NAME = re.compile(r"^r(?P<row>\d+)c(?P<col>\d+)f(?P<field>\d+)p(?P<plane>\d+)-ch(?P<channel>\d+)"
@@ -47,31 +49,72 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def parse_index(path: Path) -> dict:
-    """Pixel size (um), channel names and the field grid from a Harmony index file."""
+def _images(path: Path) -> list[dict[str, ET.Element]]:
+    """Every ``<Image>`` record of a Harmony index as {child tag: element}."""
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as e:
         raise MetadataError("malformed Harmony index XML", path=path, cause=e) from e
+    return [{_local(c.tag): c for c in image} for image in root.iter()
+            if _local(image.tag) == "Image" and len(image)]
+
+
+def _um(element: ET.Element) -> float | None:
+    return to_micrometers(float(element.text), element.get("Unit", "m"))
+
+
+def _series_step(records: list[dict], tag: str, along: str, convert) -> float | None:
+    """Median step of ``tag`` along PlaneID or TimepointID within the first field and channel
+    that has more than one position."""
+    series: dict[tuple, dict[int, float]] = {}
+    other = "TimepointID" if along == "PlaneID" else "PlaneID"
+    for f in records:
+        if tag in f and along in f:
+            key = tuple(f[k].text for k in ("Row", "Col", "FieldID", "ChannelID", other) if k in f)
+            series.setdefault(key, {})[int(f[along].text)] = convert(f[tag])
+    for _key, values in sorted(series.items()):
+        if len(values) > 1:
+            return median_step([values[i] for i in sorted(values)])
+    return None
+
+
+def _channel(f: dict[str, ET.Element]) -> ChannelInfo:
+    def nm(tag: str) -> float | None:
+        return float(f[tag].text) if tag in f else None
+    return ChannelInfo(name=f["ChannelName"].text if "ChannelName" in f else None,
+                       emission_wavelength=nm("MainEmissionWavelength"),
+                       excitation_wavelength=nm("MainExcitationWavelength"))
+
+
+def parse_index(path: Path) -> dict:
+    """Pixel size (um), channels, the field grid, and z spacing / time interval from the
+    per-plane positions (PositionZ) and times (AbsTime) of a Harmony index file."""
+    records = _images(path)
     out: dict = {"channels": {}, "pixel_size": None, "grid": None}
+    physics = PlatePhysics()
     positions: set[tuple[float, float]] = set()
-    for image in root.iter():
-        if _local(image.tag) != "Image" or len(image) == 0:
-            continue
-        fields = {_local(c.tag): c for c in image}
+    for f in records:
         try:
-            if "ChannelID" in fields and "ChannelName" in fields:
-                out["channels"][int(fields["ChannelID"].text)] = fields["ChannelName"].text
-            res = fields.get("ImageResolutionX")
-            if res is not None and out["pixel_size"] is None:
-                unit = res.get("Unit", "m")
-                scale = {"m": 1e6, "mm": 1e3, "um": 1.0, "µm": 1.0}.get(unit, 1e6)
-                out["pixel_size"] = round(float(res.text) * scale, 6)
-            if "PositionX" in fields and "PositionY" in fields:
-                positions.add((float(fields["PositionX"].text), float(fields["PositionY"].text)))
+            if "ChannelID" in f:
+                physics.channels.setdefault(int(f["ChannelID"].text), _channel(f))
+            if "ImageResolutionX" in f and out["pixel_size"] is None:
+                out["pixel_size"] = round(_um(f["ImageResolutionX"]), 6)
+            if "PositionX" in f and "PositionY" in f:
+                positions.add((float(f["PositionX"].text), float(f["PositionY"].text)))
         except (TypeError, ValueError) as e:
-            raise MetadataError(f"bad value in <Image> {fields.get('id').text if 'id' in fields else ''}",
+            raise MetadataError(f"bad value in <Image> {f['id'].text if 'id' in f else ''}",
                                 path=path, cause=e) from e
+    out["channels"] = {c: i.name for c, i in physics.channels.items()}
+    try:
+        physics.z_spacing = _series_step(records, "PositionZ", "PlaneID", _um)
+        physics.time_interval = _series_step(
+            records, "AbsTime", "TimepointID",
+            lambda e: datetime.fromisoformat(e.text.strip()).timestamp())
+    except (TypeError, ValueError) as e:
+        raise MetadataError("bad PositionZ or AbsTime in <Image>", path=path, cause=e) from e
+    if physics.z_spacing is None:
+        physics.unknown["z_spacing"] = "the Harmony index records no PositionZ steps"
+    out["physics"] = physics
     if positions:
         xs = {round(x, 9) for x, _ in positions}
         ys = {round(y, 9) for _, y in positions}
@@ -96,7 +139,7 @@ class OperaPhenixHandler(MicroscopeHandler):
         info = parse_index(index)
         images = ImageSet("workspace", "virtual_workspace")
         scan = PlateScan(self, [images], grid_dimensions=info["grid"], pixel_size=info["pixel_size"],
-                         channel_names=info["channels"])
+                         channel_names=info["channels"], physics=info["physics"])
         prefix = "" if images_dir == plate else images_dir.relative_to(plate).as_posix() + "/"
         try:
             _dirs, files = scandir_sorted(str(images_dir))
