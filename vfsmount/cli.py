@@ -41,6 +41,11 @@ class UserError(Exception):
 def _cmd_info(args) -> int:
     if _is_file_of_a_mount(args.plate):
         return _file_info(args)
+    if Path(args.plate).is_file():
+        from backends.handlers import refuse_unsupported
+        refuse_unsupported(Path(args.plate))        # an .nd2, .czi, ... file: by its name
+        raise UserError(f"{args.plate} is a file not inside a vfsmount mount: `info FILE` is "
+                        "for files of a mount; for a plate, give its folder")
     from backends.plate import Plate
     report = info_report(Plate.open(args.plate, rescan=not args.no_rescan))
     if args.json:
