@@ -76,24 +76,16 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_mount(args) -> int:
+    from .config import MountConfig
     from .control import start_daemon
+    cfg = MountConfig.from_args(args)
     if args.foreground:
         from .daemon import serve
         logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return serve(args.plate, args.mountpoint, allow_other=args.allow_other, subdir=args.subdir,
-                     xattrs=not args.no_xattrs, writable=args.writable, materialize=args.materialize,
-                     pipeline_file=args.pipeline, compute_cache_mb=args.compute_cache_mb,
-                     chunk_cache_mb=args.chunk_cache_mb, s3_endpoint=args.s3_endpoint)
-    extra = ["--chunk-cache-mb", str(args.chunk_cache_mb)] + \
-        (["--s3-endpoint", args.s3_endpoint] if args.s3_endpoint else []) + \
-        (["--no-xattrs"] if args.no_xattrs else []) + \
-        (["--writable", "--materialize", args.materialize] if args.writable else []) + \
-        (["--pipeline", str(Path(args.pipeline).absolute()),
-          "--compute-cache-mb", str(args.compute_cache_mb)] if args.pipeline else [])
-    pid, log_file = start_daemon(args.plate, args.mountpoint, allow_other=args.allow_other,
-                                 subdir=args.subdir, log_level=args.log_level,
-                                 log_file=args.log_file, extra_args=extra)
+        return serve(cfg)
+    pid, log_file = start_daemon(args.plate, args.mountpoint, log_level=args.log_level,
+                                 log_file=args.log_file, extra_args=cfg.to_argv()[2:])
     print(f"mounted {args.plate} on {args.mountpoint} (daemon pid {pid}, log {log_file})")
     return 0
 
@@ -170,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chunk-cache-mb", type=int, default=1024,
                    help="remote plates: local disk cache of fetched chunks (LRU; default 1024 MiB, "
                         "0 = none), under ~/.cache/vfsmount/chunks/")
+    s.add_argument("--sync-on-close", action="store_true",
+                   help="outputs/: close() waits until the file is on stable storage (fsync)")
     s.add_argument("--no-xattrs", action="store_true",
                    help="no user.vfsmount.* attributes; makes `ls -l` of huge folders faster")
     s.add_argument("--log-file", help="daemon log (default: ~/.cache/vfsmount/logs/)")

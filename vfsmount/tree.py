@@ -20,6 +20,7 @@ from pathlib import Path
 
 from natsort import natsorted
 
+from backends.containment import Anchor
 from backends.errors import PathEscapeError
 from backends.naming import try_parse_virtual_name
 from backends.paths import contained_path
@@ -56,9 +57,15 @@ class BackendFiles:
 
     def __init__(self, backend, plate_root: Path) -> None:
         self.backend, self.plate_root = backend, plate_root
+        self.anchor = Anchor(plate_root)
 
     def path(self, name: str) -> Path:
         return self.backend.real_path(name)
+
+    def open_fd(self, name: str) -> int:
+        # resolved by the kernel beneath the plate: a symlink swapped in after the check
+        # in real_path() still cannot lead outside
+        return self.anchor.open_file(self.path(name))
 
     def xattrs(self, name: str) -> dict[bytes, bytes]:
         try:
@@ -90,9 +97,13 @@ class OriginalFiles:
 
     def __init__(self, plate_root: Path) -> None:
         self.plate_root = plate_root
+        self.anchor = Anchor(plate_root)
 
     def path(self, rel: str) -> Path:
         return contained_path(self.plate_root, rel)
+
+    def open_fd(self, rel: str) -> int:
+        return self.anchor.open_file(rel)
 
     def xattrs(self, rel: str) -> dict[bytes, bytes]:
         return {b"user.vfsmount.source": rel.encode()}
