@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from backends.metadata import update_metadata
 from backends.plate import Plate
 from backends.sample_plates import PlateSpec, make_imagexpress_plate
 from vfsmount.control import is_mounted
@@ -77,8 +78,13 @@ def test_symlink_swap_race_serves_no_outside_bytes(plate, mounts, secret_dir):
     out.mkdir()
     (out / "x.bin").write_bytes(b"inside" * 500)
     # the workspace: a mapping entry whose folder is swapped for a symlink to the outside
-    ws = Plate.open(plate).entry("workspace")["workspace_mapping"]
-    folder = (plate / ws[IMG]).parent
+    entry = dict(Plate.open(plate).entry("workspace"))
+    folder = plate / "nested"
+    folder.mkdir()
+    os.replace(plate / entry["workspace_mapping"][IMG], folder / IMG)
+    entry["workspace_mapping"] = {**entry["workspace_mapping"], IMG: f"nested/{IMG}"}
+    update_metadata(plate, {"workspace": entry})
+    ws = entry["workspace_mapping"]
     mnt = mounts.mount(plate)
     stop = threading.Event()
     leaks, reads = [], [0]
@@ -88,18 +94,20 @@ def test_symlink_swap_race_serves_no_outside_bytes(plate, mounts, secret_dir):
         while not stop.is_set():
             os.rename(out / "x.bin", tmp_real)
             os.symlink(secret_dir / "secret.txt", out / "x.bin")
-            time.sleep(0)
+            time.sleep(0.001)   # the outside state lasts long enough to be hit
             os.unlink(out / "x.bin")
             os.rename(tmp_real, out / "x.bin")
+            time.sleep(0.001)
 
     def swap_folder() -> None:
         moved = folder.with_name(folder.name + ".moved")
         while not stop.is_set():
             os.rename(folder, moved)
             os.symlink(secret_dir, folder)
-            time.sleep(0)
+            time.sleep(0.001)   # the outside state lasts long enough to be hit
             os.unlink(folder)
             os.rename(moved, folder)
+            time.sleep(0.001)
 
     def reader(path: Path) -> None:
         while not stop.is_set():
@@ -120,7 +128,7 @@ def test_symlink_swap_race_serves_no_outside_bytes(plate, mounts, secret_dir):
     stop.set()
     for t in threads:
         t.join(timeout=30)
-    assert leaks == [] and reads[0] > 100
+    assert leaks == [] and reads[0] > 50
 
 
 # -- 3, 7. names: NAME_MAX, PATH_MAX, deep folders -----------------------------------------
@@ -352,3 +360,124 @@ def _check_round(plate: Path, materialize: str, versions, rnd: int) -> None:
         from backends.zarr_backend import ZarrStorageBackend
         arr = ZarrStorageBackend(plate / "outputs" / "seg.zarr").load(IMG)
     assert any(np.array_equal(arr, v) for v in versions), f"round {rnd}: not a whole version"
+
+
+# -- acceptance 4: 4 writers + 4 readers --------------------------------------------------
+
+def _version_bytes(rng: random.Random) -> bytes:
+    import hashlib
+    body = rng.randbytes(rng.randrange(1, 2 << 20))
+    return hashlib.sha256(body).digest() + body
+
+
+def _is_whole(data: bytes) -> bool:
+    import hashlib
+    return len(data) > 32 and hashlib.sha256(data[32:]).digest() == data[:32]
+
+
+def test_writers_and_readers_stress(plate, mounts):
+    """Duration: VFSMOUNT_STRESS_SECONDS (the issue asks 60 s; CI default 15 s)."""
+    import psutil
+    duration = float(os.environ.get("VFSMOUNT_STRESS_SECONDS", "15"))
+    mnt = mounts.mount(plate, "--writable")
+    files = [mnt / "outputs" / f"s{i}.bin" for i in range(4)]    # one writer each, as on ext4
+    for f in files:
+        f.write_bytes(_version_bytes(random.Random(0)))
+    daemon = psutil.Process(mounts.pids[mnt])
+    rss0 = daemon.memory_info().rss
+    stop, bad, counts = threading.Event(), [], {"reads": 0, "writes": 0}
+    last: dict[Path, bytes] = {}
+
+    def writer(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            f, data = files[seed], _version_bytes(rng)
+            with open(f, "wb") as fh:
+                for i in range(0, len(data), 128 << 10):
+                    fh.write(data[i:i + (128 << 10)])
+            counts["writes"] += 1
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            f = rng.choice(files)
+            with open(f, "rb") as fh:
+                data = b""
+                while chunk := fh.read(rng.choice((4096, 65536, 1 << 20))):
+                    data += chunk
+            counts["reads"] += 1
+            if not _is_whole(data):
+                bad.append((f.name, len(data)))
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)] + \
+        [threading.Thread(target=reader, args=(100 + i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(duration)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    assert bad == [] and counts["reads"] > 20 and counts["writes"] > 20
+    for f in files:                                  # not stale: the mount serves the plate's bytes
+        last[f] = (plate / "outputs" / f.name).read_bytes()
+        assert f.read_bytes() == last[f] and _is_whole(last[f])
+    assert daemon.memory_info().rss - rss0 < 200 << 20
+    assert os.listdir(plate / ".vfsmount-staging") == []
+
+
+# -- issue 20: close() commits without waiting for the disk; fsync() makes it durable ---------
+
+def test_closed_file_survives_sigkill(plate, mounts):
+    mnt = mounts.mount(plate, "--writable")
+    data = os.urandom(5 << 20)
+    (mnt / "outputs" / "done.bin").write_bytes(data)            # close() returned
+    os.kill(mounts.pids[mnt], signal.SIGKILL)
+    _wait_gone(mnt)
+    mnt2 = mounts.mount(plate, "--writable", name="again")
+    assert (mnt2 / "outputs" / "done.bin").read_bytes() == data
+    assert os.listdir(plate / ".vfsmount-staging") == []
+
+
+def _fsyncs_during(pid: int, action) -> list[str]:
+    """The fsync-family calls the daemon makes while ``action`` runs (strace attached)."""
+    import shutil
+    if shutil.which("strace") is None:
+        pytest.skip("strace not installed")
+    trace = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync,syncfs,renameat2,rename,renameat",
+                              "-p", str(pid)], stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)                                   # attached to every thread
+    try:
+        action()
+        time.sleep(0.3)
+    finally:
+        trace.terminate()
+        err = trace.communicate(timeout=10)[1]
+    if "Operation not permitted" in err:
+        pytest.skip("ptrace not permitted here")
+    return [line for line in err.splitlines() if "(" in line]
+
+
+@pytest.mark.parametrize("sync_on_close", [False, True])
+def test_fsync_makes_file_and_folder_durable(plate, mounts, sync_on_close):
+    mnt = mounts.mount(plate, "--writable", *(["--sync-on-close"] if sync_on_close else []))
+    pid = mounts.pids[mnt]
+
+    def close_only() -> None:
+        (mnt / "outputs" / "a.bin").write_bytes(b"a" * 100000)
+
+    def with_fsync() -> None:
+        with open(mnt / "outputs" / "b.bin", "wb") as f:
+            f.write(b"b" * 100000)
+            f.flush()
+            os.fsync(f.fileno())
+
+    calls = _fsyncs_during(pid, close_only)
+    renames = [c for c in calls if "rename" in c]
+    syncs = [c for c in calls if c.lstrip("[pid 0123456789]").startswith(("fsync", "fdatasync"))]
+    assert renames, calls                                           # committed by a rename
+    assert (len(syncs) >= 2) == sync_on_close, calls                # close() waits only if asked
+    calls = _fsyncs_during(pid, with_fsync)
+    order = [("rename" if "rename" in c else "sync") for c in calls]
+    # staged file fsynced, renamed, then its folder fsynced: before fsync() returned
+    assert order[:3] == ["sync", "rename", "sync"], calls
+    assert (plate / "outputs" / "b.bin").read_bytes() == b"b" * 100000
