@@ -196,6 +196,8 @@ class OutputsArea:
         return (parts[0], name) if name and name == parts[1] else None
 
     def has_store(self, sub: str) -> bool:
+        if len(os.fsencode(sub + ZARR_SUFFIX)) > containment.NAME_MAX:
+            return False          # a folder with a name that long cannot have a store
         st = self.stat(sub + ZARR_SUFFIX)
         return st is not None and stat_mod.S_ISDIR(st.st_mode)
 
@@ -226,7 +228,8 @@ class OutputsArea:
 
     def write_metadata(self, force: bool = False) -> None:
         """Record every first-level output folder (and outputs/ itself) in the metadata,
-        derived from what is committed, through ``record_output_folder``."""
+        derived from what is committed, through ``record_output_folder``. A folder that
+        cannot be recorded (removed meanwhile, unreadable) is logged and skipped."""
         if not (self._metadata_dirty or force):
             return
         self._metadata_dirty = False
@@ -234,19 +237,23 @@ class OutputsArea:
         with self.lock:
             folders = [n for n, is_dir in self.scandir("") if is_dir and not n.endswith(ZARR_SUFFIX)]
             for sub in natsorted(folders) + [""]:
-                files = [n for n, is_dir in self.scandir(sub) if is_dir is False] \
-                    if (not sub or self.stat(sub) is not None) else []
-                zarr_names = self.store_names(sub) if sub else []
-                if zarr_names:
-                    entry = record_output_folder(
-                        self.plate.path, sub, zarr_names, "zarr", files=natsorted(files),
-                        path=os.path.join(os.path.realpath(self.plate.path), OUTPUTS_DIR,
-                                          sub + ZARR_SUFFIX))
-                else:
-                    entry = record_output_folder(self.plate.path, sub, files, "disk")
+                try:
+                    entry = self._record(sub)
+                except (OSError, StorageError) as e:
+                    log.warning("outputs/%s not recorded in the metadata: %s", sub, e)
+                    continue
                 if entry:
                     recorded[f"{OUTPUTS_DIR}/{sub}" if sub else OUTPUTS_DIR] = entry
         self.plate.metadata["subdirectories"].update(recorded)
+
+    def _record(self, sub: str) -> dict:
+        files = [n for n, is_dir in self.scandir(sub) if is_dir is False]
+        zarr_names = self.store_names(sub) if sub else []
+        if not zarr_names:
+            return record_output_folder(self.plate.path, sub, files, "disk")
+        path = os.path.join(os.path.realpath(self.plate.path), OUTPUTS_DIR, sub + ZARR_SUFFIX)
+        return record_output_folder(self.plate.path, sub, zarr_names, "zarr",
+                                    files=natsorted(files), path=path)
 
 
 class RefusedEntry(Node):
@@ -300,6 +307,11 @@ class OutDir(Node):
 
     def needs_worker(self) -> bool:
         return True           # lookups and listings read the disk
+
+    @property
+    def nlink(self) -> int:
+        st = self.area.stat(self.rel)     # 2 + subfolders, as the disk counts them
+        return st.st_nlink if st is not None else 2
 
     def set_attrs(self, size: int | None, mtime_ns: int | None) -> bool:
         if not self.writable:

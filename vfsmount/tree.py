@@ -22,6 +22,7 @@ from natsort import natsorted
 
 from backends.containment import Anchor
 from backends.errors import PathEscapeError
+from backends.layout import MAIN_ALIAS, ORIGINAL_DIR, OUTPUTS_DIR, PROCESSED_DIR
 from backends.naming import try_parse_virtual_name
 from backends.paths import contained_path
 from backends.plate import Plate
@@ -31,10 +32,6 @@ from .nodes import BytesFile, DirNode, PassthroughFile, SynthesizedTiff
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
-MAIN_ALIAS = "images"
-ORIGINAL_DIR = "original"
-OUTPUTS_DIR = "outputs"
-PROCESSED_DIR = "processed"
 
 
 def display_name(key: str) -> str:
@@ -148,7 +145,7 @@ def populate_original(plate_root: Path, rel: str = "", source: OriginalFiles | N
         with os.scandir(here) as it:
             entries = natsorted(it, key=lambda e: e.name)
         for e in entries:
-            if e.name.startswith(".vfsmount"):      # staging files of the outputs area
+            if e.name.startswith(".vfsmount"):      # staging and temporary files
                 continue
             child_rel = f"{rel}/{e.name}" if rel else e.name
             try:
