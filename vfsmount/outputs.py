@@ -94,6 +94,7 @@ class OutputsArea:
         self.writable, self.materialize, self.sync_on_close = writable, materialize, sync_on_close
         self.lock = threading.RLock()
         self._stores: dict[str, object] = {}
+        self.stores_dirty: set[str] = set()       # zarr stores whose metadata awaits a flush
         self._metadata_dirty = False
         plate_fd = containment.open_root(plate.path)
         try:
@@ -216,7 +217,18 @@ class OutputsArea:
 
     def forget_stores(self) -> None:
         with self.lock:
+            self.flush_stores()
             self._stores.clear()
+
+    def flush_stores(self) -> None:
+        """Write the batched metadata of the zarr stores committed into since the last flush
+        (readers of the mount see new planes at once; this makes the next mount see them)."""
+        with self.lock:
+            while self.stores_dirty:
+                sub = self.stores_dirty.pop()
+                st = self._stores.get(sub)
+                if st is not None:
+                    st.flush()
 
     def store_names(self, sub: str) -> list[str]:
         st = self.store(sub)
@@ -230,6 +242,7 @@ class OutputsArea:
         """Record every first-level output folder (and outputs/ itself) in the metadata,
         derived from what is committed, through ``record_output_folder``. A folder that
         cannot be recorded (removed meanwhile, unreadable) is logged and skipped."""
+        self.flush_stores()
         if not (self._metadata_dirty or force):
             return
         self._metadata_dirty = False
@@ -689,6 +702,9 @@ class OutFile(FileNode):
             if isinstance(handle, _Writer) and self.pending:
                 self.commit(durable=True)
                 return True
+            if self.area.zarr_target(self.rel) is not None:
+                self.area.flush_stores()      # committed at close: write the batched index now
+                return False
             version = self.committed_version() if self._committed_file() is not None else None
         if version is not None:           # committed at close without waiting: sync it now
             try:
@@ -850,7 +866,11 @@ class OutFile(FileNode):
             plane = _decode(fd, self.rel)
             store = area.store(target[0], create=True)
             try:
-                store.save(plane, target[1])
+                # the store's metadata (plate, images, index) is rewritten in batches: at
+                # most once a second (the daemon's recorder), at unmount, or now for fsync
+                store.save_batch([plane], [target[1]], flush=durable)
+                if not durable:
+                    area.stores_dirty.add(target[0])
             except StorageError as e:
                 raise CommitError(errno.EINVAL, f"{self.rel}: {e}") from e
             finally:
