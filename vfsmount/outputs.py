@@ -865,11 +865,14 @@ class OutFile(FileNode):
             # chunk and metadata document atomically (temp file + rename), unfsynced.
             plane = _decode(fd, self.rel)
             store = area.store(target[0], create=True)
+            # A plane that is new to the store changes its index: that is written at once,
+            # so the next mount (even after kill -9) sees every plane whose close() returned.
+            # Rewriting an existing plane leaves the index as it is: its metadata rewrite is
+            # batched (the daemon's recorder, once a second; unmount; fsync).
+            batch = not durable and store.exists(target[1])
             try:
-                # the store's metadata (plate, images, index) is rewritten in batches: at
-                # most once a second (the daemon's recorder), at unmount, or now for fsync
-                store.save_batch([plane], [target[1]], flush=durable)
-                if not durable:
+                store.save_batch([plane], [target[1]], flush=not batch)
+                if batch:
                     area.stores_dirty.add(target[0])
             except StorageError as e:
                 raise CommitError(errno.EINVAL, f"{self.rel}: {e}") from e
