@@ -117,3 +117,22 @@ def test_readdir_offsets_resume_exactly(monkeypatch):
     trio.run(ops.lookup, 1, b"d", None)
     for page in (1, 2, 3, 7, 100):
         assert trio.run(listing, page) == expected
+
+
+def test_mount_config_crosses_to_the_daemon():
+    """MountConfig -> the daemon's command line -> the same MountConfig; defaults stated once."""
+    import argparse
+
+    from vfsmount.cli import build_parser
+    from vfsmount.config import MountConfig, parse_daemon_argv
+    cfg = MountConfig("/p", "/m", allow_other=True, subdir="zarr", xattrs=False, writable=True,
+                      materialize="zarr", sync_on_close=True, chunk_cache_mb=7, threads=3)
+    back, args = parse_daemon_argv(cfg.to_argv() + ["--ready-fd", "5"])
+    assert back == cfg and args.ready_fd == 5
+    assert parse_daemon_argv(["/p", "/m"])[0] == MountConfig("/p", "/m")
+    parsed = build_parser().parse_args(["mount", "/p", "/m", "--writable", "--no-xattrs",
+                                        "--sync-on-close"])
+    built = MountConfig.from_args(parsed)
+    assert built.writable and not built.xattrs and built.sync_on_close
+    assert built.chunk_cache_mb == MountConfig.chunk_cache_mb       # the CLI takes these defaults
+    assert isinstance(parsed, argparse.Namespace)

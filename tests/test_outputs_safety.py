@@ -40,6 +40,17 @@ def secret_dir(tmp_path) -> Path:
     return d
 
 
+def _run_for(seconds: float, stop: threading.Event, work: list[tuple]) -> None:
+    """Run each (function, args) in a thread for ``seconds``, then stop and join them."""
+    threads = [threading.Thread(target=fn, args=args) for fn, args in work]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+
+
 def _wait_gone(mnt: Path) -> None:
     deadline = time.monotonic() + 10
     while is_mounted(mnt) and time.monotonic() < deadline:
@@ -119,15 +130,10 @@ def test_symlink_swap_race_serves_no_outside_bytes(plate, mounts, secret_dir):
             if b"TOP-SECRET" in body:
                 leaks.append(path.name)
 
-    threads = [threading.Thread(target=f, args=a) for f, a in (
-        (swap_file, ()), (swap_folder, ()), (reader, (mnt / "outputs" / "x.bin",)),
-        (reader, (mnt / "workspace" / IMG,)), (reader, (mnt / "original" / ws[IMG],)))]
-    for t in threads:
-        t.start()
-    time.sleep(duration)
-    stop.set()
-    for t in threads:
-        t.join(timeout=30)
+    _run_for(duration, stop, [(swap_file, ()), (swap_folder, ()),
+                              (reader, (mnt / "outputs" / "x.bin",)),
+                              (reader, (mnt / "workspace" / IMG,)),
+                              (reader, (mnt / "original" / ws[IMG],))])
     assert leaks == [] and reads[0] > 50
 
 
@@ -409,14 +415,8 @@ def test_writers_and_readers_stress(plate, mounts):
             if not _is_whole(data):
                 bad.append((f.name, len(data)))
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)] + \
-        [threading.Thread(target=reader, args=(100 + i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    time.sleep(duration)
-    stop.set()
-    for t in threads:
-        t.join(timeout=60)
+    _run_for(duration, stop, [(writer, (i,)) for i in range(4)] +
+             [(reader, (100 + i,)) for i in range(4)])
     assert bad == [] and counts["reads"] > 20 and counts["writes"] > 20
     for f in files:                                  # not stale: the mount serves the plate's bytes
         last[f] = (plate / "outputs" / f.name).read_bytes()

@@ -10,6 +10,8 @@ from pathlib import Path
 from backends.errors import StorageError
 from compute.errors import PipelineError
 
+from .config import MountConfig
+
 
 def _cmd_info(args) -> int:
     from backends.plate import Plate
@@ -76,7 +78,6 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_mount(args) -> int:
-    from .config import MountConfig
     from .control import start_daemon
     cfg = MountConfig.from_args(args)
     if args.foreground:
@@ -153,13 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--subdir", help="subdirectory shown as images/ (default: the main one)")
     s.add_argument("--writable", action="store_true",
                    help="make outputs/ writable; what is written lands in the plate")
-    s.add_argument("--materialize", choices=["disk", "zarr"], default="disk",
+    s.add_argument("--materialize", choices=["disk", "zarr"], default=MountConfig.materialize,
                    help="with --writable: plate images written to outputs/<dir>/ go to OME-Zarr")
     s.add_argument("--pipeline", help="add processed/<name>/: TIFFs this pipeline file computes "
                                       "when they are first read")
-    s.add_argument("--compute-cache-mb", type=int, default=256,
+    s.add_argument("--compute-cache-mb", type=int, default=MountConfig.compute_cache_mb,
                    help="memory for computed stacks (LRU; default 256 MiB)")
-    s.add_argument("--chunk-cache-mb", type=int, default=1024,
+    s.add_argument("--chunk-cache-mb", type=int, default=MountConfig.chunk_cache_mb,
                    help="remote plates: local disk cache of fetched chunks (LRU; default 1024 MiB, "
                         "0 = none), under ~/.cache/vfsmount/chunks/")
     s.add_argument("--sync-on-close", action="store_true",

@@ -20,16 +20,17 @@ import os
 import pyfuse3
 import trio
 
+from backends.containment import NAME_MAX
+
+from .config import DEFAULT_THREADS
 from .errors import fuse_operation
 from .nodes import DirNode, Node
 
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 1 << 20           # st_blksize: cp/cat size their reads from it
-DEFAULT_THREADS = 8
 XATTR_PREFIX = b"user.vfsmount."
 DIR_HANDLES = 1 << 40          # snapshot directory handles live above every inode number
-NAME_MAX = 255
 
 
 class VfsOperations(pyfuse3.Operations):
