@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 from natsort import natsorted
 
 from .base import Backend, VirtualBackend
-from .errors import StorageNotFoundError
+from .errors import PathEscapeError, StorageNotFoundError
 from .formats import read_file
 from .naming import ParsedName, virtual_name
 from .paths import check_relative, contained_path
@@ -24,12 +24,27 @@ from .paths import check_relative, contained_path
 class VirtualWorkspaceBackend(VirtualBackend):
     _backend_type = Backend.VIRTUAL_WORKSPACE
 
-    def __init__(self, plate_root: str | os.PathLike, mapping: Mapping[str, str]) -> None:
+    def __init__(self, plate_root: str | os.PathLike, mapping: Mapping[str, str], *,
+                 strict: bool = True) -> None:
+        """``strict=False`` (the mount): a bad entry does not refuse the whole mapping; its
+        name is kept and opening it raises the PathEscapeError (EACCES in the mount)."""
         self.root = Path(os.path.realpath(plate_root))
-        for name, rel in mapping.items():
-            check_relative(name, what=f"virtual name {name!r}")
-            check_relative(rel, what=f"mapping entry {name!r} -> {rel!r}")
+        self._refused: dict[str, PathEscapeError] = {}
         self._mapping = dict(mapping)
+        for name, rel in mapping.items():
+            try:
+                check_relative(name, what=f"virtual name {name!r}")
+            except PathEscapeError:
+                if strict:
+                    raise
+                del self._mapping[name]        # not a name a folder can list
+                continue
+            try:
+                check_relative(rel, what=f"mapping entry {name!r} -> {rel!r}")
+            except PathEscapeError as e:
+                if strict:
+                    raise
+                self._refused[name] = e
 
     def _key(self, path: str | os.PathLike) -> str:
         # Accept "A01_....tif" or any path ending in it (e.g. "workspace/A01_....tif").
@@ -38,6 +53,8 @@ class VirtualWorkspaceBackend(VirtualBackend):
     def real_path(self, path: str | os.PathLike) -> Path:
         """The nested file behind a virtual name, checked to lie inside the plate."""
         key = self._key(path)
+        if key in self._refused:
+            raise self._refused[key]
         try:
             rel = self._mapping[key]
         except KeyError:

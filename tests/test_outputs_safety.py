@@ -481,3 +481,19 @@ def test_fsync_makes_file_and_folder_durable(plate, mounts, sync_on_close):
     # staged file fsynced, renamed, then its folder fsynced: before fsync() returned
     assert order[:3] == ["sync", "rename", "sync"], calls
     assert (plate / "outputs" / "b.bin").read_bytes() == b"b" * 100000
+
+
+def test_bad_mapping_entry_fails_only_its_own_file(plate, mounts):
+    entry = dict(Plate.open(plate).entry("workspace"))
+    mapping = entry["workspace_mapping"]
+    bad = "B02_s001_w1_z001_t001.tif"
+    entry["workspace_mapping"] = {**mapping, bad: "../outside/secret.tif"}
+    update_metadata(plate, {"workspace": entry})
+    mnt = mounts.mount(plate)
+    listed = os.listdir(mnt / "workspace")
+    assert bad in listed and len(listed) == len(entry["workspace_mapping"])
+    with pytest.raises(OSError) as e:
+        (mnt / "workspace" / bad).read_bytes()
+    assert e.value.errno == errno.EACCES
+    good = next(n for n in listed if n != bad)
+    assert (mnt / "workspace" / good).read_bytes()[:2] in (b"II", b"MM")

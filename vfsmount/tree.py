@@ -110,7 +110,7 @@ def populate_images(plate: Plate, key: str):
     """A populator that fills a directory with one node per image of subdirectory ``key``."""
     def fill(directory: DirNode) -> None:
         entry = plate.entry(key)
-        backend = plate.backend(key)
+        backend = _backend(plate, key, entry)
         names = entry.get("image_files") or backend.list_files("")
         started = time.perf_counter()
         if hasattr(backend, "plane"):
@@ -126,6 +126,19 @@ def populate_images(plate: Plate, key: str):
             raise TypeError(f"backend {backend!r} serves neither planes nor real files")
         log.info("listed %d images of %s in %.3f s", len(names), key, time.perf_counter() - started)
     return fill
+
+
+def _backend(plate: Plate, key: str, entry: dict):
+    """The subdirectory's backend; a mapping with bad entries still lists its folder (each
+    bad entry fails on its own with EACCES)."""
+    try:
+        return plate.backend(key)
+    except PathEscapeError as e:
+        if "workspace_mapping" not in entry:
+            raise
+        log.error("%s: %s; those files are refused, the rest is served", key, e)
+        from backends.virtual_workspace import VirtualWorkspaceBackend
+        return VirtualWorkspaceBackend(plate.path, entry["workspace_mapping"], strict=False)
 
 
 def populate_computed(factory):
