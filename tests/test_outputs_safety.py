@@ -497,3 +497,14 @@ def test_bad_mapping_entry_fails_only_its_own_file(plate, mounts):
     assert e.value.errno == errno.EACCES
     good = next(n for n in listed if n != bad)
     assert (mnt / "workspace" / good).read_bytes()[:2] in (b"II", b"MM")
+
+
+def test_vendor_file_with_a_backslash_in_its_name(plate, mounts):
+    entry = dict(Plate.open(plate).entry("workspace"))
+    name = "B02_s001_w1_z001_t001.tif"
+    os.replace(plate / entry["workspace_mapping"][name], plate / "odd\\name.tif")
+    entry["workspace_mapping"] = {**entry["workspace_mapping"], name: "odd\\name.tif"}
+    update_metadata(plate, {"workspace": entry})
+    mnt = mounts.mount(plate)
+    assert tifffile.imread(mnt / "workspace" / name).shape == (48, 64)
+    assert tifffile.imread(mnt / "original" / "odd\\name.tif").shape == (48, 64)
