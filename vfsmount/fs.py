@@ -77,12 +77,17 @@ class VfsOperations(pyfuse3.Operations):
         return os.fsdecode(self._labels.get(inode, str(inode).encode()))
 
     def describe(self, op: str, args: tuple) -> str:
-        """``op`` and the file it concerns, for the one log line of a failed operation."""
+        """``FILE: op`` for the one log line of a failed operation (``FILE: read of N bytes
+        at OFFSET`` for reads)."""
         first = args[0] if args else None
         if op in ("read", "write", "flush", "fsync", "release") and first in self._handles:
             first = self._handles[first][0].inode
-        name = f" {os.fsdecode(args[1])!r} in" if len(args) > 1 and isinstance(args[1], bytes) else ""
-        return f"{op}{name} {self._label(first) if isinstance(first, int) else ''}".rstrip()
+        label = self._label(first) if isinstance(first, int) else "?"
+        if len(args) > 1 and isinstance(args[1], bytes):       # an entry of a directory
+            return f"{label}/{os.fsdecode(args[1])}: {op}"
+        if op == "read" and len(args) == 3:
+            return f"{label}: read of {args[2]} bytes at {args[1]}"
+        return f"{label}: {op}"
 
     async def _work(self, node: Node, fn, *args):
         """``fn(*args)`` in a worker if the node says it reads the disk, else inline."""
