@@ -290,8 +290,10 @@ def test_umount_while_a_reader_holds_a_file(converted_plate, mounts):
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
-def test_dead_mount_is_cleared_by_umount(converted_plate, tmp_path):
-    """A daemon killed without auto_unmount's helper leaves 'Transport endpoint is not connected'."""
+@pytest.mark.parametrize("clear_by", ["umount", "mount"])
+def test_dead_mount_is_cleared_by_umount(converted_plate, tmp_path, clear_by):
+    """A daemon killed without auto_unmount's helper leaves 'Transport endpoint is not
+    connected'; `vfsmount umount` clears it, and so does the next `vfsmount mount` there."""
     mnt = tmp_path / "dead"
     mnt.mkdir()
     proc = subprocess.Popen([os.sys.executable, "-c", f"""
@@ -311,8 +313,13 @@ trio.run(pyfuse3.main)
         with pytest.raises(OSError) as e:
             os.listdir(mnt)
         assert e.value.errno == errno.ENOTCONN
+        if clear_by == "mount":
+            from vfsmount.control import start_daemon
+            start_daemon(converted_plate, mnt, log_file=tmp_path / "again.log")
+            assert os.listdir(mnt / "images")
+            unmount(mnt)
         res = run_cli("umount", str(mnt))
-        assert "detached" in res.stdout or "unmounted" in res.stdout
+        assert "detached" in res.stdout or "unmounted" in res.stdout or "not mounted" in res.stdout
         assert os.listdir(mnt) == []
     finally:
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)

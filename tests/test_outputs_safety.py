@@ -302,38 +302,6 @@ def test_directory_times_and_reserved_names(plate, mounts):
     assert os.listdir(plate / "outputs") == ["d"]
 
 
-def test_dead_mount_is_cleared_by_the_next_mount(plate, tmp_path):
-    """A daemon killed with no auto_unmount helper left (here: mounted without the option)
-    leaves ENOTCONN; `vfsmount mount` on that mount point clears it and mounts."""
-    from vfsmount.control import start_daemon, unmount
-    from .conftest import REPO
-    mnt = tmp_path / "dead"
-    mnt.mkdir()
-    proc = subprocess.Popen([os.sys.executable, "-c", f"""
-import pyfuse3, trio
-from backends.plate import Plate
-from vfsmount.fs import VfsOperations
-from vfsmount.tree import build_tree
-pyfuse3.init(VfsOperations(build_tree(Plate.open({str(plate)!r}))), {str(mnt)!r}, {{"fsname=vfsmount-dead"}})
-print("up", flush=True)
-trio.run(pyfuse3.main)
-"""], stdout=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        assert proc.stdout.readline().strip() == "up"
-        proc.kill()
-        proc.wait()
-        with pytest.raises(OSError) as e:
-            os.listdir(mnt)
-        assert e.value.errno == errno.ENOTCONN
-        start_daemon(plate, mnt, log_file=tmp_path / "again.log")
-        try:
-            assert os.listdir(mnt / "images")
-        finally:
-            unmount(mnt)
-    finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
-
-
 # -- acceptance 3: kill -9 during tifffile overwrites -----------------------------------------
 
 @pytest.mark.parametrize("materialize", ["disk", "zarr"])
