@@ -58,6 +58,13 @@ class ArrayCache:
     def __contains__(self, key: Hashable) -> bool:
         return key in self._items
 
+    def discard(self, key: Hashable) -> None:
+        """Forget one entry (its source was rewritten)."""
+        with self._lock:
+            value = self._items.pop(key, None)
+            if value is not None:
+                self._bytes -= value.nbytes
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

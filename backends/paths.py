@@ -34,10 +34,17 @@ def check_relative(rel: str | os.PathLike, *, what: str = "path") -> PurePosixPa
 def contained_path(root: Path, rel: str | os.PathLike, *, what: str = "path") -> Path:
     """Join ``rel`` under ``root`` and make sure the result (after symlinks) stays inside.
 
-    ``root`` must already be resolved. Raises PathEscapeError otherwise.
+    ``root`` must already be resolved. Raises PathEscapeError otherwise. A backslash is a
+    separator only where the name with a literal backslash does not exist (a vendor file may
+    be named with one; a mapping written on Windows uses it as a separator).
     """
     p = check_relative(rel, what=what)
+    text = os.fspath(rel)
     full = root.joinpath(*p.parts)
+    if "\\" in text:
+        literal = root.joinpath(*PurePosixPath(text).parts)
+        if os.path.lexists(literal):
+            full = literal
     resolved = Path(os.path.realpath(full))
     if resolved != root and root not in resolved.parents:
         raise PathEscapeError(f"{what} resolves outside {root}", path=os.fspath(rel))

@@ -13,7 +13,6 @@ per source folder.
 """
 from __future__ import annotations
 
-import errno
 import os
 import threading
 from array import array
@@ -24,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from natsort import natsorted
 
 from .base import Backend, VirtualBackend
+from .containment import open_beneath, open_dir_beneath
 from .errors import PathEscapeError, StorageNotFoundError
 from .formats import read_file
 from .naming import ParsedName, virtual_name
@@ -73,23 +73,20 @@ class SourceDir:
         self.parts = tuple(resolved[len(self.root):].split(os.sep)[1:])   # no links among them
 
     def open_dir(self) -> int:
-        """A descriptor of this folder, opened one resolved component at a time with
-        O_NOFOLLOW from the plate root: a folder swapped for a link since it was checked is
-        refused, race-free."""
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        """A descriptor of this folder, opened beneath the plate root through no symlink
+        (backends.containment): a folder swapped for a link since it was checked is refused,
+        race-free."""
+        root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            for part in self.parts:
-                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                dir_fd=fd)
-                os.close(fd)
-                fd = child
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise PathEscapeError(f"source folder {self.rel!r} was replaced by a link or a "
-                                      f"file since the mount checked it", path=self.path) from None
-            raise
-        return fd
+            return open_dir_beneath(root, "/".join(self.parts))
+        except PathEscapeError:
+            raise PathEscapeError(f"source folder {self.rel!r} was replaced by a link since the "
+                                  f"mount checked it", path=self.path) from None
+        except NotADirectoryError:
+            raise PathEscapeError(f"source folder {self.rel!r} was replaced by a file since the "
+                                  f"mount checked it", path=self.path) from None
+        finally:
+            os.close(root)
 
 
 def open_in_dir(folder: SourceDir, name: str) -> int:
@@ -99,14 +96,11 @@ def open_in_dir(folder: SourceDir, name: str) -> int:
         raise PathEscapeError(f"source name {name!r} is not a plain file name", path=name)
     dir_fd = folder.open_dir()
     try:
-        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                       dir_fd=dir_fd)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise PathEscapeError(f"source {folder.rel}/{name} is a symbolic link; links are "
-                                  f"not followed (one could lead outside the plate)",
-                                  path=f"{folder.rel}/{name}") from None
-        raise
+        return open_beneath(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK)
+    except PathEscapeError:
+        raise PathEscapeError(f"source {folder.rel}/{name} is a symbolic link; links are "
+                              f"not followed (one could lead outside the plate)",
+                              path=f"{folder.rel}/{name}") from None
     finally:
         os.close(dir_fd)
 
@@ -114,13 +108,40 @@ def open_in_dir(folder: SourceDir, name: str) -> int:
 class VirtualWorkspaceBackend(VirtualBackend):
     _backend_type = Backend.VIRTUAL_WORKSPACE
 
-    def __init__(self, plate_root: str | os.PathLike, mapping: Mapping[str, str]) -> None:
+    def __init__(self, plate_root: str | os.PathLike, mapping: Mapping[str, str], *,
+                 strict: bool = True) -> None:
+        """``strict=False`` (the mount): a bad entry does not refuse the whole mapping; its
+        name is kept and opening it raises the PathEscapeError (EACCES in the mount)."""
         self.root = Path(os.path.realpath(plate_root))
-        check_mapping(mapping)
+        self._refused: dict[str, PathEscapeError] = {}
+        if strict:
+            check_mapping(mapping)
+        else:
+            mapping = self._refuse_bad_entries(mapping)
         # Not copied: it is read-only here and a large plate's mapping holds a million entries.
         self._mapping = mapping
         self._dirs: dict[str, SourceDir] = {}
         self._dirs_lock = threading.Lock()
+
+    def _refuse_bad_entries(self, mapping: Mapping[str, str]) -> Mapping[str, str]:
+        """The mapping without the entries check_mapping refuses; each refused source is kept
+        in ``_refused`` so that only its own file fails (a name that is no plain file name
+        cannot be listed at all and is dropped)."""
+        try:
+            check_mapping(mapping)
+            return mapping
+        except PathEscapeError:
+            pass
+        good = {}
+        for name, rel in mapping.items():
+            try:
+                check_mapping_entry(name, rel)
+                good[name] = rel
+            except PathEscapeError as e:
+                if name and "/" not in name and "\\" not in name and "\0" not in name \
+                        and name not in (".", ".."):
+                    self._refused[name] = e
+        return good
 
     def _key(self, path: str | os.PathLike) -> str:
         # Accept "A01_....tif" or any path ending in it (e.g. "workspace/A01_....tif").
@@ -128,6 +149,8 @@ class VirtualWorkspaceBackend(VirtualBackend):
 
     def _rel(self, path: str | os.PathLike) -> str:
         key = self._key(path)
+        if key in self._refused:
+            raise self._refused[key]
         try:
             return self._mapping[key]
         except KeyError:

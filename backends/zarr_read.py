@@ -106,6 +106,16 @@ class ZarrReadMixin:
         except StorageError as e:               # the real read will report it
             log.debug("read-ahead of %s failed: %s", name, e)
 
+    def invalidate(self, path: str | os.PathLike) -> None:
+        """Forget what is cached of one plane (its field's decoded array included): called
+        after the plane is rewritten, so the next read decodes the new pixels."""
+        name = os.fspath(path).replace("\\", "/").rsplit("/", 1)[-1]
+        ref = self._files.get(name)
+        if ref is None:
+            return
+        self.cache.discard(ref.array)
+        self.cache.discard((ref.array, ref.index))
+
     def is_decoded(self, ref: PlaneRef) -> bool:
         """True when rows of this plane can be served from memory without decoding."""
         return self._cache_key(ref) in self.cache

@@ -1,6 +1,7 @@
 """Writing through the mount's outputs/ area against baselines measured in the same run.
 
-- `cp -r` of a folder of TIFFs into outputs/ (`--materialize disk`) vs `cp -r` to local disk;
+- `cp -r` of a folder of TIFFs into outputs/ (`--materialize disk`) vs `cp -r` to local disk,
+  both followed by `sync` (close() commits by rename without waiting for the disk);
 - the same with `--materialize zarr` vs writing the same planes with zarr directly in Python
   (decoded from the same TIFFs, one FILE chunk per plane, as the mount stores them).
 """
@@ -65,7 +66,7 @@ def timed_cp(src: Path, dst: Path) -> float:
 
 
 def run(args) -> None:
-    n = 64 if args.quick else 512                 # 512 x 2 MiB = 1 GiB
+    n = 32 if args.quick else 128                 # 128 x 2 MiB = 256 MiB (issue 20)
     base = Path(tempfile.mkdtemp(prefix="vfsbench-write-"))
     try:
         plate = make_imagexpress_plate(base / "plate", PlateSpec(wells=("A01",), sites=1, channels=1,
@@ -83,7 +84,7 @@ def run(args) -> None:
             drop_caches(files)
             t_mount = timed_cp(src, base / "mnt" / "outputs" / "disk_copy")
         rows.append(("cp -r into outputs/ (disk) vs cp -r to local disk", f"{nbytes / 2**20:.0f} MiB",
-                     mib_s(nbytes, t_local), mib_s(nbytes, t_mount), t_local / t_mount, ">= 0.5"))
+                     mib_s(nbytes, t_local), mib_s(nbytes, t_mount), t_local / t_mount, ">= 0.7"))
 
         drop_caches(files)
         t = time.perf_counter()
@@ -98,7 +99,7 @@ def run(args) -> None:
             subprocess.run(["sync"], check=True)
             t_zmount = time.perf_counter() - t
         rows.append(("cp into outputs/ (zarr) vs zarr written directly", f"{nbytes / 2**20:.0f} MiB",
-                     mib_s(nbytes, t_direct), mib_s(nbytes, t_zmount), t_direct / t_zmount, ">= 0.7"))
+                     mib_s(nbytes, t_direct), mib_s(nbytes, t_zmount), t_direct / t_zmount, ">= 0.6"))
         table(f"Writing {n} TIFFs of {PLANE[0]}x{PLANE[1]} uint16 through the mount "
               "(MiB/s; ratio = mount / baseline throughput)", rows,
               ("what", "data", "baseline MiB/s", "mount MiB/s", "ratio", "goal"))

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc libtiff-tools attr rsync
               imagej xvfb xauth pocl-opencl-icd ocl-icd-opencl-dev
-              systemd)
+              systemd autoconf automake)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

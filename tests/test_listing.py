@@ -166,11 +166,17 @@ def test_metadata_file_is_served_in_place(plate, mounts):
     assert served["subdirectories"]["workspace"]["pixel_size"] == 0.5
 
 
-def test_a_tampered_mapping_fails_its_folder_not_the_mount(plate, mounts):
+def test_a_tampered_mapping_entry_fails_only_its_own_file(plate, mounts):
+    """Issue 17: a mapping entry leaving the plate fails its own file (EACCES), never the
+    folder: the other images are listed and read."""
     remap(plate, {"C01_s001_w1_z001_t001.tif": "../outside.tif"})
     mnt = mounts.mount(plate)
+    listed = os.listdir(mnt / "workspace")
+    assert "A01_s001_w1_z001_t001.tif" in listed
     with pytest.raises(OSError) as e:
-        os.listdir(mnt / "workspace")
-    assert e.value.errno == errno.EIO
+        (mnt / "workspace" / "C01_s001_w1_z001_t001.tif").read_bytes()
+    assert e.value.errno == errno.EACCES
     assert "'..'" in mounts.log(mnt) and "C01_s001_w1_z001_t001.tif" in mounts.log(mnt)
-    assert "original" in os.listdir(mnt)
+    ws = Plate.open(plate).entry("workspace")["workspace_mapping"]
+    assert (mnt / "workspace" / "A01_s001_w1_z001_t001.tif").read_bytes() == \
+        (plate / ws["A01_s001_w1_z001_t001.tif"]).read_bytes()

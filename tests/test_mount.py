@@ -40,6 +40,13 @@ def expected_plane(name: str, spec: PlateSpec) -> np.ndarray:
     return synthetic_image(parse_virtual_name(name), spec.shape, spec.dtype)
 
 
+def served_tiff(name: str, spec: PlateSpec, plate: Path) -> bytes:
+    """The TIFF the mount synthesizes: the plane, with the plate's pixel size and z spacing
+    (from the MetaSeries z-positions of the synthetic plate) in its ImageJ calibration."""
+    z = Plate.open(plate).entry("zarr").get("z_spacing")
+    return synthesize(expected_plane(name, spec), 0.65, z_spacing=z)
+
+
 def test_tree_sizes_and_posix_tools(converted_plate, small_spec, mounts, tmp_path):
     mnt = mounts.mount(converted_plate)
     assert sorted(os.listdir(mnt)) == ["hyperstacks", "images", METADATA_FILENAME, "original",
@@ -47,7 +54,8 @@ def test_tree_sizes_and_posix_tools(converted_plate, small_spec, mounts, tmp_pat
     plate = Plate.open(converted_plate)
     names = plate.image_files("zarr")
     assert sorted(os.listdir(mnt / "images")) == sorted(names) == sorted(os.listdir(mnt / "zarr"))
-    layout = TiffLayout.for_plane(small_spec.shape, small_spec.dtype, 0.65)
+    layout = TiffLayout.for_plane(small_spec.shape, small_spec.dtype, 0.65,
+                                  z_spacing=plate.entry("zarr").get("z_spacing"))
 
     # ls -l: names and exact sizes, before any pixel is read
     out = subprocess.run(["ls", "-l", str(mnt / "images")], capture_output=True, text=True,
@@ -78,7 +86,7 @@ def test_tree_sizes_and_posix_tools(converted_plate, small_spec, mounts, tmp_pat
     dest = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(mnt), str(dest)], check=True)
     for name in names:
-        want = synthesize(expected_plane(name, small_spec), 0.65)
+        want = served_tiff(name, small_spec, converted_plate)
         assert (dest / "images" / name).read_bytes() == want
     for name, rel in ws.items():
         assert filecmp.cmp(dest / "workspace" / name, converted_plate / rel, shallow=False)
@@ -161,7 +169,7 @@ def test_imagej_macro_opens_zarr_backed_tiff(copy_real_plate, mounts, tmp_path):
 def test_random_range_reads(converted_plate, small_spec, mounts):
     mnt = mounts.mount(converted_plate)
     name = "A01_s002_w2_z002_t001.tif"
-    whole = synthesize(expected_plane(name, small_spec), 0.65)
+    whole = served_tiff(name, small_spec, converted_plate)
     rng = random.Random(11)
     fd = os.open(mnt / "images" / name, os.O_RDONLY)
     try:
@@ -180,7 +188,7 @@ def test_eight_concurrent_readers_for_60_seconds(tmp_path, mounts):
     convert_plate(root, config=ZarrConfig(chunk_strategy="well"), progress=False)
     mnt = mounts.mount(root)
     names = sorted(os.listdir(mnt / "images"))[:8]
-    expected = {n: synthesize(expected_plane(n, spec), 0.65) for n in names}
+    expected = {n: served_tiff(n, spec, root) for n in names}
     daemon = psutil.Process(mounts.pids[mnt])
     errors: list[str] = []
     reads = [0] * len(names)
@@ -290,8 +298,10 @@ def test_umount_while_a_reader_holds_a_file(converted_plate, mounts):
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
-def test_dead_mount_is_cleared_by_umount(converted_plate, tmp_path):
-    """A daemon killed without auto_unmount's helper leaves 'Transport endpoint is not connected'."""
+@pytest.mark.parametrize("clear_by", ["umount", "mount"])
+def test_dead_mount_is_cleared_by_umount(converted_plate, tmp_path, clear_by):
+    """A daemon killed without auto_unmount's helper leaves 'Transport endpoint is not
+    connected'; `vfsmount umount` clears it, and so does the next `vfsmount mount` there."""
     mnt = tmp_path / "dead"
     mnt.mkdir()
     proc = subprocess.Popen([os.sys.executable, "-c", f"""
@@ -311,8 +321,14 @@ trio.run(pyfuse3.main)
         with pytest.raises(OSError) as e:
             os.listdir(mnt)
         assert e.value.errno == errno.ENOTCONN
-        res = run_cli("umount", str(mnt))
-        assert "detached" in res.stdout or "unmounted" in res.stdout
+        if clear_by == "mount":
+            from vfsmount.control import start_daemon
+            start_daemon(converted_plate, mnt, log_file=tmp_path / "again.log")
+            assert os.listdir(mnt / "images")
+            unmount(mnt)
+        else:       # (a folder that is not mounted is an error for `vfsmount umount`)
+            res = run_cli("umount", str(mnt))
+            assert "detached" in res.stdout or "unmounted" in res.stdout
         assert os.listdir(mnt) == []
     finally:
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)

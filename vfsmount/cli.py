@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
+from .config import MountConfig
 
 log = logging.getLogger("vfsmount.cli")
 
@@ -193,41 +194,27 @@ def _cmd_mount(args) -> int:
         _refuse_read_only(args.plate, "mount it without --writable")
     if args.pipeline:
         _load_pipeline(args.pipeline)   # its mistakes as file:line, before a daemon starts
+    cfg = MountConfig.from_args(args)
     if args.foreground:
-        return _mount_foreground(args)
-    pid, log_file = start_daemon(args.plate, args.mountpoint, allow_other=args.allow_other,
-                                 subdir=args.subdir, log_level=_daemon_log_level(args),
-                                 log_file=args.log_file, extra_args=_daemon_options(args))
+        return _mount_foreground(args, cfg)
+    pid, log_file = start_daemon(args.plate, args.mountpoint, log_level=_daemon_log_level(args),
+                                 log_file=args.log_file, extra_args=cfg.to_argv()[2:])
     print(f"mounted {args.plate} on {args.mountpoint} (daemon pid {pid}, log {log_file})")
     return 0
-
-
-def _daemon_options(args) -> list[str]:
-    """The options the daemon process is started with (also what `vfsmount list` shows)."""
-    return ["--chunk-cache-mb", str(args.chunk_cache_mb)] + \
-        (["--s3-endpoint", args.s3_endpoint] if args.s3_endpoint else []) + \
-        (["--xattrs"] if args.xattrs else []) + \
-        (["--writable", "--materialize", args.materialize] if args.writable else []) + \
-        (["--pipeline", str(Path(args.pipeline).absolute()),
-          "--compute-cache-mb", str(args.compute_cache_mb)] if args.pipeline else [])
 
 
 def _daemon_log_level(args) -> str:
     return (args.log_level or "info").upper()
 
 
-def _mount_foreground(args) -> int:
+def _mount_foreground(args, cfg: MountConfig) -> int:
     from .control import MountRecord, forget_mount, plate_location, record_mount
     from .daemon import serve
     logging.getLogger().setLevel(_daemon_log_level(args))
     record_mount(MountRecord(args.mountpoint, plate_location(args.plate), os.getpid(),
-                             ["--foreground"] + _daemon_options(args), None))
+                             ["--foreground"] + cfg.to_argv()[2:], None))
     try:
-        return serve(args.plate, args.mountpoint, allow_other=args.allow_other,
-                     subdir=args.subdir, xattrs=args.xattrs, writable=args.writable,
-                     materialize=args.materialize, pipeline_file=args.pipeline,
-                     compute_cache_mb=args.compute_cache_mb, chunk_cache_mb=args.chunk_cache_mb,
-                     s3_endpoint=args.s3_endpoint)
+        return serve(cfg)
     finally:
         forget_mount(args.mountpoint)
 
@@ -423,14 +410,16 @@ COMMANDS: dict[str, Command] = {
         arg("--subdir", help="subdirectory shown as images/ (default: the main one)"),
         arg("--writable", action="store_true",
             help="make outputs/ writable; what is written lands in the plate"),
-        arg("--materialize", choices=["disk", "zarr"], requires="writable", default="disk",
+        arg("--materialize", choices=["disk", "zarr"], requires="writable",
+            default=MountConfig.materialize,
             help="with --writable: plate images written to outputs/<dir>/ go to OME-Zarr "
                  "(zarr) or stay files (disk, the default)"),
         arg("--pipeline", metavar="FILE", help="add processed/<name>/: TIFFs this pipeline file "
             "computes when they are first read"),
-        arg("--compute-cache-mb", type=int, requires="pipeline", default=256,
+        arg("--compute-cache-mb", type=int, requires="pipeline",
+            default=MountConfig.compute_cache_mb,
             help="with --pipeline: memory for computed stacks (LRU; default 256 MiB)"),
-        arg("--chunk-cache-mb", type=int, default=1024,
+        arg("--chunk-cache-mb", type=int, default=MountConfig.chunk_cache_mb,
             help="remote plates: local disk cache of fetched chunks (LRU; default 1024 MiB, "
                  "0 = none), under ~/.cache/vfsmount/chunks/"),
         arg("--xattrs", action="store_true",
@@ -439,6 +428,9 @@ COMMANDS: dict[str, Command] = {
                  "`vfsmount info FILE` gives the same facts"),
         arg("--no-xattrs", action="store_false", dest="xattrs",
             help="the default (kept for old scripts)"),
+        arg("--sync-on-close", action="store_true",
+            help="outputs/: close() waits until the file is on stable storage (fsync); by "
+                 "default only fsync() does, as on ext4"),
         arg("--log-file", help="daemon log (default: ~/.cache/vfsmount/logs/)"),
         S3]),
     "umount": Command(_cmd_umount, "unmount (also clears a dead mount)", [

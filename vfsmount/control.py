@@ -31,16 +31,37 @@ def is_mounted(mountpoint: str | os.PathLike) -> bool:
     return mount_type(mountpoint) is not None
 
 
+def is_dead(mountpoint: str | os.PathLike) -> bool:
+    """A mount whose daemon is gone: the kernel answers ENOTCONN ("Transport endpoint is not
+    connected"). auto_unmount cannot always prevent it: its helper process is itself killed
+    when a whole process group or cgroup is, and then nobody unmounts."""
+    try:
+        os.stat(mountpoint)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
+def clear_dead_mount(mountpoint: str | os.PathLike) -> bool:
+    """Detach a dead mount at ``mountpoint`` so that a new one can take its place; True if
+    there was one (a live mount is left alone)."""
+    if not is_dead(mountpoint):
+        return False
+    fusermount = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
+    subprocess.run([fusermount, "-u", "-z", os.fspath(mountpoint)], capture_output=True)
+    return not is_mounted(mountpoint)
+
+
 def start_daemon(plate: str | os.PathLike, mountpoint: str | os.PathLike, *,
                  allow_other: bool = False, subdir: str | None = None, log_level: str = "INFO",
                  log_file: str | os.PathLike | None = None, timeout: float = 120.0,
                  extra_args: list[str] | None = None) -> tuple[int, Path]:
     """Start a background daemon; return (pid, log file) once the mount is live."""
     mnt = Path(mountpoint)
+    if is_mounted(mnt) and not clear_dead_mount(mnt):   # a dead one (daemon killed) is cleared
+        raise MountError(f"{mnt} is already a mount point (vfsmount umount {mnt} first)")
     if not mnt.is_dir():
         raise MountError(f"mount point {mnt} is not a directory")
-    if is_mounted(mnt):
-        raise MountError(f"{mnt} is already a mount point (vfsmount umount {mnt} first)")
     log_path = Path(log_file) if log_file else default_log_file(mnt)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     r, w = os.pipe()

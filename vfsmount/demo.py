@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from backends.convert import convert_plate
+from backends.layout import MAIN_ALIAS
 from backends.metadata import cache_root
 from backends.plate import Plate
 from backends.sample_plates import PlateSpec, make_imagexpress_plate
@@ -37,14 +38,14 @@ def run_demo(base: Path | None = None, *, keep_mounted: bool = True) -> int:
     pid, log = start_daemon(plate_dir, mnt)
     print(f"3. mounted on {mnt} (daemon pid {pid}, log {log})\n")
 
-    first = sorted(os.listdir(mnt / "images"))[0]
+    first = sorted(os.listdir(mnt / MAIN_ALIAS))[0]
     print(f"$ ls {mnt}")
     print("   " + "  ".join(sorted(os.listdir(mnt))))
     print(f"$ ls -l {mnt}/images | head -4")
-    out = subprocess.run(["ls", "-l", str(mnt / "images")], capture_output=True, text=True).stdout
+    out = subprocess.run(["ls", "-l", str(mnt / MAIN_ALIAS)], capture_output=True, text=True).stdout
     print("\n".join("   " + line for line in out.splitlines()[:4]))
     import tifffile
-    img = tifffile.imread(mnt / "images" / first)
+    img = tifffile.imread(mnt / MAIN_ALIAS / first)
     direct = plate.backend().load(first)
     print(f"\ntifffile through the mount: {first} {img.shape} {img.dtype}, "
           f"identical to the zarr plane: {bool(np.array_equal(img, direct))}")

@@ -15,14 +15,32 @@ by ``tiff_layout`` and filled from a plane source (e.g. zarr chunks). A large
 plate has 100,000s of file nodes, so they hold only their name and a reference
 to one shared *source* object per directory, which knows how to resolve a name
 (``PathSource``) or produce its plane (``PlaneSourceFactory``).
+
+The node protocol -- the one seam between the FUSE layer (``fs.py``) and everything else.
+``fs.py`` calls only these methods; a node that lacks a capability inherits a default that
+answers the right errno (EROFS for writes, ENOTDIR/EISDIR for the wrong kind):
+
+- attributes: ``size``, ``mtime_ns``, ``mode``, ``nlink``, ``get_xattrs()``;
+- cache policy: ``entry_timeout`` (entries and attributes; the read-only tree keeps them an
+  hour, outputs/ not at all) and, per open, ``OpenFile.keep_cache``/``direct_io``;
+- directories: ``lookup(name)``, ``listing()`` (names by offset, and their nodes);
+  ``needs_worker()``/``prepare()`` when the first listing must read the disk;
+- files: ``open_file(flags)`` -> ``OpenFile``; ``read``/``read_nowait``/``release`` with the
+  handle it carries; ``blocking_handles`` when open/flush/fsync/release do I/O;
+- optional write capabilities (outputs/ only): directories ``create``, ``mkdir``, ``unlink``,
+  ``rmdir``, ``rename``; files ``write_nowait``/``write``, ``truncate``, ``flush``,
+  ``fsync``, ``set_attrs`` (these return True when they committed, so the kernel's cached pages
+  of the file are dropped).
 """
 from __future__ import annotations
 
+import errno
 import functools
 import itertools
 import os
 import stat as stat_mod
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
@@ -32,12 +50,35 @@ _inodes = itertools.count(2)   # 1 is the FUSE root
 _populate_lock = threading.RLock()
 
 
+ATTR_TIMEOUT = 3600.0          # seconds: the read-only tree does not change under the kernel
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+
+
 def next_inode() -> int:
     return next(_inodes)
 
 
+def _read_only() -> OSError:
+    return OSError(errno.EROFS, "read-only here (only outputs/ takes writes)")
+
+
+@dataclass
+class OpenFile:
+    """What ``open_file`` returns: the per-open handle and how the kernel may cache it."""
+
+    handle: object
+    keep_cache: bool = False       # keep the page cache from earlier opens
+    direct_io: bool = False        # bypass the page cache (the size may change while open)
+    invalidate: bool = False       # the source changed: drop what the kernel cached
+
+
 class Node:
+    """Every node: attributes, and defaults that refuse what a node cannot do."""
+
     __slots__ = ("inode", "mode", "mtime_ns")
+    entry_timeout = ATTR_TIMEOUT
+    blocking_handles = False     # open/flush/fsync/release do I/O: run them in a worker
+    writable = False
 
     def __init__(self, mode: int, mtime_ns: int, inode: int | None = None) -> None:
         self.inode = inode if inode is not None else next_inode()
@@ -48,8 +89,67 @@ class Node:
     def is_dir(self) -> bool:
         return stat_mod.S_ISDIR(self.mode)
 
+    @property
+    def nlink(self) -> int:
+        return 2 if self.is_dir else 1
+
     def get_xattrs(self) -> dict[bytes, bytes]:
         return {}
+
+    # -- directory capabilities ---------------------------------------------------
+    def needs_worker(self) -> bool:
+        """True if ``lookup``/``listing`` would read the disk now (run them in a worker)."""
+        return False
+
+    def prepare(self) -> None:
+        pass
+
+    def lookup(self, name: bytes) -> "Node | None":
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+
+    def listing(self):
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+
+    def create(self, name: bytes) -> "Node":
+        raise _read_only()
+
+    def mkdir(self, name: bytes) -> "Node":
+        raise _read_only()
+
+    def unlink(self, name: bytes) -> None:
+        raise _read_only()
+
+    def rmdir(self, name: bytes) -> None:
+        raise _read_only()
+
+    def rename(self, name: bytes, new_dir: "Node", new_name: bytes) -> None:
+        raise _read_only()
+
+    # -- file capabilities ----------------------------------------------------------
+    def open_file(self, flags: int) -> OpenFile:
+        raise IsADirectoryError(errno.EISDIR, "a directory")
+
+    def write_nowait(self, handle: object, offset: int, data: bytes) -> int | None:
+        raise _read_only()
+
+    def write(self, handle: object, offset: int, data: bytes) -> int:
+        raise _read_only()
+
+    def truncate(self, size: int) -> bool:
+        raise _read_only()
+
+    def set_attrs(self, size: int | None, mtime_ns: int | None) -> bool:
+        """setattr: a new size and/or mtime; True if that committed content."""
+        raise _read_only()
+
+    def flush(self, handle: object) -> bool:
+        return False
+
+    def fsync(self, handle: object) -> bool:
+        return False
+
+    def release(self, handle: object) -> bool:
+        return False
 
 
 class PathSource(Protocol):
@@ -81,6 +181,19 @@ class DirNode(Node):
     @property
     def populated(self) -> bool:
         return self._populate is None
+
+    def needs_worker(self) -> bool:
+        return self._populate is not None
+
+    def prepare(self) -> None:
+        self._ensure()
+
+    def lookup(self, name: bytes) -> Node | None:
+        return self.get(name)
+
+    def listing(self) -> "DirNode":
+        """Itself: ``names()`` (a list paged by offset) and ``child_at(index)``."""
+        return self
 
     def _ensure(self) -> None:
         if self._populate is not None:
@@ -117,6 +230,8 @@ class DirNode(Node):
     def child_at(self, index: int) -> Node:
         """The entry at ``index`` of ``names()`` (readdir pages through a folder by index)."""
         return self._children[self.names()[index]]
+    def child(self, name: bytes) -> Node | None:
+        return self._children.get(name)
 
     def children(self) -> Iterator[tuple[bytes, Node]]:
         self._ensure()
@@ -143,6 +258,16 @@ class FileNode(Node):
         """
         return self.read(handle, offset, length) if self.cheap else None
 
+    def open_file(self, flags: int) -> OpenFile:
+        if flags & WRITE_FLAGS:
+            raise _read_only()
+        changed = self.source_changed()
+        return OpenFile(self.open(), keep_cache=self.immutable and not changed, invalidate=changed)
+
+    def source_changed(self) -> bool:
+        """True if the bytes behind this file changed since it was last opened."""
+        return False
+
     def open(self) -> object:
         """Per-open state handed back to ``read``/``release`` (e.g. a file descriptor)."""
         return None
@@ -150,8 +275,8 @@ class FileNode(Node):
     def read(self, handle: object, offset: int, length: int) -> bytes:
         raise NotImplementedError
 
-    def release(self, handle: object) -> None:
-        pass
+    def release(self, handle: object) -> bool:
+        return False
 
 
 class BytesFile(FileNode):
@@ -198,6 +323,9 @@ class PassthroughFile(FileNode):
         self.mtime_ns = st.st_mtime_ns
         return changed
 
+    def source_changed(self) -> bool:
+        return self.refresh()      # (a method, so subclasses' refresh is the one called)
+
     @property
     def size(self) -> int:
         if self._seen is None:
@@ -205,7 +333,10 @@ class PassthroughFile(FileNode):
         return self._seen[0]
 
     def open(self) -> "_ReadAhead":
-        return _ReadAhead(os.open(self.path(), os.O_RDONLY | os.O_CLOEXEC))
+        # through the source's race-free containment (backends.containment) when it has one
+        opener = getattr(self._source, "open_fd", None)
+        fd = opener(self.name) if opener else os.open(self.path(), os.O_RDONLY | os.O_CLOEXEC)
+        return _ReadAhead(fd)
 
     def read(self, handle: "_ReadAhead", offset: int, length: int) -> bytes:
         # A worker reads READ_AHEAD bytes at once, so the kernel's next 128 KiB requests
@@ -230,8 +361,9 @@ class PassthroughFile(FileNode):
             return None   # partly cached: let a worker read the rest
         return bytes(memoryview(buf)[:n])
 
-    def release(self, handle: "_ReadAhead") -> None:
+    def release(self, handle: "_ReadAhead") -> bool:
         os.close(handle.fd)
+        return False
 
 
 READ_AHEAD = 1 << 20

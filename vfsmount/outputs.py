@@ -8,16 +8,22 @@ Committed state lives in the plate:
   ImageXpress name) become planes of this OME-Zarr plate and are served back as
   synthesized TIFFs. Images elsewhere are stored as files.
 
-Writes go to a staging file in ``PLATE/.vfsmount-staging/`` (on disk, same file system as the
-outputs, so gigabyte files are fine and the commit is a rename). On the last close (flush)
-or an fsync the staging file is committed: fsync, then rename over the destination (or
-decode into the zarr store, then drop the staging file). A crash at any moment leaves the
-previous file or the complete new one; leftovers in the staging folder are removed at the
-next mount. A reader that opened the file before the commit keeps seeing the old content.
+The file node (``OutFile``) is in ``outfile.py``. Every path below ``PLATE/outputs`` is reached through ``backends.containment`` (openat2
+beneath a descriptor held for the folder, no symlinks followed): a symlink found there is
+listed as a refused entry (mode 000, EACCES on open), never followed.
+
+Writes go to a staging file in ``PLATE/.vfsmount-staging/`` (same file system, so the commit
+is one rename). The staging file is committed when a writer's close() flushes it (content
+complete: an image-named TIFF must hold every page's data) or on fsync, and at the last
+close at the latest; a commit is a rename (or a decode into the zarr store), so a crash
+leaves the old file or the new one. ``close()`` does not wait for the disk; ``fsync()``
+does (staged file and folder), and ``--sync-on-close`` makes every commit durable.
+A reader keeps the version it opened: its handle holds that version's descriptor (or, for
+a zarr plane, its bytes) until it closes.
 
 Not supported (answered with an errno): hard links and symlinks (EPERM), special files
 (EPERM), rename flags such as RENAME_EXCHANGE (EINVAL), names with a backslash or control
-characters (EPERM).
+characters (EPERM), names ending in ``.zarr`` (EINVAL: that suffix marks a zarr store).
 """
 from __future__ import annotations
 
@@ -28,30 +34,21 @@ import stat as stat_mod
 import threading
 import time
 import uuid
-from pathlib import Path
 
 from natsort import natsorted
 
-from backends.atomic import fsync_dir
-from backends.errors import StorageError
+from backends import containment
+from backends.errors import PathEscapeError, StorageError
 from backends.handlers.imagexpress import parse_name as parse_imagexpress_name
-from backends.metadata import image_set_entry, update_metadata
+from backends.layout import OUTPUTS_DIR, STAGING_DIR, ZARR_SUFFIX
+from backends.metadata import record_output_folder
 from backends.naming import try_parse_virtual_name
 
-from .nodes import FileNode, Node, layout_for
+from .nodes import Node, OpenFile
+from .outfile import CommitError, OutFile
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = "outputs"
-STAGING = ".vfsmount-staging"
-
-
-class CommitError(Exception):
-    """A commit failed; ``errno`` is what the writer's close()/fsync() returns."""
-
-    def __init__(self, err: int, message: str) -> None:
-        super().__init__(message)
-        self.errno = err
 
 
 def image_name(name: str) -> str | None:
@@ -65,34 +62,116 @@ def image_name(name: str) -> str | None:
     return p.virtual_name()
 
 
+def check_name(name: bytes) -> str:
+    """A name a tool may create in outputs/; OSError otherwise."""
+    text = os.fsdecode(name)
+    if len(name) > containment.NAME_MAX:
+        raise OSError(errno.ENAMETOOLONG, "name longer than NAME_MAX")
+    if "\\" in text or any(ord(c) < 32 for c in text):
+        raise OSError(errno.EPERM, f"name not allowed in outputs/: {text!r}")
+    if text.endswith(ZARR_SUFFIX):
+        raise OSError(errno.EINVAL, f"names ending in {ZARR_SUFFIX} are reserved for zarr stores")
+    return text
+
+
 class OutputsArea:
-    def __init__(self, plate, *, writable: bool, materialize: str = "disk") -> None:
+    def __init__(self, plate, *, writable: bool, materialize: str = "disk",
+                 sync_on_close: bool = False) -> None:
         if materialize not in ("disk", "zarr"):
             raise ValueError(f"--materialize must be disk or zarr, not {materialize!r}")
         self.plate = plate
-        self.writable = writable
-        self.materialize = materialize
-        self.root = Path(os.path.realpath(plate.path)) / OUTPUTS
-        self.staging = Path(os.path.realpath(plate.path)) / STAGING
+        self.writable, self.materialize, self.sync_on_close = writable, materialize, sync_on_close
         self.lock = threading.RLock()
         self._stores: dict[str, object] = {}
+        self.stores_dirty: set[str] = set()       # zarr stores whose metadata awaits a flush
         self._metadata_dirty = False
-        if writable:
-            try:
-                self.root.mkdir(exist_ok=True)
-                self.staging.mkdir(exist_ok=True)
-            except OSError as e:
-                raise StorageError("cannot create the outputs area; is the plate writable?",
-                                   path=self.root, cause=e) from e
-            for leftover in self.staging.iterdir():   # a crashed writer's half-written files
+        plate_fd = containment.open_root(plate.path)
+        try:
+            self.root_fd = containment.open_dir_beneath(plate_fd, OUTPUTS_DIR, create=writable)
+            self.staging_fd = (containment.open_dir_beneath(plate_fd, STAGING_DIR, create=True)
+                               if writable else None)
+        except OSError as e:
+            raise StorageError("cannot open the outputs area (is the plate writable? is "
+                               f"{OUTPUTS_DIR}/ a symlink?)", path=plate.path, cause=e) from e
+        finally:
+            os.close(plate_fd)
+        if self.staging_fd is not None:
+            for leftover in os.listdir(self.staging_fd):     # a crashed writer's half-written files
                 log.info("removing uncommitted staging file %s", leftover)
-                leftover.unlink(missing_ok=True)
+                os.unlink(leftover, dir_fd=self.staging_fd)
         self.top = OutDir(self, None, "")
 
-    # -- committed state -------------------------------------------------------
-    def real(self, rel: str) -> Path:
-        return self.root / rel if rel else self.root
+    # -- every path below PLATE/outputs goes through containment ----------------
+    def stat(self, rel: str) -> os.stat_result | None:
+        """lstat of ``rel`` (a symlink is reported as one, never followed); None if absent."""
+        if not rel:
+            return os.fstat(self.root_fd)
+        try:
+            pfd, name = containment.parent_beneath(self.root_fd, rel)
+        except (FileNotFoundError, NotADirectoryError, PathEscapeError):
+            return None
+        try:
+            return os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        finally:
+            os.close(pfd)
 
+    def open(self, rel: str, flags: int = os.O_RDONLY) -> int:
+        return containment.open_beneath(self.root_fd, rel, flags)
+
+    def at_parent(self, rel: str, fn, *args, **kw):
+        """``fn(name, *args, dir_fd=parent)`` for the *at() calls (mkdir, rmdir, unlink)."""
+        pfd, name = containment.parent_beneath(self.root_fd, rel)
+        try:
+            return fn(name, *args, dir_fd=pfd, **kw)
+        finally:
+            os.close(pfd)
+
+    def rename(self, old: str, new: str) -> None:
+        ofd, oname = containment.parent_beneath(self.root_fd, old)
+        try:
+            nfd, nname = containment.parent_beneath(self.root_fd, new)
+            try:
+                os.rename(oname, nname, src_dir_fd=ofd, dst_dir_fd=nfd)
+            finally:
+                os.close(nfd)
+        finally:
+            os.close(ofd)
+
+    def publish(self, staging_name: str, rel: str, *, durable: bool) -> None:
+        """Rename a staging file onto ``rel`` (fsyncing the folder first if ``durable``)."""
+        pfd, name = containment.parent_beneath(self.root_fd, rel)
+        try:
+            os.rename(staging_name, name, src_dir_fd=self.staging_fd, dst_dir_fd=pfd)
+            if durable:
+                os.fsync(pfd)
+        finally:
+            os.close(pfd)
+
+    def scandir(self, rel: str) -> list[tuple[str, bool | None]]:
+        """(name, is_dir) of a folder's entries; is_dir None for a symlink (refused)."""
+        fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY) if rel else os.dup(self.root_fd)
+        try:
+            with os.scandir(fd) as it:
+                return [(e.name, None if e.is_symlink() else e.is_dir(follow_symlinks=False))
+                        for e in it]
+        finally:
+            os.close(fd)
+
+    def new_staging(self) -> tuple[str, int]:
+        name = f"{uuid.uuid4().hex}.part"
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644,
+                     dir_fd=self.staging_fd)
+        return name, fd
+
+    def drop_staging(self, name: str) -> None:
+        try:
+            os.unlink(name, dir_fd=self.staging_fd)
+        except FileNotFoundError:
+            pass
+
+    # -- zarr materialization ----------------------------------------------------
     def zarr_target(self, rel: str) -> tuple[str, str] | None:
         """(sub, plane name) if ``rel`` is materialized into a zarr store, else None.
 
@@ -101,21 +180,43 @@ class OutputsArea:
         parts = rel.split("/")
         if len(parts) != 2:
             return None
-        if self.materialize != "zarr" and not (self.root / f"{parts[0]}.zarr").is_dir():
+        if self.materialize != "zarr" and not self.has_store(parts[0]):
             return None
         name = image_name(parts[1])
         return (parts[0], name) if name and name == parts[1] else None
 
+    def has_store(self, sub: str) -> bool:
+        if len(os.fsencode(sub + ZARR_SUFFIX)) > containment.NAME_MAX:
+            return False          # a folder with a name that long cannot have a store
+        st = self.stat(sub + ZARR_SUFFIX)
+        return st is not None and stat_mod.S_ISDIR(st.st_mode)
+
     def store(self, sub: str, *, create: bool = False):
-        path = self.root / f"{sub}.zarr"
         with self.lock:
             st = self._stores.get(sub)
-            if st is None and (create or path.exists()):
+            if st is None and (create or self.has_store(sub)):
                 from backends.zarr_ngff import output_physics, output_store
+                # the path is only used once containment says the store is a real folder
+                path = os.path.join(os.path.realpath(self.plate.path), OUTPUTS_DIR, sub + ZARR_SUFFIX)
                 # FILE chunks (a committed plane rewrites only its own chunk), the plate's physics
                 st = output_store(path, output_physics(self.plate.entry()))
                 self._stores[sub] = st
             return st
+
+    def forget_stores(self) -> None:
+        with self.lock:
+            self.flush_stores()
+            self._stores.clear()
+
+    def flush_stores(self) -> None:
+        """Write the batched metadata of the zarr stores committed into since the last flush
+        (readers of the mount see new planes at once; this makes the next mount see them)."""
+        with self.lock:
+            while self.stores_dirty:
+                sub = self.stores_dirty.pop()
+                st = self._stores.get(sub)
+                if st is not None:
+                    st.flush()
 
     def store_names(self, sub: str) -> list[str]:
         st = self.store(sub)
@@ -126,46 +227,59 @@ class OutputsArea:
         self._metadata_dirty = True
 
     def write_metadata(self, force: bool = False) -> None:
-        """Record every output folder in openhcs_metadata.json (derived from what is on disk)."""
-        if not (self._metadata_dirty or force) or not self.root.is_dir():
+        """Record every first-level output folder (and outputs/ itself) in the metadata,
+        derived from what is committed, through ``record_output_folder``. A folder that
+        cannot be recorded (removed meanwhile, unreadable) is logged and skipped."""
+        self.flush_stores()
+        if not (self._metadata_dirty or force):
             return
         self._metadata_dirty = False
-        entries: dict[str, dict] = {}
+        recorded = {}
         with self.lock:
-            for sub in natsorted(p.name for p in self.root.iterdir()
-                                 if p.is_dir() and not p.name.endswith(".zarr")) + [""]:
-                folder = self.real(sub)
-                files = [f.name for f in folder.iterdir() if f.is_file()] if folder.is_dir() else []
-                images = [f for f in files if try_parse_virtual_name(f)]
-                key = f"{OUTPUTS}/{sub}" if sub else OUTPUTS
-                zarr_names = self.store_names(sub) if sub else []
-                if zarr_names:
-                    entries[key] = image_set_entry(zarr_names, "zarr", path=str(self.root / f"{sub}.zarr"),
-                                                   files=natsorted(files))
-                elif images:
-                    entries[key] = image_set_entry(images, "disk")
-            if entries:
-                update_metadata(self.plate.path, entries)
-                self.plate.metadata["subdirectories"].update(entries)
+            folders = [n for n, is_dir in self.scandir("") if is_dir and not n.endswith(ZARR_SUFFIX)]
+            for sub in natsorted(folders) + [""]:
+                try:
+                    entry = self._record(sub)
+                except (OSError, StorageError) as e:
+                    log.warning("outputs/%s not recorded in the metadata: %s", sub, e)
+                    continue
+                if entry:
+                    recorded[f"{OUTPUTS_DIR}/{sub}" if sub else OUTPUTS_DIR] = entry
+        self.plate.metadata["subdirectories"].update(recorded)
 
-    # -- names ---------------------------------------------------------------------
-    @staticmethod
-    def check_name(name: bytes) -> str:
-        text = os.fsdecode(name)
-        if "\\" in text or any(ord(c) < 32 for c in text):
-            raise OSError(errno.EPERM, f"name not allowed in outputs/: {text!r}")
-        if len(name) > 255:
-            raise OSError(errno.ENAMETOOLONG, text)
-        return text
+    def _record(self, sub: str) -> dict:
+        files = [n for n, is_dir in self.scandir(sub) if is_dir is False]
+        zarr_names = self.store_names(sub) if sub else []
+        if not zarr_names:
+            return record_output_folder(self.plate.path, sub, files, "disk")
+        path = os.path.join(os.path.realpath(self.plate.path), OUTPUTS_DIR, sub + ZARR_SUFFIX)
+        return record_output_folder(self.plate.path, sub, zarr_names, "zarr",
+                                    files=natsorted(files), path=path)
 
-    def new_staging(self) -> Path:
-        return self.staging / f"{uuid.uuid4().hex}.part"
+
+class RefusedEntry(Node):
+    """A symlink (or other unusable entry) inside PLATE/outputs: listed, never followed."""
+
+    __slots__ = ("rel",)
+    entry_timeout = 0.0
+
+    def __init__(self, rel: str) -> None:
+        super().__init__(stat_mod.S_IFREG, 0)
+        self.rel = rel
+
+    @property
+    def size(self) -> int:
+        return 0
+
+    def open_file(self, flags: int) -> OpenFile:
+        raise PathEscapeError("a symlink inside outputs/ is never followed", path=self.rel)
 
 
 class OutDir(Node):
     """A directory of the outputs area; its entries come from disk, zarr and pending files."""
 
     __slots__ = ("area", "parent", "name", "_nodes")
+    entry_timeout = 0.0     # outputs/ changes under the kernel
 
     def __init__(self, area: OutputsArea, parent: "OutDir | None", name: str) -> None:
         super().__init__(stat_mod.S_IFDIR | (0o755 if area.writable else 0o555), time.time_ns())
@@ -174,15 +288,42 @@ class OutDir(Node):
 
     @property
     def rel(self) -> str:
-        # computed, not stored: a renamed folder moves everything below it
-        return self.parent.child_rel(self.name) if self.parent is not None else ""
+        # computed, not stored (a renamed folder moves everything below it), in O(depth)
+        parts, d = [], self
+        while d.parent is not None:
+            parts.append(d.name)
+            d = d.parent
+        return "/".join(reversed(parts))
 
     def child_rel(self, name: str) -> str:
-        return f"{self.rel}/{name}" if self.rel else name
+        rel = self.rel
+        return f"{rel}/{name}" if rel else name
+
+    @property
+    def writable(self) -> bool:
+        return self.area.writable
+
+    def touch(self) -> None:
+        self.mtime_ns = time.time_ns()
+
+    def needs_worker(self) -> bool:
+        return True           # lookups and listings read the disk
+
+    @property
+    def nlink(self) -> int:
+        st = self.area.stat(self.rel)     # 2 + subfolders, as the disk counts them
+        return st.st_nlink if st is not None else 2
+
+    def set_attrs(self, size: int | None, mtime_ns: int | None) -> bool:
+        if not self.writable:
+            raise OSError(errno.EROFS, "outputs/ is read-only on this mount")
+        if mtime_ns:
+            self.mtime_ns = mtime_ns
+        return False
 
     def node(self, name: str, *, is_dir: bool) -> Node:
         n = self._nodes.get(name)
-        if n is None or isinstance(n, OutDir) != is_dir:
+        if n is None or isinstance(n, OutDir) != is_dir or isinstance(n, RefusedEntry):
             n = OutDir(self.area, self, name) if is_dir else OutFile(self.area, self, name)
             self._nodes[name] = n
         return n
@@ -195,15 +336,22 @@ class OutDir(Node):
         node.parent, node.name = self, name
         self._nodes[name] = node
 
-    def lookup(self, name: str) -> Node | None:
+    # -- reading the folder ------------------------------------------------------
+    def lookup(self, name: bytes) -> Node | None:
+        return self.find(os.fsdecode(name))
+
+    def find(self, name: str) -> Node | None:
         rel = self.child_rel(name)
+        containment.check_rel(rel)            # ENAMETOOLONG before any system call
         n = self._nodes.get(name)
-        if isinstance(n, OutFile) and (n.visible or n.exists()):
+        if isinstance(n, OutFile) and n.visible:
             return n
-        real = self.area.real(rel)
-        if real.is_dir() and not name.endswith(".zarr"):
-            return self.node(name, is_dir=True)
-        if real.is_file():
+        st = self.area.stat(rel)
+        if st is not None:
+            if stat_mod.S_ISLNK(st.st_mode):
+                return self._refused(name, rel)
+            if stat_mod.S_ISDIR(st.st_mode):
+                return None if name.endswith(ZARR_SUFFIX) else self.node(name, is_dir=True)
             return self.node(name, is_dir=False)
         target = self.area.zarr_target(rel)
         if target:
@@ -212,273 +360,115 @@ class OutDir(Node):
                 return self.node(name, is_dir=False)
         return None
 
-    def entries(self) -> list[tuple[str, Node]]:
+    def _refused(self, name: str, rel: str) -> RefusedEntry:
+        n = self._nodes.get(name)
+        if not isinstance(n, RefusedEntry):
+            log.warning("outputs/%s is a symlink: listed, never followed", rel)
+            n = self._nodes[name] = RefusedEntry(rel)
+        return n
+
+    def listing(self) -> "Snapshot":
+        """A snapshot of the changing folder, paged through by offset."""
+        rel = self.rel
         names: set[str] = set()
-        real = self.area.real(self.rel)
-        if real.is_dir():
-            for e in os.scandir(real):
-                if e.is_dir() and e.name.endswith(".zarr"):
-                    continue
-                names.add(e.name)
-        if self.rel and "/" not in self.rel:
-            names.update(self.area.store_names(self.rel))
+        for name, is_dir in self.area.scandir(rel):
+            if not (is_dir and name.endswith(ZARR_SUFFIX)):
+                names.add(name)
+        if rel and "/" not in rel:
+            names.update(self.area.store_names(rel))
         names.update(n for n, node in self._nodes.items() if isinstance(node, OutFile) and node.visible)
-        out = []
-        for name in natsorted(names):
-            node = self.lookup(name)
-            if node is not None:
-                out.append((name, node))
-        return out
+        entries = [(name, self.find(name)) for name in natsorted(names)]
+        return Snapshot([(os.fsencode(n), node) for n, node in entries if node is not None])
 
-    def forget(self, name: str) -> None:
-        self._nodes.pop(name, None)
+    def is_empty(self) -> bool:
+        return not self.listing().names()
 
+    # -- write capabilities (see fs.py): each checks the name and changes the folder time --
+    def create(self, name: bytes) -> "OutFile":
+        text = check_name(name)
+        if isinstance(self.find(text), OutDir):
+            raise IsADirectoryError(errno.EISDIR, "a folder has this name")
+        node = self.node(text, is_dir=False)
+        node.begin_write(truncate=True)
+        self.touch()
+        return node
 
-class OutFile(FileNode):
-    """A file of the outputs area: committed content plus, while written, a staging file."""
+    def mkdir(self, name: bytes) -> "OutDir":
+        text = check_name(name)
+        self.area.at_parent(self.child_rel(text), os.mkdir, 0o755)
+        self.touch()
+        return self.node(text, is_dir=True)
 
-    __slots__ = ("area", "parent", "name", "staging", "staging_fd", "writers", "deleted", "dirty",
-                 "failed", "refused")
-    immutable = False
+    def unlink(self, name: bytes) -> None:
+        text = os.fsdecode(name)
+        node = self.find(text)
+        if node is None:
+            raise FileNotFoundError(errno.ENOENT, "no such file")
+        if isinstance(node, OutDir):
+            raise IsADirectoryError(errno.EISDIR, "a folder")
+        if isinstance(node, RefusedEntry):
+            self.area.at_parent(node.rel, os.unlink)
+        else:
+            node.remove()
+        self._nodes.pop(text, None)
+        self.touch()
+        self.area.mark_dirty()
 
-    def __init__(self, area: OutputsArea, parent: OutDir, name: str) -> None:
-        super().__init__(stat_mod.S_IFREG | (0o644 if area.writable else 0o444), time.time_ns())
-        self.area, self.parent, self.name = area, parent, name
-        self.staging: Path | None = None
-        self.staging_fd: int | None = None
-        self.writers = 0
-        self.deleted = False
-        self.dirty = False      # staged content differs from what a commit would keep
-        self.failed = 0         # errno of a failed write: the staged content is incomplete
-        self.refused = False    # the last commit refused the staged content (kept for its writer)
+    def rmdir(self, name: bytes) -> None:
+        text = os.fsdecode(name)
+        node = self.find(text)
+        if not isinstance(node, OutDir):
+            raise NotADirectoryError(errno.ENOTDIR if node is not None else errno.ENOENT, text)
+        if not node.is_empty():
+            raise OSError(errno.ENOTEMPTY, "folder not empty")
+        self.area.at_parent(node.rel, os.rmdir)
+        self._nodes.pop(text, None)
+        self.touch()
 
-    @property
-    def rel(self) -> str:
-        return self.parent.child_rel(self.name)
-
-    @property
-    def pending(self) -> bool:
-        return self.staging is not None and not self.deleted
-
-    @property
-    def visible(self) -> bool:
-        """Staged content others can see: refused content is its writer's alone until
-        rewritten, so a name whose close() failed is gone at once, not when the kernel's
-        asynchronous RELEASE finally drops it."""
-        return self.pending and not self.refused
-
-    # -- committed content ------------------------------------------------------
-    def committed_plane(self):
-        target = self.area.zarr_target(self.rel)
-        if target is None:
-            return None
-        st = self.area.store(target[0])
-        if st is None or not st.exists(target[1]):
-            return None
-        return st.plane(target[1])
-
-    def exists(self) -> bool:
-        return self.area.real(self.rel).is_file() or self.committed_plane() is not None
-
-    def committed_size(self) -> int:
-        real = self.area.real(self.rel)
-        if real.is_file():
-            return real.stat().st_size
-        plane = self.committed_plane()
-        if plane is not None:
-            return layout_for(tuple(plane.shape), plane.dtype, plane.pixel_size).size
-        raise FileNotFoundError(errno.ENOENT, "no committed content", self.rel)
-
-    def read_committed(self, offset: int, length: int) -> bytes:
-        real = self.area.real(self.rel)
-        if real.is_file():
-            with open(real, "rb") as f:
-                f.seek(offset)
-                return f.read(length)
-        plane = self.committed_plane()
-        if plane is None:
-            raise FileNotFoundError(errno.ENOENT, "no committed content", self.rel)
-        layout = layout_for(tuple(plane.shape), plane.dtype, plane.pixel_size)
-        return layout.read(offset, length, plane.read_rows)
-
-    @property
-    def size(self) -> int:
-        fd = self.staging_fd          # one read: a commit in a worker thread may close it
-        if fd is not None and not self.refused:     # refused bytes are not the file's size
-            try:
-                return os.fstat(fd).st_size
-            except OSError:
-                pass
-        return self.committed_size()
-
-    # -- writing -------------------------------------------------------------------
-    def begin_write(self, truncate: bool) -> None:
-        """Make sure a staging file holds the content being written (copy-on-write)."""
+    def rename(self, name: bytes, new_dir: Node, new_name: bytes) -> None:
+        if not isinstance(new_dir, OutDir):
+            raise OSError(errno.EXDEV, "rename out of outputs/")
+        text, new_text = os.fsdecode(name), check_name(new_name)
+        node = self.find(text)
+        if node is None:
+            raise FileNotFoundError(errno.ENOENT, "no such file")
+        target = new_dir.find(new_text)
+        if target is node:
+            return
+        if isinstance(target, OutDir) and not isinstance(node, OutDir):
+            raise IsADirectoryError(errno.EISDIR, "a folder has the new name")
+        if isinstance(node, RefusedEntry):
+            raise PathEscapeError("a symlink inside outputs/ cannot be renamed here", path=node.rel)
         with self.area.lock:
-            if self.staging_fd is not None:
-                if truncate:
-                    os.ftruncate(self.staging_fd, 0)
-                    self.dirty, self.refused = True, False
-                return
-            existed = self.exists()
-            self.dirty = truncate and existed      # O_TRUNC of a committed file changes it
-            path = self.area.new_staging()
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                if not truncate and existed:
-                    size = self.committed_size()
-                    pos = 0
-                    while pos < size:
-                        chunk = self.read_committed(pos, 8 << 20)
-                        if not chunk:
-                            break
-                        os.pwrite(fd, chunk, pos)
-                        pos += len(chunk)
-            except BaseException:
-                os.close(fd)
-                path.unlink(missing_ok=True)
-                raise
-            self.staging, self.staging_fd = path, fd
-            self.deleted = self.refused = False
+            node.move_to(new_dir, new_text)
+        self.touch()
+        new_dir.touch()
+        self.area.mark_dirty()
 
-    def write(self, offset: int, data: bytes, *, blocking: bool = True) -> int | None:
-        """Write staged bytes; without ``blocking``, None when the lock is busy (a commit)."""
-        if not self.area.lock.acquire(blocking=blocking):
-            return None
-        try:
-            if self.staging_fd is None:
-                self.begin_write(truncate=False)
-            self.dirty, self.refused = True, False
-            return os.pwrite(self.staging_fd, data, offset)
-        finally:
-            self.area.lock.release()
-
-    def truncate(self, size: int) -> None:
-        with self.area.lock:
-            if self.staging_fd is None:
-                self.begin_write(truncate=size == 0)
-            os.ftruncate(self.staging_fd, size)
-            self.dirty, self.refused = True, False
-
-    def read_staged(self, offset: int, length: int) -> bytes:
-        return os.pread(self.staging_fd, length, offset)
-
-    def remove_committed(self) -> None:
-        with self.area.lock:
-            real = self.area.real(self.rel)
-            if real.is_file():
-                real.unlink()
-            target = self.area.zarr_target(self.rel)
-            if target is not None and self.committed_plane() is not None:
-                self.area.store(target[0]).delete(target[1])
-
-    def remove(self) -> None:
-        """unlink(2): the committed content goes now; staged content when its last writer closes.
-        Under the lock, so a commit running in another worker cannot bring the file back."""
-        with self.area.lock:
-            self.remove_committed()
-            if self.pending:
-                self.deleted = True
-                if self.writers == 0:
-                    self.discard()
-
-    def discard(self) -> None:
-        with self.area.lock:
-            if self.staging_fd is not None:
-                os.close(self.staging_fd)
-            if self.staging is not None:
-                self.staging.unlink(missing_ok=True)
-            self.staging = self.staging_fd = None
-            self.refused = False
-
-    def commit(self, final: bool = False, *, last_close: bool = False) -> None:
-        """Make the staged content the committed one, atomically; raises CommitError.
-
-        Content that is not acceptable (a TIFF name with bytes that are no TIFF, a plane
-        that does not fit its zarr field) is refused with EINVAL but stays staged unless
-        ``final``: programs close dup'ed descriptors half-way through writing a file
-        (numpy's ``tofile`` under tifffile does), and the next close must still see
-        everything written so far. ``last_close`` (the kernel's RELEASE, which comes
-        asynchronously) does nothing if the file was opened for writing again meanwhile.
-        """
-        area = self.area
-        with area.lock:
-            if self.staging_fd is None or self.deleted or (last_close and self.writers > 0):
-                return
-            fd, staging = self.staging_fd, self.staging
-            if last_close and not self.dirty and not self.failed and self.exists():
-                self._drop(fd, staging)        # opened for writing, nothing changed: keep as is
-                return
-            if self.failed:        # a write was lost (e.g. ENOSPC): never commit the rest
-                err, self.failed = self.failed, 0
-                self._drop(fd, staging)
-                raise CommitError(err, f"{self.rel}: a write failed ({os.strerror(err)}); "
-                                       "nothing stored")
-            try:
-                target = area.zarr_target(self.rel)
-                if target is not None:
-                    # the staged bytes are only decoded, never kept: no fsync. zarr writes each
-                    # chunk and metadata document atomically (temp file + rename), unfsynced.
-                    plane = self._decode(staging)
-                    try:
-                        area.store(target[0], create=True).save(plane, target[1])
-                    except StorageError as e:
-                        raise CommitError(errno.EINVAL, f"{self.rel}: {e}") from e
-                    real = area.real(self.rel)
-                    if real.is_file():      # it was a plain file before: the plane replaces it
-                        real.unlink()
-                    staging.unlink(missing_ok=True)
-                else:
-                    if self.rel.lower().endswith((".tif", ".tiff")):
-                        self._decode(staging, pixels=False)
-                    os.fsync(fd)
-                    dest = area.real(self.rel)
-                    if not dest.parent.is_dir():
-                        raise CommitError(errno.ENOENT, f"folder of {self.rel} is gone")
-                    os.replace(staging, dest)
-                    fsync_dir(dest.parent)
-            except CommitError as e:
-                if final or e.errno != errno.EINVAL:
-                    self._drop(fd, staging)
-                else:
-                    self.refused = True
-                raise
-            except OSError as e:
-                self._drop(fd, staging)
-                raise CommitError(e.errno or errno.EIO, f"{self.rel}: {e}") from e
-            os.close(fd)
-            self.staging = self.staging_fd = None
-            self.dirty = self.refused = False
-            self.mtime_ns = time.time_ns()
-            area.mark_dirty()
-            log.info("committed outputs/%s", self.rel)
-
-    def _drop(self, fd: int, staging: Path) -> None:
-        os.close(fd)
-        staging.unlink(missing_ok=True)
-        self.staging = self.staging_fd = None
-        self.dirty = self.refused = False
-
-    def _decode(self, staging: Path, pixels: bool = True):
-        """The staged TIFF's single plane (or, without ``pixels``, just a check of its structure)."""
-        import numpy as np
-        import tifffile
-
-        from backends.tiff_guard import read_tiff_checked
-        try:
-            with tifffile.TiffFile(staging) as tif:
-                if len(tif.pages) == 0:
-                    raise ValueError("no image directory")
-                if not pixels:
-                    return None
-            data = read_tiff_checked(staging)     # strips checked first; no decoder crash
-        except Exception as e:
-            raise CommitError(errno.EINVAL, f"{self.rel}: not a valid TIFF ({e}); nothing stored") from e
-        data = np.squeeze(data)
-        if data.ndim != 2:
-            raise CommitError(errno.EINVAL, f"{self.rel}: a plate image must be one 2D plane, got "
-                                            f"shape {data.shape}")
-        return data
+    def move_to(self, new_dir: "OutDir", new_name: str) -> None:
+        area, old_rel, new_rel = self.area, self.rel, new_dir.child_rel(new_name)
+        area.rename(old_rel, new_rel)
+        if "/" not in old_rel and area.has_store(old_rel):
+            area.rename(old_rel + ZARR_SUFFIX, new_rel + ZARR_SUFFIX)
+            area.forget_stores()
+        new_dir.adopt(new_name, self)
 
 
-__all__ = ["OutputsArea", "OutDir", "OutFile", "CommitError", "image_name"]
+class Snapshot:
+    """A directory listing frozen at opendir: names by offset, and their nodes."""
+
+    __slots__ = ("_names", "_nodes")
+
+    def __init__(self, entries: list[tuple[bytes, Node]]) -> None:
+        self._names = [n for n, _ in entries]
+        self._nodes = dict(entries)
+
+    def names(self) -> list[bytes]:
+        return self._names
+
+    def child(self, name: bytes) -> Node | None:
+        return self._nodes.get(name)
+
+
+__all__ = ["OutputsArea", "OutDir", "OutFile", "RefusedEntry", "CommitError", "image_name",
+           "check_name", "Snapshot"]

@@ -20,7 +20,9 @@ from pathlib import Path
 
 from natsort import natsorted
 
+from backends.containment import Anchor
 from backends.errors import PathEscapeError
+from backends.layout import MAIN_ALIAS, ORIGINAL_DIR, OUTPUTS_DIR, PROCESSED_DIR
 from backends.naming import try_parse_virtual_name
 from backends.paths import contained_path
 from backends.plate import Plate
@@ -32,10 +34,6 @@ from .nodes import DirNode, PassthroughFile, SynthesizedTiff
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
-MAIN_ALIAS = "images"
-ORIGINAL_DIR = "original"
-OUTPUTS_DIR = "outputs"
-PROCESSED_DIR = "processed"
 
 
 def display_name(key: str) -> str:
@@ -68,9 +66,15 @@ class BackendFiles:
 
     def __init__(self, backend, plate_root: Path) -> None:
         self.backend, self.plate_root = backend, plate_root
+        self.anchor = Anchor(plate_root)
 
     def path(self, name: str) -> Path:
         return self.backend.real_path(name)
+
+    def open_fd(self, name: str) -> int:
+        # resolved by the kernel beneath the plate: a symlink swapped in after the check
+        # in real_path() still cannot lead outside
+        return self.anchor.open_file(self.path(name))
 
     def xattrs(self, name: str) -> dict[bytes, bytes]:
         return source_xattrs(name, lambda n: os.path.relpath(self.path(n), self.plate_root))
@@ -94,9 +98,13 @@ class OriginalFiles:
 
     def __init__(self, plate_root: Path) -> None:
         self.plate_root = plate_root
+        self.anchor = Anchor(plate_root)
 
     def path(self, rel: str) -> Path:
         return contained_path(self.plate_root, rel)
+
+    def open_fd(self, rel: str) -> int:
+        return self.anchor.open_file(rel)
 
     def xattrs(self, rel: str) -> dict[bytes, bytes]:
         return {b"user.vfsmount.source": rel.encode()}
@@ -118,8 +126,8 @@ class MetadataFile:
 
 def listed_images(plate: Plate, key: str) -> ListedImages:
     """The pass-through images of subdirectory ``key``; their sources are stat-ed on first use.
-    Built at mount time: a mapping entry leaving the plate raises PathEscapeError here."""
-    backend = plate.backend(key)
+    A mapping entry leaving the plate fails only its own file (EACCES, logged here once)."""
+    backend = _backend(plate, key, plate.entry(key))
     names = plate.entry(key).get("image_files") or backend.list_files("")
     return ListedImages(backend, names, lambda name: source_xattrs(name, backend.source_rel))
 
@@ -128,7 +136,7 @@ def populate_images(plate: Plate, key: str):
     """A populator that fills a directory with one node per image of subdirectory ``key``."""
     def fill(directory: DirNode) -> None:
         entry = plate.entry(key)
-        backend = plate.backend(key)
+        backend = _backend(plate, key, entry)
         names = entry.get("image_files") or backend.list_files("")
         started = time.perf_counter()
         if hasattr(backend, "plane"):
@@ -144,6 +152,20 @@ def populate_images(plate: Plate, key: str):
             raise TypeError(f"backend {backend!r} serves neither planes nor real files")
         log.info("listed %d images of %s in %.3f s", len(names), key, time.perf_counter() - started)
     return fill
+
+
+def _backend(plate: Plate, key: str, entry: dict):
+    """The subdirectory's backend; a mapping with bad entries still lists its folder (each
+    bad entry fails on its own with EACCES)."""
+    try:
+        return plate.backend(key)
+    except PathEscapeError as e:
+        if "workspace_mapping" not in entry:
+            raise
+        log.error("%s: %s; those files are refused, the rest is served", key, e)
+        from backends.virtual_workspace import VirtualWorkspaceBackend
+        return VirtualWorkspaceBackend(plate.path, entry["workspace_mapping"], strict=False)
+
 
 
 def populate_computed(factory):
@@ -163,7 +185,7 @@ def populate_original(plate_root: Path, rel: str = "", source: OriginalFiles | N
         with os.scandir(here) as it:
             entries = natsorted(it, key=lambda e: e.name)
         for e in entries:
-            if e.name.startswith(".vfsmount"):      # staging files of the outputs area
+            if e.name.startswith(".vfsmount"):      # staging and temporary files
                 continue
             child_rel = f"{rel}/{e.name}" if rel else e.name
             try:

@@ -1,0 +1,114 @@
+"""pjdfstest against outputs/ of a --writable mount (disk and zarr).
+
+pjdfstest is built from its source tarball (``../shared/tools/pjdfstest-*.tar.gz``, or
+``$VFSMOUNT_PJDFSTEST_TARBALL``) into a cache folder once. Every subtest must pass except the
+documented refusals of ``tests/pjdfstest_refusals.py``; no test file may crash or hang.
+The zarr mount runs the same suites only with VFSMOUNT_PJDFSTEST_FULL=1 (pjdfstest's names
+never parse as plate images, so it takes the same paths as disk; CI runs a short subset).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from vfsmount.control import is_mounted
+
+from .conftest import REPO
+from .pjdfstest_refusals import REFUSED, refused_subtests
+
+SUITES = ("open", "mkdir", "rmdir", "rename", "unlink", "truncate", "ftruncate", "chmod", "link",
+          "symlink")
+QUICK = ("open", "mkdir", "rmdir", "unlink", "truncate", "ftruncate")   # zarr in CI
+
+
+def _tarball() -> Path | None:
+    env = os.environ.get("VFSMOUNT_PJDFSTEST_TARBALL")
+    candidates = [Path(env)] if env else []
+    candidates += sorted((REPO.parent / "shared" / "tools").glob("pjdfstest-*.tar.gz"))
+    candidates += sorted(Path("/work/shared/tools").glob("pjdfstest-*.tar.gz"))
+    return next((c for c in candidates if c.is_file()), None)
+
+
+@pytest.fixture(scope="session")
+def pjdfstest_dir() -> Path:
+    """The built pjdfstest tree (binary + tests/), cached across sessions."""
+    tarball = _tarball()
+    if tarball is None:
+        pytest.skip("pjdfstest source tarball not found (../shared/tools/pjdfstest-*.tar.gz)")
+    for tool in ("autoreconf", "automake", "gcc", "make", "prove"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (scripts/setup.sh installs it)")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vfsmount-tests"
+    build = cache / tarball.name.removesuffix(".tar.gz")
+    src = build / "pjdfstest"
+    if not (src / "pjdfstest").is_file():
+        shutil.rmtree(build, ignore_errors=True)
+        build.mkdir(parents=True)
+        with tarfile.open(tarball) as tar:
+            tar.extractall(build, filter="data")
+        for cmd in (["autoreconf", "-ifs"], ["./configure"], ["make", "pjdfstest"]):
+            res = subprocess.run(cmd, cwd=src, capture_output=True, text=True)
+            assert res.returncode == 0, f"{' '.join(cmd)} failed: {res.stderr[-2000:]}"
+    return src
+
+
+def parse_prove(output: str, tests_dir: Path) -> tuple[dict[str, set[int]], list[str]]:
+    """(failing subtests per test file, test files that crashed or did not finish)."""
+    failed: dict[str, set[int]] = {}
+    broken: list[str] = []
+    current = None
+    for line in output.splitlines():
+        m = re.match(r"^(\S+\.t)\s+\(Wstat: (\d+).*?\)", line)
+        if m:
+            current = os.path.relpath(m.group(1), tests_dir)
+            if m.group(2) != "0":
+                broken.append(f"{current}: wait status {m.group(2)}")
+            continue
+        m = re.match(r"^\s+Failed tests?:\s+(.*)$", line) or \
+            (re.match(r"^\s+([\d, -]+)$", line) if current else None)
+        if m and current:
+            for part in m.group(1).replace(" ", "").split(","):
+                if part:
+                    lo, _, hi = part.partition("-")
+                    failed.setdefault(current, set()).update(range(int(lo), int(hi or lo) + 1))
+            continue
+        m = re.match(r"^\s+Parse errors?:\s+(.*)$", line)
+        if m and current:
+            broken.append(f"{current}: {m.group(1)}")
+        elif not line.startswith(" "):
+            current = current if m else None
+    return failed, broken
+
+
+@pytest.mark.parametrize("materialize", ["disk", "zarr"])
+def test_pjdfstest_in_outputs(plate_for_pjd, mounts, pjdfstest_dir, materialize):
+    full = materialize == "disk" or os.environ.get("VFSMOUNT_PJDFSTEST_FULL") == "1"
+    suites = SUITES if full else QUICK
+    mnt = mounts.mount(plate_for_pjd, "--writable", "--materialize", materialize)
+    work = mnt / "outputs"      # plate-relative paths in outputs/ are limited to PATH_MAX
+    tests = pjdfstest_dir / "tests"
+    res = subprocess.run(["prove", "-j3", "-r", *(str(tests / s) for s in suites)], cwd=work,
+                         capture_output=True, text=True, timeout=900)
+    failed, broken = parse_prove(res.stdout + res.stderr, tests)
+    assert broken == [], broken                               # no crash, no hang, no bad plan
+    assert is_mounted(mnt) and os.listdir(mnt / "images"), "the daemon died"
+    unexplained = {f: sorted(n - refused_subtests(f)) for f, n in failed.items()
+                   if n - refused_subtests(f)}
+    assert unexplained == {}, f"failing subtests not in the refusal table: {unexplained}"
+    ran = [f for f in REFUSED if f.split("/")[0] in suites]
+    assert ran, "the refusal table covers none of the suites run"
+    assert "Traceback" not in mounts.log(mnt)
+
+
+@pytest.fixture
+def plate_for_pjd(tmp_path):
+    from backends.sample_plates import PlateSpec, make_imagexpress_plate
+    return make_imagexpress_plate(tmp_path / "plate", PlateSpec(wells=("A01",), sites=1, channels=1,
+                                                                z=1, shape=(8, 8)),
+                                  thumbnails=False, projections=False)
