@@ -47,7 +47,7 @@ def test_tree_sizes_and_posix_tools(converted_plate, small_spec, mounts, tmp_pat
     plate = Plate.open(converted_plate)
     names = plate.image_files("zarr")
     assert sorted(os.listdir(mnt / "images")) == sorted(names) == sorted(os.listdir(mnt / "zarr"))
-    layout = TiffLayout.for_plane(small_spec.shape, small_spec.dtype, 0.65)
+    layout = TiffLayout.for_plane(small_spec.shape, small_spec.dtype, 0.65, z_spacing=2.5)
 
     # ls -l: names and exact sizes, before any pixel is read
     out = subprocess.run(["ls", "-l", str(mnt / "images")], capture_output=True, text=True,
@@ -78,7 +78,7 @@ def test_tree_sizes_and_posix_tools(converted_plate, small_spec, mounts, tmp_pat
     dest = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(mnt), str(dest)], check=True)
     for name in names:
-        want = synthesize(expected_plane(name, small_spec), 0.65)
+        want = synthesize(expected_plane(name, small_spec), 0.65, z_spacing=2.5)
         assert (dest / "images" / name).read_bytes() == want
     for name, rel in ws.items():
         assert filecmp.cmp(dest / "workspace" / name, converted_plate / rel, shallow=False)
@@ -161,7 +161,7 @@ def test_imagej_macro_opens_zarr_backed_tiff(copy_real_plate, mounts, tmp_path):
 def test_random_range_reads(converted_plate, small_spec, mounts):
     mnt = mounts.mount(converted_plate)
     name = "A01_s002_w2_z002_t001.tif"
-    whole = synthesize(expected_plane(name, small_spec), 0.65)
+    whole = synthesize(expected_plane(name, small_spec), 0.65, z_spacing=2.5)
     rng = random.Random(11)
     fd = os.open(mnt / "images" / name, os.O_RDONLY)
     try:
@@ -180,7 +180,7 @@ def test_eight_concurrent_readers_for_60_seconds(tmp_path, mounts):
     convert_plate(root, config=ZarrConfig(chunk_strategy="well"), progress=False)
     mnt = mounts.mount(root)
     names = sorted(os.listdir(mnt / "images"))[:8]
-    expected = {n: synthesize(expected_plane(n, spec), 0.65) for n in names}
+    expected = {n: synthesize(expected_plane(n, spec), 0.65, z_spacing=2.5) for n in names}
     daemon = psutil.Process(mounts.pids[mnt])
     errors: list[str] = []
     reads = [0] * len(names)
