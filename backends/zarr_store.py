@@ -6,7 +6,6 @@ opens the root group of such a store; ``failure`` tells remote I/O failures from
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import zarr
@@ -42,11 +41,6 @@ def store_exists(root: Path | str, *, remote: bool, options: S3Options | None = 
         return remote_exists(root, options)
     root = Path(root)
     return (root / "zarr.json").exists() or (root / ".zgroup").exists()
-
-
-def is_local_store(path: str | os.PathLike) -> bool:
-    """A local directory that is itself a zarr store (not a folder holding one)."""
-    return store_exists(Path(path), remote=False)
 
 
 def open_root_group(store, root: Path | str, *, remote: bool, read_only: bool,

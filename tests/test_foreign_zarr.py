@@ -117,7 +117,8 @@ def write_ngff_zarr(path: Path, version: str, *, sharded: bool = False) -> Writt
                 image = nz.to_ngff_image(data, dims=["c", "z", "y", "x"],
                                          scale={"z": Z_STEP, "y": PIXEL, "x": PIXEL},
                                          axes_units={a: "micrometer" for a in "zyx"})
-                ms = nz.to_multiscales(image, scale_factors=[2], chunks=16)
+                ms = nz.to_multiscales(image, scale_factors=[2], chunks=16,
+                                       method=nz.Methods.DASK_BIN_SHRINK)   # no wasm start-up
                 ms.metadata.omero = nz.Omero(channels=[nz.OmeroChannel(
                     color="FFFFFF", window=nz.OmeroWindow(0, 4000, 0, 4000), label=n)
                     for n in LABELS])
