@@ -57,7 +57,6 @@ class DataSink(ABC, metaclass=StorageBackendMeta):
     """Anything data can be sent to."""
 
     _backend_type: str | None = None
-    supports_writes: bool = True
 
     @property
     def name(self) -> str:
@@ -117,8 +116,6 @@ class StorageBackend(DataSink):
 
 class VirtualBackend(DataSink):
     """A backend whose listing is generated from metadata, not from a real file system."""
-
-    supports_writes = False
 
     @abstractmethod
     def list_files(self, directory: str | Path = "", **kwargs) -> list[str]: ...

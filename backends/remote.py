@@ -94,10 +94,6 @@ def set_default_chunk_cache_bytes(n: int) -> None:
     _default_chunk_cache_bytes = max(0, int(n))
 
 
-def default_chunk_cache_bytes() -> int:
-    return _default_chunk_cache_bytes
-
-
 def filesystem(url: str, options: S3Options | None = None, *, asynchronous: bool = False):
     """(fsspec filesystem, path without scheme) for a URL."""
     import fsspec

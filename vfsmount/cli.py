@@ -48,11 +48,16 @@ def _cmd_info(args) -> int:
         raise UserError(f"{args.plate} is a file not inside a vfsmount mount: `info FILE` is "
                         "for files of a mount; for a plate, give its folder")
     from backends.plate import Plate
-    report = info_report(Plate.open(args.plate, rescan=not args.no_rescan))
+    return _report(args, info_report(Plate.open(args.plate, rescan=not args.no_rescan)),
+                   _print_info)
+
+
+def _report(args, data, print_text: Callable[[Any], None]) -> int:
+    """``data`` as JSON with ``--json``, else as text."""
     if args.json:
-        _print_json(report)
+        _print_json(data)
     else:
-        _print_info(report)
+        print_text(data)
     return 0
 
 
@@ -156,12 +161,7 @@ def _is_file_of_a_mount(path: str) -> bool:
 def _file_info(args) -> int:
     """`vfsmount info FILE`: one file of a mount (what --xattrs would serve)."""
     from .fileinfo import file_facts, print_facts
-    facts = file_facts(args.plate)
-    if args.json:
-        _print_json(facts)
-    else:
-        print_facts(facts)
-    return 0
+    return _report(args, file_facts(args.plate), print_facts)
 
 
 # -- convert -----------------------------------------------------------------------------------
