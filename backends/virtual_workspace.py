@@ -36,7 +36,7 @@ def check_mapping(mapping: Mapping[str, str]) -> None:
     joined strings, entry by entry only if one of them looks suspicious."""
     names, rels = "\n".join(mapping), "\n".join(mapping.values())
     suspicious = any(c in names for c in ("/", "\\", "\0")) or "." in mapping or ".." in mapping \
-        or any(c in rels for c in ("\0", "\\", "//", "..", ":", "\n\n", "/\n", "\n/")) \
+        or any(c in rels for c in ("\0", "//", "..", ":", "\n\n", "/\n", "\n/")) \
         or rels.startswith(("/", "\n")) or rels.endswith(("/", "\n")) or not names \
         or names.count("\n") != len(mapping) - 1 or rels.count("\n") != len(mapping) - 1
     if mapping and suspicious:
@@ -51,9 +51,10 @@ def check_mapping_entry(name: str, rel: str) -> None:
         raise PathEscapeError(f"virtual name {name!r} is not a plain file name", path=name)
     if rel.startswith("/") or (len(rel) > 1 and rel[1] == ":"):
         raise PathEscapeError(f"mapping entry {name!r} -> {rel!r} is absolute", path=rel)
-    if not rel or "\0" in rel or "\\" in rel or rel.endswith("/"):
+    # A backslash is an ordinary character of a Linux file name (vendor files have them)
+    if not rel or "\0" in rel or rel.endswith("/"):
         raise PathEscapeError(f"mapping entry {name!r} -> {rel!r} is not a plate-relative file "
-                              f"path (empty, NUL, backslash or trailing '/')", path=rel)
+                              f"path (empty, NUL or trailing '/')", path=rel)
     parts = rel.split("/")
     if ".." in parts or "" in parts:
         raise PathEscapeError(f"mapping entry {name!r} -> {rel!r} contains '..' or '//'", path=rel)

@@ -88,7 +88,7 @@ def test_any_plate_name_mounts_and_list_shows_it(plate, tmp_path, cli_mounts):
         weird = tmp_path / name
         shutil.copytree(plate, weird)
         mnts[name] = tmp_path / f"mnt {i},µ"
-        cli_mount(cli_mounts, weird, mnts[name])
+        cli_mount(cli_mounts, weird, mnts[name], "--chunk-cache-mb", "64")
         assert len(os.listdir(mnts[name] / "images")) == 4
         fsname, options = mount_options(mnts[name])
         assert "allow_other" not in options.split(",")          # the name injected nothing
@@ -98,7 +98,8 @@ def test_any_plate_name_mounts_and_list_shows_it(plate, tmp_path, cli_mounts):
     assert {m["plate"] for m in as_json} == {str(tmp_path / n) for n in WEIRD_NAMES}
     for m in as_json:
         assert m["alive"] and Path(m["log_file"]).is_file() and m["mountpoint"] in listing
-        assert str(m["pid"]) in listing and "--chunk-cache-mb" in m["options"]
+        # the settings that differ from the defaults (MountConfig) are listed
+        assert str(m["pid"]) in listing and m["options"] == ["--chunk-cache-mb", "64"]
     res = run_cli("umount", "--all")
     assert res.stdout.count(": unmounted") == len(WEIRD_NAMES)
     assert not any(is_mounted(m) for m in mnts.values())

@@ -171,6 +171,12 @@ def _recode(store: Path, zarr_format: int, **create) -> None:
         new.attrs.update(attrs)
 
 
+def _z(root: Path) -> float | None:
+    """The plate's z spacing, which the served TIFFs carry in their ImageJ calibration."""
+    plate = Plate.open(root)
+    return plate.entry(plate.main).get("z_spacing")
+
+
 def _fuzz_plate(root: Path, codec: str) -> Path:
     make_imagexpress_plate(root, FUZZ_SPEC, thumbnails=False, projections=False)
     compressor = codec.removeprefix("blosc-") if codec.startswith("blosc-") else "zstd"
@@ -234,7 +240,7 @@ def test_fuzz_six_codecs_six_readers(tmp_path, mounts):
         mnt = mounts.mount(root, name=f"mnt-{codec}")
         for name in backend.list_files():
             want = synthesize(synthetic_image(parse_virtual_name(name), FUZZ_SPEC.shape,
-                                              FUZZ_SPEC.dtype), 0.65)
+                                              FUZZ_SPEC.dtype), 0.65, z_spacing=_z(root))
             targets.append((mnt / "images" / name, want, damaged.get(backend._files[name].array),
                             codec))
     failures: list[str] = []
@@ -312,7 +318,8 @@ def test_issue_16_reproduction_half_chunk_two_processes(tmp_path, mounts):
     corrupt = [str(mnt / "images" / n) for n in names if "_s001_" in n]
     good = [n for n in names if "_s002_" in n]
     want = [hashlib.sha256(synthesize(synthetic_image(parse_virtual_name(n), spec.shape,
-                                                      spec.dtype), 0.65)).hexdigest()
+                                                      spec.dtype), 0.65,
+                                      z_spacing=_z(root))).hexdigest()
             for n in good]
     args = [",".join(corrupt), ",".join(str(mnt / "images" / n) for n in good), ":".join(want), "100"]
     procs = [subprocess.Popen([sys.executable, "-c", READER, *args], stdout=subprocess.PIPE,
@@ -395,7 +402,8 @@ def test_unchecked_codec_through_the_mount_uses_the_worker(tmp_path, mounts):
         chunk.write_bytes(chunk.read_bytes()[:40])
     mnt = mounts.mount(root)
     name = "A01_s001_w1_z002_t001.tif"
-    want = synthesize(synthetic_image(parse_virtual_name(name), spec.shape, spec.dtype), 0.65)
+    want = synthesize(synthetic_image(parse_virtual_name(name), spec.shape, spec.dtype), 0.65,
+                      z_spacing=_z(root))
     assert (mnt / "images" / name).read_bytes() == want
     with pytest.raises(OSError) as e:
         (mnt / "images" / "B02_s001_w1_z001_t001.tif").read_bytes()

@@ -461,13 +461,13 @@ class Snapshot:
 
     def __init__(self, entries: list[tuple[bytes, Node]]) -> None:
         self._names = [n for n, _ in entries]
-        self._nodes = dict(entries)
+        self._nodes = [node for _, node in entries]
 
     def names(self) -> list[bytes]:
         return self._names
 
-    def child(self, name: bytes) -> Node | None:
-        return self._nodes.get(name)
+    def child_at(self, index: int) -> Node:
+        return self._nodes[index]
 
 
 __all__ = ["OutputsArea", "OutDir", "OutFile", "RefusedEntry", "CommitError", "image_name",
