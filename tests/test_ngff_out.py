@@ -99,12 +99,18 @@ def metaseries_median_z_step(plate: Path) -> float:
     return statistics.median(steps)
 
 
-@pytest.mark.parametrize("version", ["0.4", "0.5"])
-def test_convert_projection_mix_is_valid_and_true_to_the_instrument(copy_real_plate, version):
-    plate = copy_real_plate("Projection-Mix")
+def convert_and_validate(copy_real_plate, name: str, version: str):
+    """A copy of a real sample plate, converted at ``version``: (plate, store, its images'
+    NGFF metadata), every node of the store validated with ome-zarr-models."""
+    plate = copy_real_plate(name)
     out = convert_plate(plate, plate / "store.zarr", config=ZarrConfig(ngff_version=version),
                         progress=False)
-    images = validate_store(out, version)
+    return plate, out, validate_store(out, version)
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_convert_projection_mix_is_valid_and_true_to_the_instrument(copy_real_plate, version):
+    plate, out, images = convert_and_validate(copy_real_plate, "Projection-Mix", version)
     p = Plate.open(plate)
     source_key = p.entry("store.zarr")["source_subdirectory"]
     assert_pixels_equal_source(out, p.backend(source_key), p.image_files(source_key)[::7],
@@ -127,10 +133,7 @@ def test_convert_projection_mix_is_valid_and_true_to_the_instrument(copy_real_pl
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
 def test_convert_opera_phenix_names_channels_from_the_xml(copy_real_plate, version):
-    plate = copy_real_plate("Version1")
-    out = convert_plate(plate, plate / "store.zarr", config=ZarrConfig(ngff_version=version),
-                        progress=False)
-    images = validate_store(out, version)
+    plate, out, images = convert_and_validate(copy_real_plate, "Version1", version)
     ns = {"h": "http://www.perkinelmer.com/PEHH/HarmonyV5"}
     xml = ET.parse(plate / "Index.idx.xml").getroot()
     names = {int(i.find("h:ChannelID", ns).text): i.find("h:ChannelName", ns).text

@@ -52,18 +52,24 @@ def _resolution(pixel_size: float | None) -> tuple[int, int]:
     return (f.numerator, f.denominator)
 
 
+class _HeaderFirst:
+    """A layout whose pixels start right after its ``header`` (IFDs and values, padded)."""
+
+    __slots__ = ()
+
+    @property
+    def data_offset(self) -> int:
+        return len(self.header)
+
+
 @dataclass(frozen=True)
-class TiffLayout:
+class TiffLayout(_HeaderFirst):
     shape: tuple[int, int]
     dtype: np.dtype
     pixel_size: float | None
     header: bytes            # everything before the pixels, padding included
     rows_per_strip: int
     bigtiff: bool
-
-    @property
-    def data_offset(self) -> int:
-        return len(self.header)
 
     @property
     def row_bytes(self) -> int:
@@ -242,7 +248,7 @@ class FileTooLargeError(ValueError):
 
 
 @dataclass(frozen=True)
-class HyperstackLayout:
+class HyperstackLayout(_HeaderFirst):
     """A multi-page classic TIFF: every IFD first, then the planes back to back::
 
         [header][IFD 1 + its values]...[IFD n + its values][pad to 16][plane 1]...[plane n]
@@ -256,10 +262,6 @@ class HyperstackLayout:
     dtype: np.dtype
     n_planes: int
     header: bytes
-
-    @property
-    def data_offset(self) -> int:
-        return len(self.header)
 
     @property
     def plane_bytes(self) -> int:
