@@ -230,8 +230,6 @@ class DirNode(Node):
     def child_at(self, index: int) -> Node:
         """The entry at ``index`` of ``names()`` (readdir pages through a folder by index)."""
         return self._children[self.names()[index]]
-    def child(self, name: bytes) -> Node | None:
-        return self._children.get(name)
 
     def children(self) -> Iterator[tuple[bytes, Node]]:
         self._ensure()
