@@ -68,15 +68,22 @@ def read_tiff_checked(path: str | os.PathLike) -> np.ndarray:
     (ChunkFault) for a file that fails the checks, DecoderCrashed if the worker dies on it."""
     import tifffile
     with tifffile.TiffFile(path) as tif:
-        if len(tif.pages) == 0:           # tifffile only warns about a broken first IFD offset
-            raise ValueError("no readable image directory (IFD) in the file")
-        size = tif.filehandle.size
-        pages = list(tif.pages)
-        for page in pages:
-            check_page(page, size)
-        if all(int(p.compression) in IN_PROCESS_COMPRESSIONS for p in pages):
-            return tif.asarray()
-    return run_isolated(_decode, os.fspath(path))
+        data = decode_checked(tif)
+    return data if data is not None else run_isolated(_decode, os.fspath(path))
 
 
-__all__ = ["read_tiff_checked", "check_page", "DecoderCrashed", "IN_PROCESS_COMPRESSIONS"]
+def decode_checked(tif) -> np.ndarray | None:
+    """The data of an open ``tifffile.TiffFile``, its pages checked first; None if a page's
+    compression must be decoded in a worker process (``read_tiff_checked`` does that)."""
+    if len(tif.pages) == 0:               # tifffile only warns about a broken first IFD offset
+        raise ValueError("no readable image directory (IFD) in the file")
+    size = tif.filehandle.size
+    pages = list(tif.pages)
+    for page in pages:
+        check_page(page, size)
+    if all(int(p.compression) in IN_PROCESS_COMPRESSIONS for p in pages):
+        return tif.asarray()
+    return None
+
+
+__all__ = ["read_tiff_checked", "decode_checked", "check_page", "DecoderCrashed", "IN_PROCESS_COMPRESSIONS"]

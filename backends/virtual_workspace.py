@@ -8,17 +8,21 @@ Containment is checked once per *source directory*, not once per file: a plate o
 backend is built if it is absolute, contains '..', an empty part or NUL; its folder
 is resolved (``realpath``) once and must lie inside the plate; the file itself is
 opened relative to that folder with ``O_NOFOLLOW``, so a symlinked source file is
-never followed, wherever it points. Sizes for a listing come from one ``scandir``
-per source folder.
+never followed, wherever it points. Sizes for a listing come from one ``lstat`` per
+source relative to its folder's descriptor, rows in order and batch by batch
+(``stat_sources``), so a first listing can serve rows while later ones are stat-ed.
 """
 from __future__ import annotations
 
+import logging
 import os
+import stat as stat_mod
 import threading
+import time
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from natsort import natsorted
 
@@ -28,7 +32,14 @@ from .errors import PathEscapeError, StorageNotFoundError
 from .formats import read_file
 from .naming import ParsedName, virtual_name
 
-SCAN_THREADS = 8       # source folders scanned at once when a folder is first listed
+log = logging.getLogger(__name__)
+
+SCAN_THREADS = 8       # batches of rows stat-ed at once on a slow (network) file system
+STAT_ROWS = 2048       # rows stat-ed per batch (a listing serves rows batch by batch)
+# A stat slower than this per entry means a network file system, where scanning folders in
+# parallel hides the latency. On a local disk, threads only fight over the GIL: two threads
+# scan 100,000 entries in 0.34 s of wall time, one thread in 0.22 s.
+SLOW_STAT_SECONDS = 20e-6
 
 
 def check_mapping(mapping: Mapping[str, str]) -> None:
@@ -178,45 +189,79 @@ class VirtualWorkspaceBackend(VirtualBackend):
         """A read-only descriptor of the source behind a virtual name (no symlink followed)."""
         return open_in_dir(*self.source(path))
 
-    def stat_sources(self, names: Sequence[str]) -> tuple[array, array, array]:
-        """(sizes, mtimes in ns, inode numbers) of the sources of ``names``, in that order:
-        one scandir per source folder, a stat only of the entries mapped, folders scanned in
-        parallel (the stat calls release the GIL); -1 for a source that is missing or not a
-        regular file (a symlink). Raises PathEscapeError for a folder leaving the plate."""
+    def stat_sources(self, names: Sequence[str], columns: tuple[array, array, array] | None = None,
+                     on_progress: Callable[[int], None] | None = None
+                     ) -> tuple[array, array, array]:
+        """(sizes, mtimes in ns, inode numbers) of the sources of ``names``, in that order
+        (filled into ``columns`` if given); -1 for a source that is missing, not a regular file
+        (a symlink is never followed) or in a folder that leaves the plate (logged). Each source
+        folder is opened once and its files stat-ed relative to it.
+
+        Rows are stat-ed in order, STAT_ROWS at a time, ``on_progress(rows done)`` after each
+        batch, so a listing can serve the first rows while the rest are stat-ed. One thread
+        while stat-ing is fast; batches in parallel once the first one shows network latency."""
         n = len(names)
-        columns = array("q", [-1]) * n, array("q", [0]) * n, array("q", [0]) * n
-        rows_by_folder: dict[str, dict[str, int]] = {}      # folder -> {file name: row}
-        mapping = self._mapping
-        for row, name in enumerate(names):
-            rel = mapping.get(name)
-            if rel is not None:        # a listed name without a source stays at -1
-                folder, _, base = rel.rpartition("/")
-                rows = rows_by_folder.get(folder)
-                if rows is None:
-                    rows = rows_by_folder[folder] = {}
-                rows[base] = row
-        with ThreadPoolExecutor(min(SCAN_THREADS, len(rows_by_folder) or 1)) as pool:
-            for done in [pool.submit(self._stat_folder, folder, rows, columns)
-                         for folder, rows in rows_by_folder.items()]:
-                done.result()
+        if columns is None:
+            columns = array("q", [-1]) * n, array("q", [0]) * n, array("q", [0]) * n
+        progress = on_progress or (lambda _done: None)
+        folders: dict[str, int] = {}                # folder -> open descriptor, -1 if refused
+        batches = [range(i, min(i + STAT_ROWS, n)) for i in range(0, n, STAT_ROWS)]
+        try:
+            for i, rows in enumerate(batches):
+                started = time.perf_counter()
+                self._stat_rows(names, rows, columns, folders)
+                progress(rows.stop)
+                if time.perf_counter() - started > SLOW_STAT_SECONDS * len(rows):
+                    self._stat_in_parallel(names, batches[i + 1:], columns, folders, progress)
+                    break
+        finally:
+            for fd in folders.values():
+                if fd >= 0:
+                    os.close(fd)
         return columns
 
-    def _stat_folder(self, folder: str, rows: dict[str, int],
-                     columns: tuple[array, array, array]) -> None:
+    def _stat_in_parallel(self, names, batches: list[range], columns, folders, progress) -> None:
+        with ThreadPoolExecutor(SCAN_THREADS) as pool:
+            for rows, done in [(rows, pool.submit(self._stat_rows, names, rows, columns, folders))
+                               for rows in batches]:
+                done.result()                       # in order: progress counts a prefix
+                progress(rows.stop)
+
+    def _stat_rows(self, names: Sequence[str], rows: range, columns: tuple[array, array, array],
+                   folders: dict[str, int]) -> None:
+        # The inner loop of a first listing (100,000s of rows): locals only, one lstat a row.
         sizes, mtimes, inodes = columns
+        mapping, lstat, is_regular = self._mapping, os.lstat, stat_mod.S_ISREG
+        for row in rows:
+            rel = mapping.get(names[row])
+            if rel is None:                 # a listed name without a source stays at -1
+                continue
+            folder, _, base = rel.rpartition("/")
+            fd = folders.get(folder)
+            if fd is None:
+                fd = self._folder_fd(folder, folders)
+            if fd < 0:
+                continue
+            try:
+                st = lstat(base, dir_fd=fd)
+            except FileNotFoundError:
+                continue
+            if is_regular(st.st_mode):
+                sizes[row], mtimes[row], inodes[row] = st.st_size, st.st_mtime_ns, st.st_ino
+
+    def _folder_fd(self, folder: str, folders: dict[str, int]) -> int:
         try:
             fd = self.source_dir(folder).open_dir()
         except FileNotFoundError:
-            return
-        try:
-            with os.scandir(fd) as entries:
-                for entry in entries:
-                    row = rows.get(entry.name)
-                    if row is not None and entry.is_file(follow_symlinks=False):
-                        st = entry.stat(follow_symlinks=False)
-                        sizes[row], mtimes[row], inodes[row] = st.st_size, st.st_mtime_ns, st.st_ino
-        finally:
+            fd = -1
+        except (OSError, PathEscapeError) as e:     # its files are listed as missing
+            log.warning("source folder %s/ refused: %s", folder, e)
+            fd = -1
+        with self._dirs_lock:               # two scanning threads may open the same folder
+            kept = folders.setdefault(folder, fd)
+        if kept != fd and fd >= 0:
             os.close(fd)
+        return kept
 
     def real_path(self, path: str | os.PathLike) -> Path:
         """The nested file behind a virtual name: its folder checked to lie inside the plate,

@@ -42,7 +42,7 @@ from .remote import S3Options, is_url
 from .zarr_config import ZarrConfig
 from .zarr_read import ZarrPlane, ZarrReadMixin
 from .zarr_store import failure, open_root_group, open_store, store_exists
-from .zarr_writer import ZarrWriterMixin
+from .zarr_writer import ZarrWriterMixin, compact_json
 
 __all__ = ["ZarrStorageBackend", "ZarrPlane", "ArrayInfo", "PlaneRef", "AXES", "INDEX_KEY"]
 
@@ -72,6 +72,11 @@ class ZarrStorageBackend(NgffIndexMixin, ZarrReadMixin, ZarrWriterMixin, Storage
         self._described: set[str] = set()                 # arrays whose NGFF metadata is written
         self._plate_described: frozenset[str] = frozenset()
         self._written: set[str] = set()                   # arrays this instance wrote to
+        self._unrecorded: dict[str, int] = {}             # array -> site: record not yet written
+        self._windows: dict[str, dict[int, list[float]]] = {}   # display windows of written planes
+        self._windows_stale: set[str] = set()             # fields whose windows widened since
+        self._unflushed = False                           # metadata writes wait for flush()
+        self._unsaved_shapes: set[str] = set()            # arrays grown in memory only
         self._order: list[str] | None = None              # read-ahead state (remote stores)
         self._position: dict[str, int] = {}
         self._last_started: int | None = None
@@ -117,11 +122,22 @@ class ZarrStorageBackend(NgffIndexMixin, ZarrReadMixin, ZarrWriterMixin, Storage
                                     "(convert again with --overwrite)", backend=self.name,
                                     path=self.root)
             return
-        if isinstance(own, dict) and "files" in own:      # a root index (older vfsmount stores)
+        recovered = isinstance(own, dict) and own.get("unflushed") and not self.remote
+        if recovered:
+            self.recover_unflushed()                      # a writer stopped before flush()
+        elif isinstance(own, dict) and "files" in own:    # a root index (older vfsmount stores)
             self._load_own_index(own)
         elif self.mode == "r" or "plate" in _ome(attrs):
             self._load_foreign_index(root, attrs)
         # else: an empty store opened for writing
+        self._described.update(self._arrays)              # what is on disk is described
+        self._plate_described = frozenset(self._arrays)
+        if recovered and self.mode != "r":                # describe it all again, then mark whole
+            self._described.clear()
+            self._plate_described = frozenset()
+            self._unflushed = True
+            with compact_json():
+                self.flush()
 
     # -- listing --------------------------------------------------------------
     def list_files(self, directory: str | os.PathLike = "", *, extensions: Iterable[str] | None = None,

@@ -51,7 +51,8 @@ class ZarrReadMixin:
                 if arr is None:
                     arr = zarr.open_array(store=self._store, path=path,
                                           mode="r" if self.mode == "r" else "a")
-                    self._open[path] = arr
+                    self._open[path] = arr = writing_every_chunk(arr) if self.mode != "r" \
+                        else arr
         return arr
 
     def _ref(self, path: str | os.PathLike) -> tuple[str, PlaneRef]:
@@ -166,3 +167,11 @@ class ZarrReadMixin:
         info = self._arrays[ref.array]
         return ZarrPlane(self, name, ref, info.shape[-2:], info.dtype, info.pixel_size,
                          info.z_spacing)
+
+
+def writing_every_chunk(arr: zarr.Array) -> zarr.Array:
+    """``arr`` storing every chunk written, one equal to the fill value (a black plane) too:
+    the chunks on disk are then the record of which planes were written (what
+    ``recover_unflushed`` reads after a crash), and zarr skips comparing each chunk with the
+    fill value."""
+    return arr.with_config({"write_empty_chunks": True})

@@ -1,6 +1,7 @@
 """Writing planes into a zarr store as an OME-Zarr HCS plate, and its root index."""
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Iterable, Sequence
 
@@ -11,6 +12,9 @@ from .errors import ReadOnlyError, StorageError
 from .naming import ParsedName, parse_virtual_name, split_well
 from .ngff_index import AXES, INDEX_KEY, ArrayInfo, PlaneRef
 from .zarr_config import ZarrChunkStrategy
+from .zarr_read import writing_every_chunk
+
+log = logging.getLogger(__name__)
 
 
 class ZarrWriterMixin:
@@ -30,7 +34,12 @@ class ZarrWriterMixin:
         """Write planes by normalized name, a field (well + site) at a time.
 
         A field's array is created on first write with the planes given; later
-        planes of the same field grow its t/c/z axes as needed.
+        planes of the same field grow its t/c/z axes as needed. Each plane's chunk is
+        written at once; the metadata (grown shapes, present-planes records, NGFF image and
+        plate metadata) by ``flush()``. With ``flush=False`` that waits for a later
+        ``flush()``: the store is marked unflushed meanwhile, and opening it rebuilds what
+        the metadata would say from the arrays and chunks on disk (``recover_unflushed``),
+        so a crash loses no plane that was written.
         """
         self._writable(self.root)
         if len(data_list) != len(paths):
@@ -45,6 +54,8 @@ class ZarrWriterMixin:
                                    path=name)
             fields.setdefault((parsed.well, parsed.site), []).append((parsed, name, arr))
         with self._lock, compact_json():
+            if not flush:
+                self._mark_unflushed()
             for (well, site), planes in fields.items():
                 self._write_field(well, site, planes)
             if flush:
@@ -70,9 +81,10 @@ class ZarrWriterMixin:
                                path=self._where(array_path))
         shape = tuple(max(a, b) for a, b in zip(info.shape[:3], need)) + first.shape
         if shape != info.shape:
-            self._array(array_path).resize(shape)
+            self._grow(array_path, shape)
+            if shape[1] != info.shape[1]:
+                self._described.discard(array_path)       # its channels (omero) changed
             info.shape = shape
-            self._described.discard(array_path)       # its channels (omero) changed
         mask = self._present_mask(array_path, shape[:3])
         index_of = {name: (p.t - 1, p.channel - 1, p.z - 1) for p, name, _a in planes}
         self._store_planes(array_path, planes, index_of, mask.any())
@@ -80,7 +92,47 @@ class ZarrWriterMixin:
             self._files[name] = PlaneRef(array_path, idx)
             mask[idx] = True
         self._written.add(array_path)
-        self._array(array_path).attrs[INDEX_KEY] = _planes_record(site, mask)
+        self._unrecorded[array_path] = site
+        self._measure_windows(array_path, planes)
+
+    def _grow(self, array_path: str, shape: tuple) -> None:
+        """Give the open array a larger shape; its metadata document is written by flush()
+        (a plane beyond the shape on disk is found by ``recover_unflushed`` from its chunk).
+        zarr has no public call that grows an array without writing its metadata: this does
+        what ``Array.resize`` does for growth, minus the write, and falls back to resize."""
+        arr = self._array(array_path)
+        try:
+            inner = arr._async_array
+            object.__setattr__(inner, "metadata", inner.metadata.update_shape(shape))
+        except AttributeError:
+            arr.resize(shape)
+            return
+        self._unsaved_shapes.add(array_path)
+
+    def _measure_windows(self, array_path: str, planes: list) -> None:
+        """Widen the field's display window per channel to cover these planes (what its
+        omero metadata shows; measured here, where the pixels are in memory)."""
+        from .zarr_ngff import display_window
+        windows = self._windows.setdefault(array_path, {})
+        for p, _name, arr in planes:
+            start, end = display_window(arr)
+            old = windows.get(p.channel - 1)
+            new = [min(start, old[0]), max(end, old[1])] if old else [start, end]
+            if new != old:
+                windows[p.channel - 1] = new
+                self._windows_stale.add(array_path)
+
+    def windows_stale(self) -> bool:
+        """True if planes written since a field was described widened its display windows."""
+        return bool(self._windows_stale)
+
+    def _mark_unflushed(self) -> None:
+        if not self._unflushed:
+            root = self._root_group()
+            own = root.attrs.get(INDEX_KEY)
+            if not (isinstance(own, dict) and own.get("incomplete")):   # a conversion's flag stays
+                root.attrs[INDEX_KEY] = {"format": _planes_format(), "unflushed": True}
+            self._unflushed = True
 
     def _create_field_array(self, array_path: str, shape: tuple, dtype) -> ArrayInfo:
         from .zarr_ngff import AXIS_NAMES
@@ -90,11 +142,11 @@ class ZarrWriterMixin:
         v3 = self.config.zarr_format == 3
         try:
             group = self._root_group().require_group(row).require_group(col).require_group(field)
-            self._open[array_path] = group.create_array(
+            self._open[array_path] = writing_every_chunk(group.create_array(
                 level, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
                 compressors=self.config.compressors(), overwrite=True,
                 chunk_key_encoding=None if v3 else {"name": "v2", "separator": "/"},
-                **({"dimension_names": list(AXIS_NAMES)} if v3 else {}))
+                **({"dimension_names": list(AXIS_NAMES)} if v3 else {})))
         except Exception as e:
             raise StorageError("cannot create zarr array", backend=self.name,
                                path=self._where(array_path), cause=e) from e
@@ -131,12 +183,14 @@ class ZarrWriterMixin:
         masks[array_path] = mask
         return mask
 
-    def flush(self, *, plate_name: str | None = None, pixel_size: float | None = None) -> None:
-        """Write OME-Zarr plate/well/image metadata (with ``self.physics``: scale, channels) and
-        the root's format marker for what is stored.
+    def flush(self, *, plate_name: str | None = None, pixel_size: float | None = None,
+              refresh_windows: bool = True) -> None:
+        """Write OME-Zarr plate/well/image metadata (with ``self.physics``: scale, channels),
+        the present-planes records and the root's format marker for what is stored.
 
-        Incremental: image metadata is written once per new (or grown) field and plate metadata
-        when the set of fields changes, so saving planes one by one stays cheap.
+        Incremental: image metadata is written once per new field (or new channel), again
+        when later planes widened its display windows if ``refresh_windows``, and plate
+        metadata when the set of fields changes, so saving planes one by one stays cheap.
         """
         from .zarr_ngff import PLANES_FORMAT, write_image_metadata, write_plate_metadata
         with self._lock, compact_json():
@@ -149,18 +203,33 @@ class ZarrWriterMixin:
                     if info.pixel_size != physics["pixel_size"]:
                         info.pixel_size = physics["pixel_size"]
                         self._described.discard(path)
-            omero = None           # display windows measured once per flush, not per field
+            if refresh_windows:
+                self._described -= self._windows_stale
+                self._windows_stale.clear()
+            while self._unsaved_shapes:                   # resize() to its own shape: a write
+                arr = self._array(self._unsaved_shapes.pop())
+                arr.resize(arr.shape)
+            while self._unrecorded:
+                path, site = self._unrecorded.popitem()
+                mask = self._present_mask(path, self._arrays[path].shape[:3])
+                self._array(path).attrs[INDEX_KEY] = _planes_record(site, mask)
+            omero = None           # windows not measured from written planes: once per flush
             for path, info in self._arrays.items():
                 if path not in self._described:
-                    omero = write_image_metadata(root, path, info, self.config, physics or None,
-                                                 omero=omero)
+                    measured = self._windows.get(path)
+                    written = write_image_metadata(root, path, info, self.config,
+                                                   physics or None, omero=None if measured
+                                                   else omero, measured=measured)
+                    omero = omero if measured else written
                     self._described.add(path)
             fields = frozenset(self._arrays)
             if fields != self._plate_described:
                 write_plate_metadata(root, self._arrays, self.config,
                                      name=plate_name or self.store_name)
                 self._plate_described = fields
-            root.attrs[INDEX_KEY] = {"format": PLANES_FORMAT}
+            if self._unflushed or root.attrs.get(INDEX_KEY) != {"format": PLANES_FORMAT}:
+                root.attrs[INDEX_KEY] = {"format": PLANES_FORMAT}     # last: the store is whole
+            self._unflushed = False
 
     def index_document(self, arrays: Iterable[str] | None = None) -> dict:
         """What :meth:`adopt` takes: the arrays and planes a Dask worker wrote (in memory only;
@@ -191,6 +260,47 @@ class ZarrWriterMixin:
             self.cache.clear()
             self._load_own_index(index)
 
+    def recover_unflushed(self) -> None:
+        """The index of a local store whose writer stopped between ``save_batch(flush=False)``
+        and ``flush()`` (a daemon killed): every field array on disk (``row/col/field/0``),
+        its planes from the chunks present (one chunk per plane; a field in one chunk has all
+        its planes), its shape grown to hold them (the shape on disk is the last flush's).
+        Names follow the same rule as the NGFF reader's."""
+        import glob
+        root = self._root_group()
+        base = os.fspath(self.root)
+        found = {os.path.dirname(os.path.relpath(m, base)) for pattern in ("zarr.json", ".zarray")
+                 for m in glob.glob(os.path.join(glob.escape(base), "*", "*", "*", "0", pattern))}
+        for array_path in natsorted(found):
+            try:
+                self._recover_array(root, base, array_path)
+            except Exception as e:       # one unreadable array: the rest is recovered
+                self.problems.append(f"{array_path}: not recovered ({e})")
+        for problem in self.problems:
+            log.warning("%s: %s", self.root, problem)
+        log.warning("%s: recovered %d planes of %d fields written before the last flush",
+                    self.root, len(self._files), len(self._arrays))
+
+    def _recover_array(self, root, base: str, array_path: str) -> None:
+        from .naming import ParsedName
+        row, col, field, _level = array_path.split("/")
+        arr = root[array_path]
+        info = ArrayInfo(array_path, tuple(arr.shape), np.dtype(arr.dtype), tuple(arr.chunks), AXES)
+        own = arr.attrs.get(INDEX_KEY)
+        site = int(own.get("site", int(field) + 1)) if isinstance(own, dict) else int(field) + 1
+        if len(info.shape) != 5:
+            return
+        present = _chunks_present(os.path.join(base, array_path), info)
+        lead = tuple(max([n] + [p[i] + 1 for p in present]) for i, n in enumerate(info.shape[:3]))
+        if lead != info.shape[:3]:                        # planes past the shape last written
+            info.shape = lead + info.shape[3:]
+            self._grow(array_path, info.shape)
+        self._arrays[array_path] = info
+        self._unrecorded[array_path] = site              # a writable opening records it again
+        for t, c, z in present:
+            name = ParsedName(f"{row}{col}", site, c + 1, z + 1, t + 1).virtual_name()
+            self._files[name] = PlaneRef(array_path, (t, c, z))
+
     def mark_incomplete(self) -> None:
         """Flag a store being written remotely, until flush() writes the index over the flag."""
         self._writable(self.root)
@@ -198,16 +308,19 @@ class ZarrWriterMixin:
 
     # -- tree operations (a store is one flat directory of planes) --------------
     def delete(self, path, *, recursive: bool = False) -> None:
-        """Forget a plane: it leaves the index (its chunk stays until the field is rewritten)."""
+        """Forget a plane: it leaves the index, and its chunk goes if it has one of its own
+        (``recover_unflushed`` reads the chunks present as the planes written)."""
         self._writable(path)
         name, ref = self._ref(path)
         with self._lock:
             del self._files[name]
             info = self._arrays[ref.array]
+            if tuple(info.chunks[:3]) == (1, 1, 1):     # zarr deletes a chunk set to the fill
+                arr = self._array(ref.array).with_config({"write_empty_chunks": False})
+                arr[ref.index] = arr.fill_value
             mask = self._present_mask(ref.array, info.shape[:3])
             mask[ref.index] = False
-            site = int(ref.array.split("/")[2]) + 1
-            self._array(ref.array).attrs[INDEX_KEY] = _planes_record(site, mask)
+            self._unrecorded[ref.array] = int(ref.array.split("/")[2]) + 1    # ours: field = site - 1
             self.flush()
 
     def ensure_directory(self, path) -> None:
@@ -225,11 +338,36 @@ class ZarrWriterMixin:
                             path=src)
 
 
+def _chunks_present(array_dir: str, info: ArrayInfo) -> list[tuple[int, int, int]]:
+    """(t, c, z) of the planes whose chunk is on disk: keys ``t/c/z/0/0`` (zarr 2, "/"
+    separator) or ``c/t/c/z/0/0`` (zarr 3), as this writer creates them."""
+    lead = info.shape[:3]
+    if tuple(info.chunks[:3]) != (1, 1, 1):           # one chunk per field: all or nothing
+        first = ("0",) * len(info.shape)
+        whole = any(os.path.isfile(os.path.join(array_dir, *prefix, *first))
+                    for prefix in (("c",), ()))
+        return list(np.ndindex(*lead)) if whole else []
+    prefix = os.path.join(array_dir, "c") if os.path.isdir(os.path.join(array_dir, "c")) \
+        else array_dir
+    present = []
+    for dirpath, _dirs, files in os.walk(prefix):
+        parts = os.path.relpath(dirpath, prefix).split(os.sep)
+        if len(parts) != 4 or not all(p.isdigit() for p in parts) or "0" not in files:
+            continue
+        present.append(tuple(int(p) for p in parts[:3]))    # past the shape too: see _grow
+    return present
+
+
 def compact_json():
     """Metadata documents without indentation: every reader of a big plate parses them all, and
     zarr's default indent makes them ~40 % larger."""
     import zarr
     return zarr.config.set({"json_indent": None})
+
+
+def _planes_format() -> int:
+    from .zarr_ngff import PLANES_FORMAT
+    return PLANES_FORMAT
 
 
 def _planes_record(site: int, mask: np.ndarray) -> dict:

@@ -136,3 +136,54 @@ def test_mount_config_crosses_to_the_daemon():
     assert built.writable and not built.xattrs and built.sync_on_close
     assert built.chunk_cache_mb == MountConfig.chunk_cache_mb       # the CLI takes these defaults
     assert isinstance(parsed, argparse.Namespace)
+
+
+# -- issue 20: the worker pool and where cheap calls run -------------------------------------
+
+def test_worker_pool_returns_results_raises_errors_and_limits_threads():
+    import threading
+    import time
+    from vfsmount.workers import WorkerPool
+    pool = WorkerPool(3)
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def job(i):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        if i == 4:
+            raise KeyError(i)
+        return i * i
+
+    async def main():
+        results = {}
+
+        async def one(i):
+            try:
+                results[i] = await pool.run(job, i)
+            except KeyError as e:
+                results[i] = e
+        async with trio.open_nursery() as nursery:
+            for i in range(9):
+                nursery.start_soon(one, i)
+        return results
+
+    results = trio.run(main)
+    pool.close()
+    assert {i: r for i, r in results.items() if i != 4} == {i: i * i for i in range(9) if i != 4}
+    assert isinstance(results[4], KeyError)
+    assert peak[0] == 3                      # the thread count is the concurrency limit
+
+
+def test_local_disk_and_fuse_mounts_are_told_apart(tmp_path, mounts):
+    from backends.sample_plates import PlateSpec, make_imagexpress_plate
+    from vfsmount.outputs import on_local_disk
+    plate = make_imagexpress_plate(tmp_path / "p", PlateSpec(wells=("A01",), sites=1, channels=1,
+                                                               z=1, shape=(8, 8)),
+                                   thumbnails=False, projections=False)
+    assert on_local_disk(str(tmp_path))
+    mnt = mounts.mount(plate)
+    assert not on_local_disk(str(mnt / "images"))      # fuse.vfsmount: calls may wait

@@ -180,3 +180,83 @@ def test_a_tampered_mapping_entry_fails_only_its_own_file(plate, mounts):
     ws = Plate.open(plate).entry("workspace")["workspace_mapping"]
     assert (mnt / "workspace" / "A01_s001_w1_z001_t001.tif").read_bytes() == \
         (plate / ws["A01_s001_w1_z001_t001.tif"]).read_bytes()
+
+
+# -- issue 20: a first listing streams rows as their sources are stat-ed ------------------------
+
+def _sized_plate(root, n: int) -> dict[str, int]:
+    """A nested plate of ``n`` sources of distinct sizes (several stat batches); name -> size."""
+    from benchmarks.mount_scale import make_plate
+    (folder,) = make_plate(root, n)
+    entry = dict(Plate.open(root).entry("workspace"))
+    update_metadata(root, {"workspace": {**entry, "pixel_size": 0.5}})   # images/: calibrated
+    mapping = entry["workspace_mapping"]
+    sizes = {}
+    for i, (name, rel) in enumerate(mapping.items()):
+        os.truncate(root / rel, 8 * i + 3)
+        sizes[name] = 8 * i + 3
+    return sizes
+
+
+def test_a_first_listing_serves_every_row_with_its_size(tmp_path, mounts):
+    """More rows than one stat batch (backends.virtual_workspace.STAT_ROWS): readdir serves
+    the rows stat-ed so far and waits for the rest; every size is the source's, in images/
+    (calibrated: vendor + trailer) and workspace/ alike, and matches what a read returns."""
+    from backends.virtual_workspace import STAT_ROWS
+    from vfsmount.tiff_layout import CalibratedLayout
+    n = 2 * STAT_ROWS + 700
+    sizes = _sized_plate(tmp_path / "plate", n)
+    mnt = mounts.mount(tmp_path / "plate")
+    listed = {e.name: e.stat(follow_symlinks=False) for e in os.scandir(mnt / "workspace")}
+    assert {k: v.st_size for k, v in listed.items()} == sizes
+    calibrated = {e.name: e.stat().st_size for e in os.scandir(mnt / "images")}
+    assert calibrated == {k: CalibratedLayout(v).size for k, v in sizes.items()}
+    inodes = {v.st_ino for v in listed.values()}
+    assert len(inodes) == n and not inodes & {os.stat(mnt / "images" / k).st_ino for k in sizes}
+    last = max(sizes, key=sizes.get)                      # stat-ed in the last batch
+    assert len((mnt / "workspace" / last).read_bytes()) == sizes[last]
+
+
+def test_stat_sources_fills_rows_in_order_and_reports_progress(tmp_path):
+    from backends.virtual_workspace import STAT_ROWS
+    root = tmp_path / "p"
+    (root / "d").mkdir(parents=True)
+    names, mapping = [], {}
+    for i in range(STAT_ROWS + 10):
+        name = virtual_name(ParsedName("A01", i + 1))
+        (root / "d" / f"f{i}.tif").write_bytes(b"x" * (i % 7))
+        names.append(name)
+        mapping[name] = f"d/f{i}.tif"
+    os.unlink(root / "d" / "f3.tif")
+    os.symlink(root / "d" / "f4.tif", root / "d" / "f5.tif.link")
+    mapping[names[5]] = "d/f5.tif.link"                 # a symlink: never followed
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.tif").write_bytes(b"secret")
+    os.symlink(outside, root / "linked")
+    mapping[names[6]] = "linked/x.tif"                  # a folder leaving the plate
+    backend = VirtualWorkspaceBackend(root, mapping)
+    progress = []
+    sizes, mtimes, inodes = backend.stat_sources(names, on_progress=progress.append)
+    assert progress == [STAT_ROWS, STAT_ROWS + 10]
+    assert [sizes[i] for i in (3, 5, 6)] == [-1, -1, -1]
+    expected = [i % 7 for i in range(len(names))]
+    assert [s for i, s in enumerate(sizes) if i not in (3, 5, 6)] == \
+        [e for i, e in enumerate(expected) if i not in (3, 5, 6)]
+    assert inodes[0] == os.stat(root / "d" / "f0.tif").st_ino
+
+
+def test_a_source_folder_leaving_the_plate_fails_only_its_files(plate, mounts, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.tif").write_bytes(b"secret")
+    os.symlink(outside, plate / "linked")
+    remap(plate, {"C01_s001_w1_z001_t001.tif": "linked/x.tif"})
+    mnt = mounts.mount(plate)
+    listed = {e.name: e.stat().st_size for e in os.scandir(mnt / "workspace")}
+    assert listed["C01_s001_w1_z001_t001.tif"] == 0
+    with pytest.raises(OSError) as e:
+        (mnt / "workspace" / "C01_s001_w1_z001_t001.tif").read_bytes()
+    assert e.value.errno == errno.EACCES
+    ws = Plate.open(plate).entry("workspace")["workspace_mapping"]
+    assert listed["A01_s001_w1_z001_t001.tif"] == (plate / ws["A01_s001_w1_z001_t001.tif"]).stat().st_size

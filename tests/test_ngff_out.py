@@ -269,3 +269,56 @@ def test_pipeline_output_tiff_opens_in_imagej_with_the_plate_pixel_size(tmp_path
     width, height, unit = line.split()[1:]
     assert float(width) == pytest.approx(0.65) and float(height) == pytest.approx(0.65)
     assert unit in ("micron", "µm", "um")
+
+
+# -- issue 20: metadata batched, a killed writer's planes recovered from their chunks -----------
+
+def _planes(names: list[str], shape=(32, 40)) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    out = {n: rng.integers(100, 4000, shape, dtype=np.uint16) for n in names}
+    out[names[-1]][:] = 0            # an all-zero plane is a written plane too
+    return out
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_planes_written_before_a_crash_are_recovered(tmp_path, version):
+    """save_batch(flush=False) writes chunks and shapes only (what the mount does per closed
+    file); a writer killed before flush() leaves the store marked unflushed. Opening it
+    rebuilds the index from the chunks; a writable opening writes valid NGFF again."""
+    from backends.zarr_ngff import output_store
+    names = ["A01_s001_w1_z001_t001.tif", "A01_s001_w1_z002_t001.tif",
+             "A01_s001_w2_z002_t001.tif", "B03_s002_w1_z001_t001.tif"]
+    planes = _planes(names)
+    path = tmp_path / "out.zarr"
+    first = output_store(path, {"pixel_size": 0.5, "ngff_version": version})
+    first.save_batch([planes[names[0]]], [names[0]])                      # flushed
+    for name in names[1:]:
+        first.save_batch([planes[name]], [name], flush=False)             # then "killed"
+    root = zarr.open_group(path, mode="r")
+    assert [w["path"] for w in _ome(root)["plate"]["wells"]] == ["A/01"]   # B03: not yet
+    assert dict(root.attrs)["vfsmount"]["unflushed"] is True
+    assert root["A/01/0/0"].shape[:3] == (1, 1, 1)      # grown in memory only: batched too
+    reader = ZarrStorageBackend(path)                                     # read-only: in memory
+    assert reader.list_files() == names
+    for name in names:
+        np.testing.assert_array_equal(reader.load(name), planes[name])
+    assert dict(zarr.open_group(path, mode="r").attrs)["vfsmount"]["unflushed"] is True
+    writer = output_store(path, {"pixel_size": 0.5})                       # the next mount
+    assert writer.list_files() == names
+    assert dict(zarr.open_group(path, mode="r").attrs)["vfsmount"] == {"format": 2}
+    validate_store(path, version)
+    assert ZarrStorageBackend(path).list_files() == names
+
+
+def test_display_windows_come_from_the_planes_written(tmp_path):
+    from backends.zarr_ngff import output_store
+    names = ["A01_s001_w1_z001_t001.tif", "A01_s001_w1_z002_t001.tif"]
+    dim, bright = np.full((64, 64), 100, np.uint16), np.full((64, 64), 100, np.uint16)
+    bright[:32] = 3000
+    store = output_store(tmp_path / "w.zarr", {"pixel_size": 0.5})
+    store.save_batch([dim], [names[0]], flush=False)
+    store.save_batch([bright], [names[1]], flush=False)
+    store.flush()
+    (meta,) = validate_store(tmp_path / "w.zarr", "0.4").values()
+    window = meta["omero"]["channels"][0]["window"]
+    assert (window["start"], window["end"]) == (100, 3000)

@@ -424,6 +424,26 @@ def test_closed_file_survives_sigkill(plate, mounts):
     assert os.listdir(plate / ".vfsmount-staging") == []
 
 
+def test_closed_zarr_planes_survive_sigkill(plate, mounts):
+    """A zarr store's metadata is batched (written once a second or at unmount); planes whose
+    close() returned are in the next mount even if the daemon is killed before that."""
+    mnt = mounts.mount(plate, "--writable", "--materialize", "zarr")
+    (mnt / "outputs" / "seg").mkdir()
+    rng = np.random.default_rng(3)
+    planes = {f"{w}_s001_w{c}_z001_t001.tif": rng.integers(0, 60000, (48, 64), dtype=np.uint16)
+              for w in ("A01", "B02", "C03") for c in (1, 2)}
+    for name, data in planes.items():
+        tifffile.imwrite(mnt / "outputs" / "seg" / name, data)
+    os.kill(mounts.pids[mnt], signal.SIGKILL)
+    _wait_gone(mnt)
+    mnt2 = mounts.mount(plate, "--writable", "--materialize", "zarr", name="again")
+    assert sorted(os.listdir(mnt2 / "outputs" / "seg")) == sorted(planes)
+    for name, data in planes.items():
+        np.testing.assert_array_equal(tifffile.imread(mnt2 / "outputs" / "seg" / name), data)
+    from backends.zarr_backend import ZarrStorageBackend
+    assert ZarrStorageBackend(plate / "outputs" / "seg.zarr").list_files() == sorted(planes)
+
+
 def _fsyncs_during(pid: int, action) -> list[str]:
     """The fsync-family calls the daemon makes while ``action`` runs (strace attached)."""
     import shutil
@@ -494,3 +514,20 @@ def test_vendor_file_with_a_backslash_in_its_name(plate, mounts):
     mnt = mounts.mount(plate)
     assert tifffile.imread(mnt / "workspace" / name).shape == (48, 64)
     assert tifffile.imread(mnt / "original" / "odd\\name.tif").shape == (48, 64)
+
+
+def test_umount_returns_once_the_daemon_has_written_everything(plate, mounts):
+    """The batched zarr metadata and openhcs_metadata.json are written when the mount goes:
+    umount waits for the daemon to finish them and exit."""
+    import json
+    from vfsmount.control import unmount
+    mnt = mounts.mount(plate, "--writable", "--materialize", "zarr")
+    (mnt / "outputs" / "seg").mkdir()
+    tifffile.imwrite(mnt / "outputs" / "seg" / IMG, np.full((48, 64), 7, np.uint16))
+    pid = mounts.pids[mnt]
+    assert unmount(mnt) == "unmounted"
+    assert not os.path.exists(f"/proc/{pid}")                    # exited (and reaped)
+    root = json.loads((plate / "outputs" / "seg.zarr" / ".zattrs").read_text())
+    assert root["vfsmount"] == {"format": 2} and root["plate"]["wells"]
+    recorded = json.loads((plate / "openhcs_metadata.json").read_text())["subdirectories"]
+    assert recorded["outputs/seg"]["image_files"] == [IMG]

@@ -100,9 +100,11 @@ def unmount(mountpoint: str | os.PathLike, *, timeout: float = 20.0) -> str:
     if not is_mounted(mnt):   # a dead mount still appears in mountinfo
         return "not mounted"
     fusermount = shutil.which("fusermount3") or shutil.which("fusermount") or "fusermount3"
+    daemon = _daemon_pid(mnt)
     res = subprocess.run([fusermount, "-u", mnt], capture_output=True, text=True)
     if res.returncode == 0:
         _wait_unmounted(mnt, timeout)
+        _wait_exited(daemon, timeout)
         return "unmounted"
     err = res.stderr.strip()
     # Dead daemon, or busy: detach lazily so the path is usable again at once.
@@ -116,6 +118,35 @@ def _wait_unmounted(mnt: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while is_mounted(mnt) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def _daemon_pid(mnt: str) -> int | None:
+    """The pid of the daemon serving ``mnt``, if this user's registry knows it."""
+    try:
+        return int(json.loads(_record_path(mnt).read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _wait_exited(pid: int | None, timeout: float) -> None:
+    """Wait for the daemon to exit after its mount is gone: it writes what it batched (zarr
+    metadata, openhcs_metadata.json) then, and umount returns once the plate is final."""
+    deadline = time.monotonic() + timeout
+    while pid is not None and not _exited(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _exited(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:      # our own child (start_daemon): reaped
+            return True
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")   # a zombie: done
+    except OSError:
+        return True
 
 
 # -- the command line's mount checks, umount, and registry of mounts -------------------------------
@@ -152,9 +183,11 @@ def unmount_checked(mountpoint: str | os.PathLike, *, lazy: bool = False) -> str
         raise NotMountedError(f"{mnt} is not mounted")
     if kind != "fuse" and not kind.startswith("fuse."):   # fusermount unmounts FUSE mounts only
         raise MountError(f"{mnt} is a {kind} mount, not a vfsmount one")
+    daemon = _daemon_pid(mnt)
     res = _fusermount(mnt)
     if res.returncode == 0:
         _wait_unmounted(mnt, 20.0)
+        _wait_exited(daemon, 20.0)
         forget_mount(mnt)
         return "unmounted"
     dead = _is_dead(mnt)

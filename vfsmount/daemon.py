@@ -39,13 +39,18 @@ def fuse_options(*, allow_other: bool, plate_name: str) -> set[str]:
     return opts
 
 
+# Request-reading tasks kept waiting on /dev/fuse. pyfuse3 starts one whenever none is idle
+# and ends extra idle ones beyond this: with its default (1), a client doing one call at a
+# time costs a task start and end per request.
+MAIN_TASKS = 16
+
 async def _serve(ops: VfsOperations) -> None:
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         if ops.outputs is not None and ops.outputs.writable:
             nursery.start_soon(_record_outputs, ops)
-        await pyfuse3.main()
+        await pyfuse3.main(min_tasks=MAIN_TASKS)
         nursery.cancel_scope.cancel()   # unmounted from outside: stop the signal watcher
 
 
@@ -54,7 +59,7 @@ async def _record_outputs(ops: VfsOperations) -> None:
     while True:
         await trio.sleep(1)
         try:
-            await trio.to_thread.run_sync(ops.outputs.write_metadata, limiter=ops.limiter)
+            await ops.workers.run(ops.outputs.write_metadata)
         except Exception:
             log.exception("cannot record outputs in the plate metadata")
 
@@ -89,6 +94,9 @@ def _build(cfg: MountConfig) -> tuple[object, VfsOperations]:
                               sync_on_close=cfg.sync_on_close)
         if cfg.writable:
             outputs.write_metadata(force=True)   # reconcile after a crash
+        if cfg.writable and cfg.materialize == "zarr":
+            from backends.zarr_ngff import load_writer
+            load_writer()
     computed = []
     if cfg.pipeline_file:
         from compute.pipeline import load_pipeline_file

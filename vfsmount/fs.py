@@ -5,7 +5,7 @@ paths) and errors only through ``errors.py``. Decisions made here, once:
 - caching: entries and attributes live for the node's ``entry_timeout``; the kernel keeps a
   file's page cache across opens when ``open_file`` says so, and drops it after a commit;
 - threads: anything that may read the disk (first listing, ``read`` of bytes not in memory,
-  outputs/ lookups, opens, commits) runs in a worker thread behind one CapacityLimiter;
+  outputs/ lookups, opens, commits) runs in one of the daemon's worker threads (workers.py);
   lookups and attributes of populated directories stay on the trio loop;
 - errors: every operation goes through ``errors.fuse_operation``: logged once, answered
   with an errno; the daemon never dies of one file.
@@ -26,11 +26,13 @@ from .config import DEFAULT_THREADS
 from .errors import fuse_operation
 from .listing import LISTED_INODES, find_listed
 from .nodes import DirNode, Node
+from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 1 << 20           # st_blksize: cp/cat size their reads from it
 XATTR_PREFIX = b"user.vfsmount."
+READDIR_CHUNK = 4096           # rows of a columnar folder sliced at once for one readdir reply
 DIR_HANDLES = 1 << 40          # snapshot directory handles live above every inode number
 
 
@@ -47,7 +49,7 @@ class VfsOperations(pyfuse3.Operations):
         # then costs no round trip per file for security.selinux/ACL probes.
         self.xattrs = xattrs
         self.root = root
-        self.limiter = trio.CapacityLimiter(threads)
+        self.workers = WorkerPool(threads)
         self.uid, self.gid = os.getuid(), os.getgid()
         self._nodes: dict[int, Node] = {root.inode: root}
         self._labels: dict[int, bytes] = {root.inode: b"/"}
@@ -98,14 +100,15 @@ class VfsOperations(pyfuse3.Operations):
             return f"{label}: read of {args[2]} bytes at {args[1]}"
         return f"{label}: {op}"
 
-    async def _work(self, node: Node, fn, *args):
-        """``fn(*args)`` in a worker if the node says it reads the disk, else inline."""
-        if node.needs_worker() or node.blocking_handles:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
-        return fn(*args)
+    async def _work(self, node: Node, op: str, *args):
+        """``node.op(*args)`` inline if the node says it is cheap now, else in a worker."""
+        fn = getattr(node, op)
+        if node.inline(op):
+            return fn(*args)
+        return await self.workers.run(fn, *args)
 
     async def _in_worker(self, fn, *args):
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        return await self.workers.run(fn, *args)
 
     def _attr(self, node: Node, *, lookup: bool = False) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -158,7 +161,7 @@ class VfsOperations(pyfuse3.Operations):
         if len(name) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         parent = self._node(parent_inode)
-        node = await self._work(parent, parent.lookup, name)
+        node = await self._work(parent, "lookup", name)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         attr = self._attr(node, lookup=True)
@@ -193,7 +196,7 @@ class VfsOperations(pyfuse3.Operations):
     @fuse_operation
     async def opendir(self, inode, ctx):
         node = self._node(inode)
-        listing = await self._work(node, node.listing)
+        listing = await self._work(node, "listing")
         fh = DIR_HANDLES + next(self._fh)
         self._listings[fh] = (node, listing)
         return fh
@@ -209,7 +212,16 @@ class VfsOperations(pyfuse3.Operations):
             for i, dot in ((0, b"."), (1, b"..")):
                 if i >= start_id and not pyfuse3.readdir_reply(token, dot, attr, i + 1):
                     return
-        for i in range(max(start_id - 2, 0), len(names)):
+        start = max(start_id - 2, 0)
+        columns = getattr(listing, "columns", None)
+        if columns is not None and start < len(names):
+            rows = columns()
+            if rows.ready <= start:      # a first listing: its rows are still being stat-ed
+                await self.workers.run(listing.wait_rows, start + READDIR_CHUNK)
+                rows = columns()
+            self._reply_rows(token, rows, self._attr(listing.child_at(start)), start)
+            return
+        for i in range(start, len(names)):
             name = names[i]
             node = listing.child_at(i)
             self._remember(name, node)
@@ -220,6 +232,28 @@ class VfsOperations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, name, attr, i + 3):
                 break
 
+    @staticmethod
+    def _reply_rows(token, columns, attr: pyfuse3.EntryAttributes, start: int) -> None:
+        """readdir of a columnar folder from row ``start``: one attribute template (its first
+        row's, through ``_attr``), refilled per row; readdir_reply copies it. The inner loop
+        of listing 100,000s of files: locals only, the columns sliced a reply's worth at a
+        time (a reply holds a few thousand rows). A reply that stops at the last row stat-ed
+        so far is short, not empty: the kernel asks again from there."""
+        first_inode, names, sizes, mtimes, ready = columns
+        reply = pyfuse3.readdir_reply
+        for chunk in range(start, ready, READDIR_CHUNK):
+            end = min(chunk + READDIR_CHUNK, ready)   # only rows already stat-ed
+            rows = zip(range(chunk, end), names[chunk:end], sizes[chunk:end], mtimes[chunk:end])
+            for row, name, size, mtime_ns in rows:
+                if size < 0:
+                    size = 0               # a missing source, listed as its node's size says
+                attr.st_ino = first_inode + row
+                attr.st_size = size
+                attr.st_blocks = (size + 511) >> 9
+                attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime_ns
+                if not reply(token, name.encode("utf-8", "surrogateescape"), attr, row + 3):
+                    return
+
     async def releasedir(self, fh):
         self._listings.pop(fh, None)
 
@@ -227,7 +261,7 @@ class VfsOperations(pyfuse3.Operations):
     @fuse_operation
     async def open(self, inode, flags, ctx):
         node = self._node(inode)
-        opened = await self._work(node, node.open_file, flags)
+        opened = await self._work(node, "open_file", flags)
         if opened.invalidate:
             log.info("%s: source changed since last opened; dropping cached pages",
                      self._label(inode))
@@ -251,24 +285,24 @@ class VfsOperations(pyfuse3.Operations):
             written = await self._in_worker(node.write, handle, off, buf)
         return written
 
-    async def _committing(self, node: Node, fn, *args) -> None:
-        if await self._work(node, fn, *args):
+    async def _committing(self, node: Node, op: str, *args) -> None:
+        if await self._work(node, op, *args):
             self._invalidate_later(node.inode)   # the kernel's pages were of the old content
 
     @fuse_operation
     async def flush(self, fh):
         node, handle = self._handle(fh)
-        await self._committing(node, node.flush, handle)
+        await self._committing(node, "flush", handle)
 
     @fuse_operation
     async def fsync(self, fh, datasync):
         node, handle = self._handle(fh)
-        await self._committing(node, node.fsync, handle)
+        await self._committing(node, "fsync", handle)
 
     @fuse_operation
     async def release(self, fh):
         node, handle = self._handles.pop(fh)
-        await self._committing(node, node.release, handle)
+        await self._committing(node, "release", handle)
 
     # -- extended attributes ----------------------------------------------------------
     @fuse_operation
@@ -302,8 +336,12 @@ class VfsOperations(pyfuse3.Operations):
     @fuse_operation
     async def create(self, parent_inode, name, mode, flags, ctx):
         parent = self._node(parent_inode)
-        node = await self._in_worker(parent.create, name)
-        opened = await self._in_worker(node.open_file, flags | os.O_WRONLY | os.O_TRUNC)
+        if parent.inline("create"):       # a new staging file: both cheap on a local disk
+            node = parent.create(name)
+            opened = node.open_file(flags | os.O_WRONLY | os.O_TRUNC)
+        else:
+            node = await self._in_worker(parent.create, name)
+            opened = await self._in_worker(node.open_file, flags | os.O_WRONLY | os.O_TRUNC)
         self._remember(name, node)
         return (pyfuse3.FileInfo(fh=self._new_handle(node, opened.handle), keep_cache=False),
                 self._attr(node))
@@ -313,7 +351,7 @@ class VfsOperations(pyfuse3.Operations):
         node = self._node(inode)
         size = attr.st_size if fields.update_size else None
         mtime = (attr.st_mtime_ns or node.mtime_ns) if fields.update_mtime else None
-        await self._committing(node, node.set_attrs, size, mtime)   # EROFS outside outputs/
+        await self._committing(node, "set_attrs", size, mtime)   # EROFS outside outputs/
         return self._attr(node)            # modes and owners are fixed
 
     @fuse_operation

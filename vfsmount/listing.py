@@ -13,16 +13,21 @@ a million entries: ``find_listed(inode)``.
 from __future__ import annotations
 
 import bisect
+import logging
+from array import array
 import ctypes
 import os
 import stat as stat_mod
 import threading
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from .hyperstack import Calibrated, is_tiff_name
 from .nodes import DirNode, PassthroughFile, _ReadAhead
+from .tiff_layout import CalibratedLayout
+
+log = logging.getLogger(__name__)
 
 LISTED_INODES = 1 << 40          # node-counter inodes stay far below this
 _ranges_lock = threading.Lock()
@@ -60,21 +65,51 @@ class ListedImages:
         self.names = names
         self.xattrs = xattrs             # name -> {xattr: value}, asked only with --xattrs
         self.lock = threading.Lock()
+        self._stat_progress = threading.Condition(self.lock)
+        self.ready = 0                   # rows [0, ready) are stat-ed
         self.first_inode = 0
         self.sizes = self.mtimes = self.source_inodes = None
         self._hashes: np.ndarray | None = None
         self._order: np.ndarray | None = None
 
     def load(self) -> None:
-        """Stat every source: one scandir per source folder."""
+        """Start stat-ing every source, rows in order, in a thread of its own: a first
+        listing serves each batch of rows as soon as it is stat-ed (``wait_rows``), so the
+        daemon's stat calls overlap the kernel's and the client's work on earlier rows."""
         with self.lock:
             if self.sizes is not None:
                 return
-            sizes, mtimes, inodes = self.backend.stat_sources(self.names)
-            self.mtimes, self.source_inodes = mtimes, inodes
+            n = len(self.names)
+            self.mtimes, self.source_inodes = array("q", [0]) * n, array("q", [0]) * n
             self.first_inode = _reserve_inodes(self)
-            self.sizes = sizes          # set last: it marks the set as loaded
-        release_freed_memory()
+            self.sizes = array("q", [-1]) * n          # set last: stat-ing has begun
+        threading.Thread(target=self._stat_all, name="vfsmount-stat", daemon=True).start()
+
+    def _stat_all(self) -> None:
+        try:
+            self.backend.stat_sources(self.names, (self.sizes, self.mtimes, self.source_inodes),
+                                      self._advance)
+        except Exception:           # the rows not stat-ed stay "missing": listed, reads fail
+            log.exception("stat-ing the sources of %d images failed", len(self.names))
+        finally:
+            self._advance(len(self.names))
+            release_freed_memory()
+
+    def _advance(self, done: int) -> None:
+        with self._stat_progress:
+            self.ready = max(self.ready, done)
+            self._stat_progress.notify_all()
+
+    @property
+    def complete(self) -> bool:
+        return self.ready >= len(self.names)
+
+    def wait_rows(self, stop: int) -> None:
+        """Return once rows [0, stop) are stat-ed (blocks: a worker thread's call)."""
+        stop = min(stop, len(self.names))
+        if self.ready < stop:
+            with self._stat_progress:
+                self._stat_progress.wait_for(lambda: self.ready >= stop)
 
     def _index(self) -> None:
         """Sort the names' hashes once, at the first lookup by name (a listing needs none)."""
@@ -98,7 +133,24 @@ class ListedImages:
         return None
 
     def node(self, row: int) -> "ListedFile":
+        self.wait_rows(row + 1)
         return ListedFile(self, row)
+
+    def columns(self) -> "Columns":
+        """The rows as readdir sends them (see ``nodes.DirNode.listing``)."""
+        return Columns(self.first_inode, self.names, self.sizes, self.mtimes, self.ready)
+
+
+class Columns(NamedTuple):
+    """A columnar listing: row i is ``names[i]``, inode ``first_inode + i``, ``sizes[i]``
+    (negative: the source is missing, listed as 0 bytes) and ``mtimes[i]`` in ns; rows
+    [0, ready) are final (``wait_rows`` for more). The columns are sliced, never indexed."""
+
+    first_inode: int
+    names: Sequence[str]
+    sizes: Sequence[int]
+    mtimes: Sequence[int]
+    ready: int
 
 
 class ListedFile(PassthroughFile):
@@ -162,6 +214,7 @@ class CalibratedView:
         self.images, self.pixel_size = images, pixel_size
         self.names = images.names
         self.first_inode = 0
+        self._tiff: np.ndarray | None = None       # which rows are TIFFs (served calibrated)
 
     def load(self) -> None:
         self.images.load()
@@ -169,8 +222,24 @@ class CalibratedView:
             if not self.first_inode:
                 self.first_inode = _reserve_inodes(self)
 
+    @property
+    def complete(self) -> bool:
+        return self.images.complete
+
+    def wait_rows(self, stop: int) -> None:
+        self.images.wait_rows(stop)
+
     def row_of(self, name: str) -> int | None:
         return self.images.row_of(name)
+
+    def columns(self) -> Columns:
+        """As ListedImages.columns, with the sizes the calibrated files are served with."""
+        if self._tiff is None:
+            self._tiff = np.fromiter(map(is_tiff_name, self.names), dtype=bool,
+                                     count=len(self.names))
+        images = self.images
+        return Columns(self.first_inode, self.names, _ServedSizes(images.sizes, self._tiff),
+                       images.mtimes, images.ready)
 
     def node(self, row: int) -> ListedFile:
         if not is_tiff_name(self.names[row]):
@@ -180,6 +249,24 @@ class CalibratedView:
             node.pixel_size, node._patch = self.pixel_size, None
         node.inode = self.first_inode + row
         return node
+
+
+class _ServedSizes:
+    """The sizes of a CalibratedView's files, computed a slice at a time from the vendor
+    sizes (readdir slices a reply's worth): no second column to keep in step with them."""
+
+    __slots__ = ("vendor", "tiff")
+
+    def __init__(self, vendor: array, tiff: np.ndarray) -> None:
+        self.vendor, self.tiff = vendor, tiff
+
+    def __len__(self) -> int:
+        return len(self.vendor)
+
+    def __getitem__(self, rows: slice) -> list[int]:
+        vendor = np.frombuffer(self.vendor[rows], dtype=np.int64)
+        calibrated = self.tiff[rows] & (vendor >= 0)     # a missing source stays negative
+        return np.where(calibrated, CalibratedLayout.served_sizes(vendor), vendor).tolist()
 
 
 class _EncodedNames:
@@ -230,6 +317,17 @@ class ImageDir(DirNode):
     def child_at(self, index: int):
         self._ensure()
         return self.images.node(index)
+
+    def columns(self) -> Columns:
+        """Rows for readdir without a node each (see ``nodes.DirNode.listing``)."""
+        self._ensure()
+        return self.images.columns()
+
+    def wait_rows(self, stop: int) -> None:
+        self.images.wait_rows(stop)
+
+    def needs_worker(self) -> bool:
+        return self._populate is not None or not self.images.complete   # lookups may wait
 
     def names(self) -> _EncodedNames:
         self._ensure()

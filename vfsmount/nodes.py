@@ -25,6 +25,8 @@ answers the right errno (EROFS for writes, ENOTDIR/EISDIR for the wrong kind):
   hour, outputs/ not at all) and, per open, ``OpenFile.keep_cache``/``direct_io``;
 - directories: ``lookup(name)``, ``listing()`` (names by offset, and their nodes);
   ``needs_worker()``/``prepare()`` when the first listing must read the disk;
+- threads: ``inline(op)`` says whether a call may run on the trio loop (cheap, no lock a
+  worker may hold), else fs.py runs it in a worker;
 - files: ``open_file(flags)`` -> ``OpenFile``; ``read``/``read_nowait``/``release`` with the
   handle it carries; ``blocking_handles`` when open/flush/fsync/release do I/O;
 - optional write capabilities (outputs/ only): directories ``create``, ``mkdir``, ``unlink``,
@@ -95,6 +97,11 @@ class Node:
 
     def get_xattrs(self) -> dict[bytes, bytes]:
         return {}
+
+    def inline(self, op: str) -> bool:
+        """True if the call ``op`` (a method name: "lookup", "create", "flush", ...) may run
+        on the trio loop now, neither waiting for the disk nor for a lock a worker holds."""
+        return not (self.needs_worker() or self.blocking_handles)
 
     # -- directory capabilities ---------------------------------------------------
     def needs_worker(self) -> bool:
@@ -192,7 +199,12 @@ class DirNode(Node):
         return self.get(name)
 
     def listing(self) -> "DirNode":
-        """Itself: ``names()`` (a list paged by offset) and ``child_at(index)``."""
+        """Itself: ``names()`` (a list paged by offset) and ``child_at(index)``. A listing of
+        files that differ only in inode, size and times may also offer ``columns()``
+        (``listing.Columns``: names, first inode, sizes, mtimes), so readdir builds no node
+        per file; ``child_at`` must agree with it. Populates first (opendir runs this in a
+        worker when ``needs_worker``: the trio loop never stats a folder's sources)."""
+        self._ensure()
         return self
 
     def _ensure(self) -> None:

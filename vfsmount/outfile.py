@@ -152,6 +152,17 @@ class OutFile(FileNode):
 
     blocking_handles = True   # open may copy content, flush/fsync/release commit: in a worker
 
+    def inline(self, op: str) -> bool:
+        """A flush or the last release with nothing to commit (what follows a committed
+        close) runs on the loop."""
+        if op == "flush":
+            idle = not (self.pending and (self.dirty or self.failed))
+        elif op == "release":
+            idle = not self.pending or self.writers > 1
+        else:
+            return False
+        return idle and self.area.inline_ok()
+
     def open_file(self, flags: int) -> OpenFile:
         if flags & WRITE_FLAGS:
             if not self.area.writable:
@@ -412,14 +423,13 @@ class OutFile(FileNode):
             # chunk and metadata document atomically (temp file + rename), unfsynced.
             plane = _decode(fd, self.rel)
             store = area.store(target[0], create=True)
-            # A plane that is new to the store changes its index: that is written at once,
-            # so the next mount (even after kill -9) sees every plane whose close() returned.
-            # Rewriting an existing plane leaves the index as it is: its metadata rewrite is
-            # batched (the daemon's recorder, once a second; unmount; fsync).
-            batch = not durable and store.exists(target[1])
+            # The plane's chunk is written now; the store's metadata (shapes, records, NGFF)
+            # is batched (the daemon's recorder, once a second; unmount; fsync). The
+            # store says it is unflushed meanwhile, and its next opening rebuilds the index
+            # from the chunks on disk: a kill -9 right after close() loses nothing.
             try:
-                store.save_batch([plane], [target[1]], flush=not batch)
-                if batch:
+                store.save_batch([plane], [target[1]], flush=durable)
+                if not durable:
                     area.stores_dirty.add(target[0])
             except StorageError as e:
                 raise CommitError(errno.EINVAL, f"{self.rel}: {e}") from e
@@ -466,31 +476,38 @@ def _tiff(fd: int):
 
 
 def _check_tiff(fd: int, rel: str) -> None:
-    """Refuse (EINVAL) a TIFF that tifffile cannot read whole: every page must have all its
-    strips or tiles inside the file (a writer that closed a dup'ed descriptor half-way has
-    zeros where the image directory will be)."""
-    size = os.fstat(fd).st_size
+    """Refuse (EINVAL) a TIFF that tifffile cannot read whole (see ``_check_pages``)."""
     try:
         with _tiff(fd) as tif:
-            pages = list(tif.pages)
-            if not pages:
-                raise ValueError("no image directory")
-            for i, page in enumerate(pages):
-                offsets, counts = page.dataoffsets, page.databytecounts
-                if not offsets or not page.shape or any(
-                        o <= 0 or c <= 0 or o + c > size for o, c in zip(offsets, counts)):
-                    raise ValueError(f"page {i}: image data missing or outside the file")
+            _check_pages(tif)
     except Exception as e:
         raise CommitError(errno.EINVAL, f"{rel}: not a valid TIFF ({e}); nothing stored") from e
 
 
+def _check_pages(tif) -> None:
+    """Every page must have all its strips or tiles inside the file (a writer that closed a
+    dup'ed descriptor half-way has zeros where the image directory will be)."""
+    size = tif.filehandle.size
+    pages = list(tif.pages)
+    if not pages:
+        raise ValueError("no image directory")
+    for i, page in enumerate(pages):
+        offsets, counts = page.dataoffsets, page.databytecounts
+        if not offsets or not page.shape or any(
+                o <= 0 or c <= 0 or o + c > size for o, c in zip(offsets, counts)):
+            raise ValueError(f"page {i}: image data missing or outside the file")
+
+
 def _decode(fd: int, rel: str):
-    """The staged TIFF's single 2D plane."""
+    """The staged TIFF's single 2D plane: one parse for the checks and the data."""
     import numpy as np
-    from backends.tiff_guard import read_tiff_checked
-    _check_tiff(fd, rel)
+    from backends.tiff_guard import decode_checked, read_tiff_checked
     try:
-        data = read_tiff_checked(f"/proc/self/fd/{fd}")    # strips checked; no decoder crash
+        with _tiff(fd) as tif:
+            _check_pages(tif)
+            data = decode_checked(tif)      # strips checked; no decoder crash
+        if data is None:        # a compression decoded in a worker process: a path it can open
+            data = read_tiff_checked(f"/proc/{os.getpid()}/fd/{fd}")
     except Exception as e:
         raise CommitError(errno.EINVAL, f"{rel}: not a valid TIFF ({e}); nothing stored") from e
     data = np.squeeze(data)

@@ -74,6 +74,28 @@ def check_name(name: bytes) -> str:
     return text
 
 
+#: File systems where a metadata call (stat, open, rename) may wait on a network.
+_NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre",
+               "gpfs", "beegfs", "afs", "davfs", "fuse")
+
+
+def on_local_disk(path: str) -> bool:
+    """True unless ``path`` lies on a network (or FUSE) file system, from the kernel's mount
+    table: the longest mount point containing ``path`` names its type."""
+    best, fstype = "", ""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                point = fields[4].replace("\\040", " ")
+                if (path == point or path.startswith(point.rstrip("/") + "/")) \
+                        and len(point) > len(best):
+                    best, fstype = point, fields[fields.index("-") + 1]
+    except (OSError, ValueError, IndexError):
+        return False
+    return fstype.split(".")[0] not in _NETWORK_FS
+
+
 class OutputsArea:
     def __init__(self, plate, *, writable: bool, materialize: str = "disk",
                  sync_on_close: bool = False) -> None:
@@ -95,11 +117,23 @@ class OutputsArea:
                                f"{OUTPUTS_DIR}/ a symlink?)", path=plate.path, cause=e) from e
         finally:
             os.close(plate_fd)
+        # On a local disk, lookups, creates and closes with nothing to commit cost a few
+        # system calls: they run on the daemon's loop (see inline_ok) rather than pay a
+        # worker thread's hand-off (as much again as the calls themselves).
+        self.local = on_local_disk(os.readlink(f"/proc/self/fd/{self.root_fd}"))
         if self.staging_fd is not None:
             for leftover in os.listdir(self.staging_fd):     # a crashed writer's half-written files
                 log.info("removing uncommitted staging file %s", leftover)
                 os.unlink(leftover, dir_fd=self.staging_fd)
         self.top = OutDir(self, None, "")
+
+    def inline_ok(self) -> bool:
+        """True if a cheap call may run on the daemon's loop now: a local disk, and no worker
+        holds the lock (a commit, the metadata recorder), which the loop must never wait for."""
+        if not self.local or not self.lock.acquire(blocking=False):
+            return False
+        self.lock.release()
+        return True
 
     # -- every path below PLATE/outputs goes through containment ----------------
     def stat(self, rel: str) -> os.stat_result | None:
@@ -205,18 +239,22 @@ class OutputsArea:
 
     def forget_stores(self) -> None:
         with self.lock:
-            self.flush_stores()
+            self.flush_stores(final=True)
             self._stores.clear()
 
-    def flush_stores(self) -> None:
+    def flush_stores(self, final: bool = False) -> None:
         """Write the batched metadata of the zarr stores committed into since the last flush
-        (readers of the mount see new planes at once; this makes the next mount see them)."""
+        (readers of the mount see new planes at once; this makes the next mount see them
+        without rebuilding the index from the chunks). Display windows widened by later
+        planes are rewritten only when ``final`` (unmount): each is one rewrite per field."""
         with self.lock:
-            while self.stores_dirty:
-                sub = self.stores_dirty.pop()
-                st = self._stores.get(sub)
-                if st is not None:
-                    st.flush()
+            stores = [self._stores.get(sub) for sub in self.stores_dirty]
+            if final:
+                stores += [st for st in self._stores.values() if st.windows_stale()]
+            self.stores_dirty.clear()
+        for st in stores:      # under each store's own lock: lookups and other folders go on
+            if st is not None:
+                st.flush(refresh_windows=final)
 
     def store_names(self, sub: str) -> list[str]:
         st = self.store(sub)
@@ -229,8 +267,9 @@ class OutputsArea:
     def write_metadata(self, force: bool = False) -> None:
         """Record every first-level output folder (and outputs/ itself) in the metadata,
         derived from what is committed, through ``record_output_folder``. A folder that
-        cannot be recorded (removed meanwhile, unreadable) is logged and skipped."""
-        self.flush_stores()
+        cannot be recorded (removed meanwhile, unreadable) is logged and skipped. ``force``:
+        at mount and unmount, whatever changed."""
+        self.flush_stores(final=force)
         if not (self._metadata_dirty or force):
             return
         self._metadata_dirty = False
@@ -308,6 +347,9 @@ class OutDir(Node):
 
     def needs_worker(self) -> bool:
         return True           # lookups and listings read the disk
+
+    def inline(self, op: str) -> bool:
+        return op in ("lookup", "create") and self.area.inline_ok()    # a listing: a worker
 
     @property
     def nlink(self) -> int:
