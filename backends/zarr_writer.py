@@ -109,6 +109,13 @@ class ZarrWriterMixin:
             return
         self._unsaved_shapes.add(array_path)
 
+    def _save_shapes(self) -> None:
+        """Write the metadata documents of arrays grown in memory (resize to the same shape)."""
+        with self._lock:
+            while self._unsaved_shapes:
+                arr = self._array(self._unsaved_shapes.pop())
+                arr.resize(arr.shape)
+
     def _measure_windows(self, array_path: str, planes: list) -> None:
         """Widen the field's display window per channel to cover these planes (what its
         omero metadata shows; measured here, where the pixels are in memory)."""
@@ -127,7 +134,9 @@ class ZarrWriterMixin:
         return bool(self._windows_stale)
 
     def _mark_unflushed(self) -> None:
-        if not self._unflushed:
+        # Remote stores are written by many Dask workers at once: none rewrites the shared
+        # root document (the client marks the store incomplete and flushes it at the end).
+        if not self._unflushed and not self.remote:
             root = self._root_group()
             own = root.attrs.get(INDEX_KEY)
             if not (isinstance(own, dict) and own.get("incomplete")):   # a conversion's flag stays
@@ -206,9 +215,7 @@ class ZarrWriterMixin:
             if refresh_windows:
                 self._described -= self._windows_stale
                 self._windows_stale.clear()
-            while self._unsaved_shapes:                   # resize() to its own shape: a write
-                arr = self._array(self._unsaved_shapes.pop())
-                arr.resize(arr.shape)
+            self._save_shapes()
             while self._unrecorded:
                 path, site = self._unrecorded.popitem()
                 mask = self._present_mask(path, self._arrays[path].shape[:3])
@@ -234,6 +241,7 @@ class ZarrWriterMixin:
     def index_document(self, arrays: Iterable[str] | None = None) -> dict:
         """What :meth:`adopt` takes: the arrays and planes a Dask worker wrote (in memory only;
         the store itself names its planes from its NGFF structure)."""
+        self._save_shapes()           # the client opens these arrays from their documents
         keep = set(self._arrays) if arrays is None else set(arrays)
         return {
             "format": 1,

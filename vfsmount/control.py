@@ -138,15 +138,17 @@ def _wait_exited(pid: int | None, timeout: float) -> None:
 
 def _exited(pid: int) -> bool:
     try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:      # our own child (start_daemon): reaped
-            return True
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except OSError:
+        return True                                       # gone (reaped)
+    if state not in ("Z", "X"):
+        return False
+    try:
+        os.waitpid(pid, os.WNOHANG)                       # our own child (start_daemon): reap it
     except ChildProcessError:
         pass
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")   # a zombie: done
-    except OSError:
-        return True
+    return True
 
 
 # -- the command line's mount checks, umount, and registry of mounts -------------------------------
