@@ -3,7 +3,8 @@
 A plate can hold 1,000,000 images, and a file manager lists them all. Instead of one
 node object per image, an ``ImageDir`` keeps its images in columns: the names (shared
 with the plate's mapping, not copied), and the source's size, mtime and inode number in
-``array`` columns filled by one ``scandir`` per source folder. A file node is made on
+``array`` columns, filled in listing order by a thread of their own at the first listing
+(readdir serves the rows stat-ed so far; see ``ListedImages.load``). A file node is made on
 demand from a row (``child_at``/``get``) and dropped when the FUSE layer is done with it.
 
 Inode numbers are a contiguous range per image set (``LISTED_INODES`` and up, above every
@@ -13,12 +14,12 @@ a million entries: ``find_listed(inode)``.
 from __future__ import annotations
 
 import bisect
-import logging
-from array import array
 import ctypes
+import logging
 import os
 import stat as stat_mod
 import threading
+from array import array
 from typing import NamedTuple, Sequence
 
 import numpy as np
