@@ -62,7 +62,7 @@ def run_demo(base: Path | None = None, *, keep_mounted: bool = True) -> int:
         print(f"""
 Try:
   tiffinfo {mnt}/images/{first}
-  getfattr -d {mnt}/images/{first}
+  {exe} info {mnt}/images/{first}      # well, site, channel, z, t, source, pixel size
   imagej {mnt}/images/{first}          # or Fiji: File > Open
   {exe} info {plate_dir}
 Write results back, and compute on read:
