@@ -12,15 +12,32 @@ def unescape(field: str) -> str:
     return _ESCAPE.sub(lambda m: chr(int(m[1], 8)), field)
 
 
+def _mounts() -> list[tuple[str, str]]:
+    """(mount point, file-system type) of every mount, in the kernel's order."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            rows = [line.split() for line in f]
+    except OSError:
+        return []
+    return [(unescape(r[4]), r[r.index("-") + 1]) for r in rows if len(r) > 4 and "-" in r[5:]]
+
+
 def mount_type(path: str | os.PathLike) -> str | None:
     """The file-system type mounted exactly at ``path`` (e.g. "fuse.vfsmount"), or None."""
     real = os.path.realpath(path)
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and unescape(fields[4]) == real:
-                    return fields[fields.index("-") + 1]
-    except OSError:
-        return None
-    return None
+    found = [fstype for point, fstype in _mounts() if point == real]
+    return found[-1] if found else None
+
+
+#: File systems where a metadata call (stat, open, rename) may wait on a network.
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre",
+              "gpfs", "beegfs", "afs", "davfs", "fuse", "fuseblk")
+
+
+def on_local_disk(path: str | os.PathLike) -> bool:
+    """True unless ``path`` lies on a network (or FUSE) file system: the type of the
+    innermost mount containing it (the longest mount point that is a prefix of it)."""
+    real = os.path.realpath(path)
+    inside = [(len(point), fstype) for point, fstype in _mounts()
+              if real == point or real.startswith(point.rstrip("/") + "/")]
+    return bool(inside) and max(inside)[1].split(".")[0] not in NETWORK_FS

@@ -12,6 +12,7 @@ from .errors import ReadOnlyError, StorageError
 from .naming import ParsedName, parse_virtual_name, split_well
 from .ngff_index import AXES, INDEX_KEY, ArrayInfo, PlaneRef
 from .zarr_config import ZarrChunkStrategy
+from .zarr_ngff import PLANES_FORMAT
 from .zarr_read import writing_every_chunk
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ class ZarrWriterMixin:
             root = self._root_group()
             own = root.attrs.get(INDEX_KEY)
             if not (isinstance(own, dict) and own.get("incomplete")):   # a conversion's flag stays
-                root.attrs[INDEX_KEY] = {"format": _planes_format(), "unflushed": True}
+                root.attrs[INDEX_KEY] = {"format": PLANES_FORMAT, "unflushed": True}
             self._unflushed = True
 
     def _create_field_array(self, array_path: str, shape: tuple, dtype) -> ArrayInfo:
@@ -201,7 +202,7 @@ class ZarrWriterMixin:
         when later planes widened its display windows if ``refresh_windows``, and plate
         metadata when the set of fields changes, so saving planes one by one stays cheap.
         """
-        from .zarr_ngff import PLANES_FORMAT, write_image_metadata, write_plate_metadata
+        from .zarr_ngff import write_image_metadata, write_plate_metadata
         with self._lock, compact_json():
             root = self._root_group()
             physics = {k: v for k, v in (self.physics or {}).items() if v is not None}
@@ -373,14 +374,9 @@ def compact_json():
     return zarr.config.set({"json_indent": None})
 
 
-def _planes_format() -> int:
-    from .zarr_ngff import PLANES_FORMAT
-    return PLANES_FORMAT
-
-
 def _planes_record(site: int, mask: np.ndarray) -> dict:
     """An array's own record: its site, and which planes exist when not all do."""
-    from .zarr_ngff import PLANES_FORMAT, encode_present
+    from .zarr_ngff import encode_present
     record = {"format": PLANES_FORMAT, "site": site}
     present = encode_present(mask)
     if present is not None:

@@ -38,6 +38,7 @@ import uuid
 from natsort import natsorted
 
 from backends import containment
+from backends.mountinfo import on_local_disk
 from backends.errors import PathEscapeError, StorageError
 from backends.handlers.imagexpress import parse_name as parse_imagexpress_name
 from backends.layout import OUTPUTS_DIR, STAGING_DIR, ZARR_SUFFIX
@@ -72,28 +73,6 @@ def check_name(name: bytes) -> str:
     if text.endswith(ZARR_SUFFIX):
         raise OSError(errno.EINVAL, f"names ending in {ZARR_SUFFIX} are reserved for zarr stores")
     return text
-
-
-#: File systems where a metadata call (stat, open, rename) may wait on a network.
-_NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre",
-               "gpfs", "beegfs", "afs", "davfs", "fuse")
-
-
-def on_local_disk(path: str) -> bool:
-    """True unless ``path`` lies on a network (or FUSE) file system, from the kernel's mount
-    table: the longest mount point containing ``path`` names its type."""
-    best, fstype = "", ""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                point = fields[4].replace("\\040", " ")
-                if (path == point or path.startswith(point.rstrip("/") + "/")) \
-                        and len(point) > len(best):
-                    best, fstype = point, fields[fields.index("-") + 1]
-    except (OSError, ValueError, IndexError):
-        return False
-    return fstype.split(".")[0] not in _NETWORK_FS
 
 
 class OutputsArea:
