@@ -138,17 +138,16 @@ def _wait_exited(pid: int | None, timeout: float) -> None:
 
 def _exited(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rpartition(")")[2].split()[0]
-    except OSError:
-        return True                                       # gone (reaped)
-    if state not in ("Z", "X"):
-        return False
-    try:
-        os.waitpid(pid, os.WNOHANG)                       # our own child (start_daemon): reap it
+        # Our own child (start_daemon): done once reaped. Its /proc state is not enough: the
+        # main thread shows "Z" while the other threads are still being torn down.
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
     except ChildProcessError:
-        pass
-    return True
+        pass                                              # not our child: its state says
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except OSError:
+        return True                                       # gone
 
 
 # -- the command line's mount checks, umount, and registry of mounts -------------------------------
