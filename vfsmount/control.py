@@ -137,12 +137,13 @@ def _wait_exited(pid: int | None, timeout: float) -> None:
 
 
 def _exited(pid: int) -> bool:
+    """True once the daemon's main thread has returned (all it writes is written then):
+    reaped if it is our own child (start_daemon), or "Z" while its last threads go."""
     try:
-        # Our own child (start_daemon): done once reaped. Its /proc state is not enough: the
-        # main thread shows "Z" while the other threads are still being torn down.
-        return os.waitpid(pid, os.WNOHANG)[0] == pid
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
     except ChildProcessError:
-        pass                                              # not our child: its state says
+        pass
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
