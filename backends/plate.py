@@ -34,6 +34,7 @@ class Plate:
     scan: PlateScan | None = None       # set when this call (re)indexed the plate
     url: str | None = None              # a store given directly: its path or s3:// URL
     opened: dict = field(default_factory=dict, repr=False)   # key -> backend opened already
+    image_sets: dict = field(default_factory=dict, repr=False)   # key -> ImageSet made already
 
     @property
     def location(self) -> str:
@@ -73,6 +74,15 @@ class Plate:
         except KeyError:
             raise MetadataError(f"plate has no subdirectory {key!r} (has: {list(self.subdirectories)})",
                                 path=self.metadata_file) from None
+
+    def image_set(self, key: str | None = None) -> "ImageSet":
+        """Subdirectory ``key`` (the main one by default) as an image set, made once: every
+        view of the set shares its backend and caches."""
+        key = self.main if key is None else key
+        if key not in self.image_sets:
+            from .image_set import ImageSet
+            self.image_sets[key] = ImageSet(self, key)
+        return self.image_sets[key]
 
     def image_files(self, key: str | None = None) -> list[str]:
         return list(self.entry(key).get("image_files", []))

@@ -1,0 +1,200 @@
+"""An image set: one subdirectory of a plate, as everything that serves it sees it.
+
+A plate's metadata lists its image sets (``workspace``, ``projection``, ``zarr``, ``.``,
+``outputs/<name>``); each is a list of flat names (``A01_s001_w1_z001_t001.tif``) served
+by one storage backend. :class:`ImageSet` is the one contract the mount's views, the plate
+views (LoadData, OME companion) and the napari reader build on. It states what it can do
+as properties, the way zarr-python's ``abc/store.py`` does, so no caller asks a backend's
+kind, probes it with ``hasattr`` or reads a private field:
+
+- ``serves_files``: every name is a real file (a vendor TIFF behind a mapping, a disk
+  folder): ``real_path``, ``open_fd`` (beneath the plate), and ``backend.stat_sources``
+  where the backend can stat in bulk (``stats_in_bulk``);
+- ``serves_planes``: every name is a plane of a store (zarr), synthesized as TIFF on read;
+- ``plane(name)`` either way: a :class:`backends.planes.PlaneSource` (shape and dtype
+  known without decoding; rows read on demand), and ``read(name)`` the whole plane;
+- ``physics``: pixel size, z spacing, time interval, channel names and facts, each None
+  where the plate's metadata does not know it (nothing is invented);
+- ``fields()``: the names grouped by field (well, site) over the set's channels, z-planes
+  and time points.
+
+:meth:`backends.plate.Plate.image_set` makes one per key and keeps it, so the backend and
+its caches are shared by every view of the set.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import numpy as np
+from natsort import natsorted
+
+from .containment import Anchor
+from .naming import ParsedName, try_parse_virtual_name
+from .metadata import primary_backend
+from .planes import PlaneSource
+
+if TYPE_CHECKING:
+    from .plate import Plate
+
+log = logging.getLogger(__name__)
+
+#: Backend kinds whose names are real files; every other kind serves planes of a store.
+FILE_BACKENDS = frozenset({"virtual_workspace", "disk"})
+
+
+@dataclass(frozen=True)
+class Physics:
+    """What an image set's metadata says about physical sizes and channels; None where it says
+    nothing. Lengths in micrometres, the time interval in seconds."""
+
+    pixel_size: float | None = None
+    z_spacing: float | None = None
+    time_interval: float | None = None
+    channel_names: dict[int, str] = field(default_factory=dict)
+    channel_info: dict[int, dict] = field(default_factory=dict)   # emission, excitation, color, window
+    unknown: dict[str, str] = field(default_factory=dict)        # quantity -> why it is not known
+
+    def label(self, channel: int) -> str:
+        """The channel's name, ``w<n>`` where the plate names none."""
+        return self.channel_names.get(channel) or f"w{channel}"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field (well, site) of an image set: its planes' names by (channel, z, t), over the
+    set's channels, z-planes and time points (a plane a ragged field lacks is None)."""
+
+    well: str
+    site: int
+    channels: tuple[int, ...]
+    zs: tuple[int, ...]
+    ts: tuple[int, ...]
+    planes: dict[tuple[int, int, int], str]
+
+    def name(self, channel: int, z: int, t: int) -> str | None:
+        return self.planes.get((channel, z, t))
+
+    def coordinates(self) -> Iterator[tuple[int, int, int]]:
+        """(channel, z, t) in ImageJ's order: channel fastest, then z, then time."""
+        for t in self.ts:
+            for z in self.zs:
+                for c in self.channels:
+                    yield c, z, t
+
+    @property
+    def complete(self) -> bool:
+        return len(self.planes) == len(self.channels) * len(self.zs) * len(self.ts)
+
+
+class ImageSet:
+    """One plate subdirectory: its names, what it can serve, and its physics."""
+
+    def __init__(self, plate: "Plate", key: str) -> None:
+        self.plate, self.key = plate, key
+        self.entry = plate.entry(key)
+        kind = primary_backend(self.entry)
+        self.serves_files = kind in FILE_BACKENDS
+        self.serves_planes = not self.serves_files
+        self.stats_in_bulk = kind == "virtual_workspace"
+        self._kind = kind
+
+    def __repr__(self) -> str:
+        return f"ImageSet({self.plate.location!r}, {self.key!r}, {self._kind})"
+
+    # -- storage --------------------------------------------------------------------------
+    @cached_property
+    def backend(self):
+        """The backend serving the names; opened once and shared by every view of the set."""
+        return self.plate.backend(self.key, self._kind)
+
+    @cached_property
+    def names(self) -> Sequence[str]:
+        return self.entry.get("image_files") or self.backend.list_files("")
+
+    @cached_property
+    def _anchor(self) -> Anchor:
+        return Anchor(self.plate.path)
+
+    def real_path(self, name: str) -> Path:
+        """The real file behind ``name`` (``serves_files`` only)."""
+        if not self.serves_files:
+            raise TypeError(f"{self!r} serves planes of a store, not files")
+        return self.backend.real_path(name)
+
+    def open_fd(self, name: str) -> int:
+        """A read-only descriptor of the file behind ``name``, opened beneath the plate (a
+        symlink swapped in after the check still cannot lead outside)."""
+        return self._anchor.open_file(self.real_path(name))
+
+    def source(self, name: str) -> str:
+        """Where ``name``'s pixels live, for people: the real file, or the store and array."""
+        return str(self.real_path(name)) if self.serves_files else self.backend.plane(name).source
+
+    def plane(self, name: str) -> PlaneSource:
+        if self.serves_planes:
+            return self.backend.plane(name)
+        from .tiff_planes import TiffFilePlane
+        return TiffFilePlane.open(self.real_path(name), self.physics.pixel_size)
+
+    def read(self, name: str) -> np.ndarray:
+        """The whole plane ``name`` as a 2D array."""
+        source = self.plane(name)
+        return source.read_rows(0, source.shape[0])
+
+    # -- what the names mean ----------------------------------------------------------------
+    @cached_property
+    def physics(self) -> Physics:
+        e = self.entry
+        info = {int(c): dict(v) for c, v in (e.get("channel_info") or {}).items()}
+        return Physics(pixel_size=_number(e.get("pixel_size")),
+                       z_spacing=self._shared("z_spacing", "z_indexes"),
+                       time_interval=self._shared("time_interval", "timepoints"),
+                       channel_names=self._channel_names(), channel_info=info,
+                       unknown=dict(e.get("physics_unknown") or {}))
+
+    def _siblings(self, axis: str) -> list[dict]:
+        """This set's entry, then the plate's other entries with the same planes along
+        ``axis``: a zarr store converted from vendor files has the vendor's z-planes and
+        channels, and its entry may not repeat what the vendor's entry knows about them."""
+        def planes(e: dict):
+            value = e.get(axis)
+            return sorted(value) if isinstance(value, dict) else value
+        mine = planes(self.entry)
+        return [self.entry] + [e for e in self.plate.subdirectories.values()
+                               if e is not self.entry and planes(e) == mine]
+
+    def _shared(self, quantity: str, axis: str) -> float | None:
+        return next((float(e[quantity]) for e in self._siblings(axis) if e.get(quantity)), None)
+
+    def _channel_names(self) -> dict[int, str]:
+        for e in self._siblings("channels"):
+            names = e.get("channel_names") or e.get("channels") or {}
+            named = {int(c): n for c, n in names.items() if n}
+            if named:
+                return named
+        return {}
+
+    def parsed(self) -> Iterator[tuple[str, ParsedName]]:
+        """(name, coordinates) of every name that follows the flat naming scheme."""
+        for name in self.names:
+            p = try_parse_virtual_name(name)
+            if p is not None:
+                yield name, p
+
+    def fields(self) -> list[Field]:
+        """Every field in natural (well, site) order, each over the set's channels, z-planes
+        and time points."""
+        planes: dict[tuple[str, int], dict[tuple[int, int, int], str]] = {}
+        for name, p in self.parsed():
+            planes.setdefault((p.well, p.site), {})[(p.channel, p.z, p.t)] = name
+        axes = [tuple(sorted({k[i] for field_planes in planes.values() for k in field_planes}))
+                for i in range(3)]
+        return [Field(well, site, *axes, planes[(well, site)]) for well, site in natsorted(planes)]
+
+
+def _number(value) -> float | None:
+    return None if value in (None, "") else float(value)
