@@ -185,11 +185,12 @@ def _cmd_convert(args) -> int:
 
 def _cmd_mount(args) -> int:
     from backends.remote import is_url
-    from .control import check_mountpoint, start_daemon
+    from .control import check_mountpoint, check_not_nested, start_daemon
     if not is_url(args.plate) and not Path(args.plate).is_dir():
         from backends.plate import Plate
         Plate.open(args.plate)   # says what is wrong with it (not there, an .nd2 file, ...)
     check_mountpoint(args.mountpoint, nonempty=args.nonempty)
+    check_not_nested(args.plate, args.mountpoint)
     if args.writable:
         _refuse_read_only(args.plate, "mount it without --writable")
     if args.pipeline:

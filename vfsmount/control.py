@@ -58,6 +58,7 @@ def start_daemon(plate: str | os.PathLike, mountpoint: str | os.PathLike, *,
                  extra_args: list[str] | None = None) -> tuple[int, Path]:
     """Start a background daemon; return (pid, log file) once the mount is live."""
     mnt = Path(mountpoint)
+    check_not_nested(plate, mnt)
     if is_mounted(mnt) and not clear_dead_mount(mnt):   # a dead one (daemon killed) is cleared
         raise MountError(f"{mnt} is already a mount point (vfsmount umount {mnt} first)")
     if not mnt.is_dir():
@@ -173,6 +174,18 @@ def check_mountpoint(mountpoint: str | os.PathLike, *, nonempty: bool = False) -
             if next(it, None) is not None:
                 raise MountError(f"mount point {mnt} is not empty: the mount would hide its files "
                                  "(use an empty folder, or --nonempty to mount over them)")
+
+
+def check_not_nested(plate: str | os.PathLike, mountpoint: str | os.PathLike) -> None:
+    """Refuse a mount point inside the plate, or the plate inside the mount point: serving
+    the plate would then read through its own mount, and the daemon would wait on itself."""
+    if not os.path.exists(plate):     # an s3:// plate (a missing one fails on its own)
+        return
+    p, m = os.path.realpath(plate), os.path.realpath(mountpoint)
+    if os.path.commonpath([p, m]) in (p, m):
+        where = "inside the plate" if os.path.commonpath([p, m]) == p else "holds the plate"
+        raise MountError(f"mount point {m} {where} {p}: a plate cannot be mounted inside "
+                         "itself (use a folder outside the plate)")
 
 
 def unmount_checked(mountpoint: str | os.PathLike, *, lazy: bool = False) -> str:

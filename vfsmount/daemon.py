@@ -17,7 +17,7 @@ from urllib.parse import quote
 import pyfuse3
 import trio
 
-from backends.layout import FS_SUBTYPE, OUTPUTS_DIR
+from backends.layout import FS_SUBTYPE, OUTPUTS_DIR, STAGING_DIR
 
 from .config import MountConfig, parse_daemon_argv
 from .fs import VfsOperations
@@ -89,8 +89,9 @@ def _build(cfg: MountConfig) -> tuple[object, VfsOperations]:
         plate.metadata = {**plate.metadata, "subdirectories": {
             k: {**v, "main": k == cfg.subdir} for k, v in plate.subdirectories.items()}}
     outputs = None
-    if cfg.writable or (plate.url is None and (plate.path / OUTPUTS_DIR).is_dir()):
-        outputs = OutputsArea(plate, writable=cfg.writable, materialize=cfg.materialize,
+    if plate.url is None:   # read-only: an empty folder until PLATE/outputs exists
+        outputs = OutputsArea(plate, plate.path / OUTPUTS_DIR, plate.path / STAGING_DIR,
+                              writable=cfg.writable, materialize=cfg.materialize,
                               sync_on_close=cfg.sync_on_close)
         if cfg.writable:
             outputs.write_metadata(force=True)   # reconcile after a crash

@@ -28,6 +28,20 @@ _BY_TYPE: tuple[tuple[type[BaseException], int], ...] = (
 )
 
 
+class CommitError(OSError):
+    """A commit of a file written into outputs/ failed; ``errno`` is what the writer's
+    close()/fsync() returns. ``kept``: the content stays staged (a file still being written,
+    e.g. a TIFF whose image data is not all there yet): nothing is lost, so it is no ERROR."""
+
+    kept = False
+
+    def __init__(self, err: int, message: str) -> None:
+        super().__init__(err, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 def errno_for(exc: BaseException) -> int:
     """The errno for an exception: FUSEError and OSError keep theirs, backend errors map by
     type (a path escape is EACCES, a missing source ENOENT), anything else is EIO."""
@@ -61,8 +75,11 @@ def fuse_operation(fn):
                 log.exception("%s failed", what)
             elif err == errno.ENOENT and fn.__name__ in ("open", "read"):
                 log.error("%s: source missing: %s", what, exc)    # listed, but its file is gone
-            elif err in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENAMETOOLONG):
+            elif err in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENAMETOOLONG,
+                         errno.ESTALE):     # (ESTALE: the kernel looks the name up again)
                 log.debug("%s: %s", what, exc)
+            elif getattr(exc, "kept", False):     # not stored yet, nothing lost
+                log.info("%s: not committed yet (kept staged): %s", what, exc)
             else:
                 log.error("%s: %s: %s", what, type(exc).__name__, exc)
             raise pyfuse3.FUSEError(err) from None

@@ -326,8 +326,7 @@ class VfsOperations(pyfuse3.Operations):
 
     @fuse_operation
     async def setxattr(self, inode, name, value, ctx):
-        # outputs/ stores no extended attributes (cp -a, rsync -X then skip them quietly)
-        raise pyfuse3.FUSEError(errno.ENOTSUP if self._node(inode).writable else errno.EROFS)
+        self._node(inode).setxattr(name, value)   # outputs/ stores none; EROFS elsewhere
 
     async def removexattr(self, inode, name, ctx):
         await self.setxattr(inode, name, b"", ctx)
@@ -371,24 +370,17 @@ class VfsOperations(pyfuse3.Operations):
     @fuse_operation
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         old_dir, new_dir = self._node(parent_inode_old), self._node(parent_inode_new)
-        if not old_dir.writable:
-            raise pyfuse3.FUSEError(errno.EROFS)
-        if flags:
-            raise pyfuse3.FUSEError(errno.EINVAL)   # RENAME_NOREPLACE/EXCHANGE: not supported
-        await self._in_worker(old_dir.rename, name_old, new_dir, name_new)
+        await self._in_worker(old_dir.rename, name_old, new_dir, name_new, flags)
 
-    def _refuse_special(self, parent_inode: int) -> None:
-        # hard links, symlinks (they could point anywhere) and special files: not supported
-        raise pyfuse3.FUSEError(errno.EPERM if self._node(parent_inode).writable else errno.EROFS)
-
+    # hard links, symlinks (they could point anywhere) and special files: the node refuses
     @fuse_operation
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        self._refuse_special(new_parent_inode)
+        self._node(new_parent_inode).make_special("link", new_name)
 
     @fuse_operation
     async def symlink(self, parent_inode, name, target, ctx):
-        self._refuse_special(parent_inode)
+        self._node(parent_inode).make_special("symlink", name)
 
     @fuse_operation
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        self._refuse_special(parent_inode)
+        self._node(parent_inode).make_special("mknod", name)

@@ -29,8 +29,8 @@ answers the right errno (EROFS for writes, ENOTDIR/EISDIR for the wrong kind):
   worker may hold), else fs.py runs it in a worker;
 - files: ``open_file(flags)`` -> ``OpenFile``; ``read``/``read_nowait``/``release`` with the
   handle it carries; ``blocking_handles`` when open/flush/fsync/release do I/O;
-- optional write capabilities (outputs/ only): directories ``create``, ``mkdir``, ``unlink``,
-  ``rmdir``, ``rename``; files ``write_nowait``/``write``, ``truncate``, ``flush``,
+- optional write capabilities (outputs/ of a --writable mount only): directories ``create``,
+  ``mkdir``, ``unlink``, ``rmdir``, ``rename``, ``make_special``; any node ``setxattr``; files ``write_nowait``/``write``, ``truncate``, ``flush``,
   ``fsync``, ``set_attrs`` (these return True when they committed, so the kernel's cached pages
   of the file are dropped).
 """
@@ -61,7 +61,10 @@ def next_inode() -> int:
 
 
 def _read_only() -> OSError:
-    return OSError(errno.EROFS, "read-only here (only outputs/ takes writes)")
+    # the one read-only refusal: every write a node cannot take (outputs/ of a mount without
+    # --writable included: its nodes have no write capabilities)
+    return OSError(errno.EROFS, "read-only (only outputs/ of a mount made with --writable "
+                                "takes writes)")
 
 
 @dataclass
@@ -129,7 +132,14 @@ class Node:
     def rmdir(self, name: bytes) -> None:
         raise _read_only()
 
-    def rename(self, name: bytes, new_dir: "Node", new_name: bytes) -> None:
+    def rename(self, name: bytes, new_dir: "Node", new_name: bytes, flags: int = 0) -> None:
+        raise _read_only()
+
+    def make_special(self, kind: str, name: bytes) -> None:
+        """link, symlink, mknod (``kind``) of ``name`` in this directory."""
+        raise _read_only()
+
+    def setxattr(self, name: bytes, value: bytes) -> None:
         raise _read_only()
 
     # -- file capabilities ----------------------------------------------------------

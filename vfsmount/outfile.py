@@ -1,9 +1,20 @@
-"""A file of the outputs area (``OutFile``): committed content, a staging file while it is
-written, and one version per reader. The rules of the area as a whole are in ``outputs.py``.
+"""A file of the outputs area: committed content, a staging file while it is written, and
+one version per reader. The rules of the area as a whole are in ``outputs.py``.
+
+A writable file is a state machine; its states and every transition are here, in one
+table (``TRANSITIONS``), and nowhere else: ``WritableOutFile._go(event)`` is the only
+place ``state`` changes, and an event a state has no row for is a bug (AssertionError).
+
+Where committed content lives is a *storage*: ``FileStorage`` (a plain file under the
+outputs root) or ``PlaneStorage`` (a plane of the folder's zarr store; a plain file of that
+name written before stays in front of it until the plane replaces it). Both answer the same
+calls (``exists``, ``version``, ``size``, ``store``, ``remove``, ``sync``); the file never
+asks which one it has.
 """
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import logging
 import os
@@ -12,28 +23,51 @@ import time
 
 from backends.errors import StorageError
 
+from .errors import CommitError
 from .nodes import WRITE_FLAGS, FileNode, OpenFile, layout_for
 
 log = logging.getLogger("vfsmount.outputs")
 
 COPY_CHUNK = 8 << 20
+REOPEN_TRIES = 20          # opens of a path swapped outside until it holds the looked-up file
 
 
-class CommitError(OSError):
-    """A commit failed; ``errno`` is what the writer's close()/fsync() returns."""
+class State(enum.Enum):
+    IDLE = "no staging file: the committed content (or none) is the file"
+    CLEAN = "a staging file holds a copy of the committed content (or an empty new file)"
+    DIRTY = "the staged content changed since it was staged or last committed"
+    REFUSED = "the last commit refused the staged content: its writer's alone until rewritten"
+    FAILED = "a write failed (ENOSPC, EIO): the staged content is incomplete, never committed"
+    DISPLACED = "unlinked or renamed over while being written: dropped at the last close"
 
-    def __init__(self, err: int, message: str) -> None:
-        super().__init__(err, message)
 
-    def __str__(self) -> str:
-        return self.strerror
+_S = State
+_STAGED = (_S.CLEAN, _S.DIRTY, _S.REFUSED, _S.FAILED)
+
+#: (state, event) -> next state. Events: stage (a staging file is made), change (write,
+#: truncate), fail (a write failed), commit (published), refuse (an EINVAL commit kept for
+#: its writer), drop (staging file discarded), displace (unlinked or renamed over).
+TRANSITIONS: dict[tuple[State, str], State] = {
+    (_S.IDLE, "stage"): _S.CLEAN,
+    **{(s, "change"): _S.DIRTY for s in (_S.CLEAN, _S.DIRTY, _S.REFUSED)},
+    (_S.FAILED, "change"): _S.FAILED,          # a lost write stays lost until reported
+    (_S.DISPLACED, "change"): _S.DISPLACED,
+    **{(s, "fail"): _S.FAILED for s in _STAGED},
+    (_S.DISPLACED, "fail"): _S.DISPLACED,
+    **{(s, "commit"): _S.IDLE for s in (_S.CLEAN, _S.DIRTY, _S.REFUSED)},
+    **{(s, "refuse"): _S.REFUSED for s in (_S.CLEAN, _S.DIRTY, _S.REFUSED)},
+    **{(s, "drop"): _S.IDLE for s in _STAGED + (_S.DISPLACED,)},
+    **{(s, "displace"): _S.DISPLACED for s in _STAGED},
+}
 
 
+# -- read handles -----------------------------------------------------------------------
 class _Version:
     """What one read handle reads: the committed file's descriptor, or a zarr plane's bytes,
-    taken at open, so a later commit or unlink never changes what this handle sees."""
+    taken at open, so a later commit, rename, unlink or swap never changes what it sees."""
 
     __slots__ = ("fd", "data")
+    writes = False
 
     def __init__(self, fd: int | None = None, data: bytes | None = None) -> None:
         self.fd, self.data = fd, data
@@ -43,6 +77,20 @@ class _Version:
             return os.pread(self.fd, length, offset)
         return self.data[offset:offset + length] if self.data is not None else b""
 
+    def read_nowait(self, offset: int, length: int) -> bytes | None:
+        return self.read(offset, length) if self.data is not None else None
+
+    @property
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size if self.fd is not None else len(self.data or b"")
+
+    def key(self) -> tuple | None:
+        """(device, inode) of the file this version reads (None for a plane's bytes)."""
+        if self.fd is None:
+            return None
+        st = os.fstat(self.fd)
+        return (st.st_dev, st.st_ino)
+
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
@@ -50,113 +98,298 @@ class _Version:
 
 
 class _Writer:
-    """A handle opened for writing: it reads and writes the node's staging file."""
+    """A handle opened for writing: it reads and writes its node's staging file."""
 
-    __slots__ = ()
+    __slots__ = ("node",)
+    writes = True
+
+    def __init__(self, node: "WritableOutFile") -> None:
+        self.node = node
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.node.read_own(offset, length)
+
+    def read_nowait(self, offset: int, length: int) -> bytes | None:
+        return None
 
 
+# -- where committed content lives ----------------------------------------------------------
+class FileStorage:
+    """A plain file ``rel`` under the outputs root."""
+
+    __slots__ = ("area", "rel")
+    plain = True
+
+    def __init__(self, area, rel: str) -> None:
+        self.area, self.rel = area, rel
+
+    def _stat(self) -> os.stat_result | None:
+        st = self.area.stat(self.rel)
+        return st if st is not None and stat_mod.S_ISREG(st.st_mode) else None
+
+    def exists(self) -> bool:
+        return self._stat() is not None
+
+    def version(self) -> _Version | None:
+        return _Version(fd=self.area.open(self.rel)) if self.exists() else None
+
+    def size(self) -> int | None:
+        st = self._stat()
+        return st.st_size if st is not None else None
+
+    def remove(self) -> None:
+        if self.exists():
+            self.area.disk.unlink(self.rel)
+
+    def store(self, fd: int, staging: str, durable: bool) -> None:
+        if self.rel.lower().endswith((".tif", ".tiff")):
+            _check_tiff(fd, self.rel)
+        if durable:
+            os.fsync(fd)
+        try:
+            self.area.disk.publish(staging, self.rel, durable=durable)
+        except (FileNotFoundError, NotADirectoryError) as e:
+            raise CommitError(errno.ENOENT, f"folder of {self.rel} is gone") from e
+
+    def sync(self) -> None:
+        """Make what is committed durable (committed at close without waiting)."""
+        version = self.version()
+        if version is not None:
+            try:
+                os.fsync(version.fd)
+                self.area.disk.sync_folder_of(self.rel)
+            finally:
+                version.close()
+
+
+class PlaneStorage:
+    """Plane ``name`` of the zarr store of first-level folder ``sub``; a plain file of the
+    same name (written before the folder became zarr-backed) is read first, and removed when
+    a plane is committed."""
+
+    __slots__ = ("area", "sub", "name", "beside")
+    plain = False
+
+    def __init__(self, area, rel: str, sub: str, name: str) -> None:
+        self.area, self.sub, self.name = area, sub, name
+        self.beside = FileStorage(area, rel)
+
+    def _plane(self):
+        st = self.area.store(self.sub)
+        if st is None or not st.exists(self.name):
+            return None
+        return st.plane(self.name)
+
+    def _layout(self):
+        plane = self._plane()
+        return None if plane is None else layout_for(tuple(plane.shape), plane.dtype,
+                                                      plane.pixel_size)
+
+    def exists(self) -> bool:
+        return self.beside.exists() or self._plane() is not None
+
+    def version(self) -> _Version | None:
+        version = self.beside.version()
+        if version is not None:
+            return version
+        plane = self._plane()
+        if plane is None:
+            return None
+        layout = layout_for(tuple(plane.shape), plane.dtype, plane.pixel_size)
+        return _Version(data=layout.read(0, layout.size, plane.read_rows))
+
+    def size(self) -> int | None:
+        size = self.beside.size()
+        if size is not None:
+            return size
+        layout = self._layout()
+        return layout.size if layout is not None else None
+
+    def remove(self) -> None:
+        self.beside.remove()
+        if self._plane() is not None:
+            store = self.area.store(self.sub)
+            store.invalidate(self.name)
+            store.delete(self.name)
+
+    def store(self, fd: int, staging: str, durable: bool) -> None:
+        area = self.area
+        # the staged bytes are only decoded, never kept: no fsync. zarr writes each
+        # chunk and metadata document atomically (temp file + rename), unfsynced.
+        plane = _decode(fd, self.beside.rel)
+        store = area.store(self.sub, create=True)
+        # The plane's chunk is written now; the store's metadata (shapes, records, NGFF)
+        # is batched (the daemon's recorder, once a second; unmount; fsync). The
+        # store says it is unflushed meanwhile, and its next opening rebuilds the index
+        # from the chunks on disk: a kill -9 right after close() loses nothing.
+        try:
+            store.save_batch([plane], [self.name], flush=durable)
+            if not durable:
+                area.stores_dirty.add(self.sub)
+        except StorageError as e:
+            raise CommitError(errno.EINVAL, f"{self.beside.rel}: {e}") from e
+        finally:
+            store.invalidate(self.name)     # decoded planes and chunks follow the commit
+        self.beside.remove()                # it was a plain file: the plane replaces it
+        area.disk.drop_staging(staging)
+
+    def sync(self) -> None:
+        self.area.flush_stores()      # committed at close: write the batched index now
+
+
+# -- the nodes ----------------------------------------------------------------------------
 class OutFile(FileNode):
-    """A file of the outputs area: committed content plus, while written, a staging file."""
+    """A file of a read-only outputs area: its committed content, one version per reader.
+    It has no write capabilities: the node protocol's defaults refuse them (EROFS)."""
 
-    __slots__ = ("area", "parent", "name", "staging", "staging_fd", "writers", "deleted", "dirty",
-                 "failed", "refused", "written")
+    __slots__ = ("area", "parent", "name", "_shown", "_seen", "volatile")
     immutable = False
-    entry_timeout = 0.0     # a commit changes the size under the kernel
+    entry_timeout = 0.0     # content changes under the kernel
+    visible = False         # only files being written are listed beyond what is stored
+    is_link = False
+    mode_bits = 0o444
 
     def __init__(self, area, parent, name: str) -> None:
-        super().__init__(stat_mod.S_IFREG | (0o644 if area.writable else 0o444), time.time_ns())
+        super().__init__(stat_mod.S_IFREG | self.mode_bits, time.time_ns())
         self.area, self.parent, self.name = area, parent, name
-        self.staging: str | None = None       # name in the staging folder
-        self.staging_fd: int | None = None
-        self.writers = 0        # handles open for writing (changed under the area lock only)
-        self.deleted = False    # unlinked (or renamed over) while staged: never commit
-        self.dirty = False      # staged content differs from what a commit would keep
-        self.failed = 0         # errno of a failed write: the staged content is incomplete
-        self.refused = False    # the last commit refused the staged content (kept for its writer)
-        self.written = False    # written through this mount: readers bypass the page cache
+        # open readers of the current content (all of one file: see same_file)
+        self._shown: list[_Version] = []
+        self._seen: tuple | None = None       # (device, inode) of the plain file served
+        self.volatile = False   # changed while mounted: readers bypass the page cache
 
     @property
     def rel(self) -> str:
         return self.parent.child_rel(self.name)
 
+    def storage(self):
+        return self.area.storage(self.rel)
+
+    def committed_size(self) -> int:
+        size = self.storage().size()
+        if size is None:
+            raise FileNotFoundError(errno.ENOENT, "no committed content", self.rel)
+        return size
+
+    @property
+    def size(self) -> int:
+        shown = self._shown          # one read: a commit may replace the list
+        if shown:                    # an open reader: the size of what it reads
+            try:
+                return shown[-1].size
+            except (OSError, IndexError):   # (closed meanwhile)
+                pass
+        return self.area.settled(self.committed_size)
+
+    def open_file(self, flags: int) -> OpenFile:
+        if flags & WRITE_FLAGS:
+            return super().open_file(flags)      # refused: read-only
+        return self._open_reader(self.area.settled(lambda: self.storage().version()))
+
+    def same_file(self, key: tuple | None) -> bool:
+        """Whether this node still serves the file ``key`` (device, inode) found at its path.
+        A file replaced outside the mount (a folder swapped, a file renamed over) is served
+        by a new node: each open reads one version, and its size is that version's."""
+        if key is None or self._seen is None or key == self._seen:
+            self._seen = key or self._seen
+            return True
+        return False
+
+    def _open_reader(self, version: _Version | None, *, check: bool = True) -> OpenFile:
+        for _ in range(REOPEN_TRIES if check else 0):
+            if version is None or self.same_file(version.key()):
+                break
+            version.close()     # another file than the kernel looked up (swapped outside
+            version = self.storage().version()     # since): this node's may come back
+        else:
+            if check and version is not None:    # replaced for good: the kernel looks up again
+                version.close()
+                raise OSError(errno.ESTALE, "replaced outside the mount since looked up",
+                              self.rel)
+        if version is None:
+            raise FileNotFoundError(errno.ENOENT, "no such file", self.rel)
+        self._shown.append(version)
+        return OpenFile(version, keep_cache=False, direct_io=self.volatile)
+
+    def read(self, handle, offset: int, length: int) -> bytes:
+        return handle.read(offset, length)
+
+    def read_nowait(self, handle, offset: int, length: int) -> bytes | None:
+        return handle.read_nowait(offset, length)
+
+    def release(self, handle) -> bool:
+        with contextlib.suppress(ValueError):
+            self._shown.remove(handle)
+        handle.close()
+        return False
+
+
+class WritableOutFile(OutFile):
+    """A file of a writable outputs area: committed content plus, while written, a staging
+    file; ``state`` follows ``TRANSITIONS``."""
+
+    __slots__ = ("staging", "staging_fd", "writers", "state", "failure")
+    mode_bits = 0o644
+    blocking_handles = True   # open may copy content, flush/fsync/release commit: in a worker
+
+    def __init__(self, area, parent, name: str) -> None:
+        super().__init__(area, parent, name)
+        self.staging: str | None = None       # name in the staging folder
+        self.staging_fd: int | None = None
+        self.writers = 0        # handles open for writing (changed under the area lock only)
+        self.state = State.IDLE
+        self.failure = 0        # errno of the write that failed (state FAILED)
+
+    def _go(self, event: str) -> None:
+        nxt = TRANSITIONS.get((self.state, event))
+        assert nxt is not None, f"outputs/{self.rel}: no transition {event} from {self.state.name}"
+        self.state = nxt
+
+    def same_file(self, key: tuple | None) -> bool:
+        if self.writers or self.pending:      # being written here: a commit replaces the file
+            self._seen = key or self._seen
+            return True
+        return super().same_file(key)
+
     @property
     def pending(self) -> bool:
-        return self.staging is not None and not self.deleted
+        return self.state in _STAGED
 
     @property
     def visible(self) -> bool:
         """Staged content others can see: refused content is its writer's alone until
         rewritten, so a name whose close() failed is gone at once, not when the kernel's
         asynchronous RELEASE finally drops it."""
-        return self.pending and not self.refused
+        return self.state in (State.CLEAN, State.DIRTY, State.FAILED)
 
-    # -- committed content ------------------------------------------------------
-    def committed_plane(self):
-        target = self.area.zarr_target(self.rel)
-        if target is None:
-            return None
-        st = self.area.store(target[0])
-        if st is None or not st.exists(target[1]):
-            return None
-        return st.plane(target[1])
-
-    def _committed_file(self) -> os.stat_result | None:
-        st = self.area.stat(self.rel)
-        return st if st is not None and stat_mod.S_ISREG(st.st_mode) else None
-
-    def exists(self) -> bool:
-        return self._committed_file() is not None or self.committed_plane() is not None
-
-    def committed_version(self) -> _Version | None:
-        """The committed content as it is now, for one reader (None if there is none)."""
-        if self._committed_file() is not None:
-            return _Version(fd=self.area.open(self.rel))
-        plane = self.committed_plane()
-        if plane is None:
-            return None
-        layout = layout_for(tuple(plane.shape), plane.dtype, plane.pixel_size)
-        return _Version(data=layout.read(0, layout.size, plane.read_rows))
-
-    def committed_size(self) -> int:
-        st = self._committed_file()
-        if st is not None:
-            return st.st_size
-        plane = self.committed_plane()
-        if plane is not None:
-            return layout_for(tuple(plane.shape), plane.dtype, plane.pixel_size).size
-        raise FileNotFoundError(errno.ENOENT, "no committed content", self.rel)
+    def _unsaved(self) -> bool:
+        return self.state in (State.DIRTY, State.REFUSED, State.FAILED)
 
     @property
     def size(self) -> int:
         fd = self.staging_fd          # one read: a commit in a worker thread may close it
-        if fd is not None and not self.refused:     # refused bytes are not the file's size
+        if fd is not None and self.state is not State.REFUSED:   # refused bytes: not the size
             try:
                 return os.fstat(fd).st_size
             except OSError:
                 pass
-        return self.committed_size()
+        return super().size
 
     # -- the node protocol (see nodes.py) -------------------------------------------
-    @property
-    def writable(self) -> bool:
-        return self.area.writable
-
     def set_attrs(self, size: int | None, mtime_ns: int | None) -> bool:
         """truncate and utimes; modes and owners are fixed in outputs/ (ignored)."""
-        if not self.area.writable:
-            raise OSError(errno.EROFS, "outputs/ is read-only on this mount")
         committed = self.truncate(size) if size is not None else False
         if mtime_ns:
             self.mtime_ns = mtime_ns
         return committed
 
-    blocking_handles = True   # open may copy content, flush/fsync/release commit: in a worker
+    def setxattr(self, name: bytes, value: bytes) -> None:
+        raise OSError(errno.ENOTSUP, "outputs/ stores no extended attributes")
 
     def inline(self, op: str) -> bool:
         """A flush or the last release with nothing to commit (what follows a committed
         close) runs on the loop."""
         if op == "flush":
-            idle = not (self.pending and (self.dirty or self.failed))
+            idle = not self._unsaved()
         elif op == "release":
             idle = not self.pending or self.writers > 1
         else:
@@ -164,44 +397,33 @@ class OutFile(FileNode):
         return idle and self.area.inline_ok()
 
     def open_file(self, flags: int) -> OpenFile:
-        if flags & WRITE_FLAGS:
-            if not self.area.writable:
-                raise OSError(errno.EROFS, "outputs/ is read-only on this mount")
+        if not flags & WRITE_FLAGS:
             with self.area.lock:
-                self.writers += 1
-                try:
-                    self.begin_write(bool(flags & os.O_TRUNC))
-                except BaseException:
-                    self.writers -= 1
-                    raise
-            return OpenFile(_Writer(), keep_cache=False)
+                version = self.area.settled(lambda: self.storage().version())
+                staged = version is None and self.visible
+                if staged:                   # not committed yet: the staged bytes
+                    version = _Version(fd=os.dup(self.staging_fd))
+            return self._open_reader(version, check=not staged)
         with self.area.lock:
-            version = self.committed_version()
-            if version is None and self.visible:     # not committed yet: the staged bytes
-                version = _Version(fd=os.dup(self.staging_fd))
-        if version is None:
-            raise FileNotFoundError(errno.ENOENT, "no such file", self.rel)
-        # written through this mount: the size may change under an open reader, and only
-        # direct I/O keeps the kernel from cutting this reader's version to the new size
-        return OpenFile(version, keep_cache=False, direct_io=self.written)
+            self.writers += 1
+            try:
+                self.begin_write(bool(flags & os.O_TRUNC))
+            except BaseException:
+                self.writers -= 1
+                raise
+        return OpenFile(_Writer(self), keep_cache=False)
 
-    def read(self, handle, offset: int, length: int) -> bytes:
-        if isinstance(handle, _Version):
-            return handle.read(offset, length)
-        with self.area.lock:              # the writer: its own staged bytes
+    def read_own(self, offset: int, length: int) -> bytes:
+        """A writer reads its own staged bytes (or, between commits, what is committed)."""
+        with self.area.lock:
             if self.staging_fd is not None:
                 return os.pread(self.staging_fd, length, offset)
-            version = self.committed_version()
+            version = self.storage().version()
         try:
             return version.read(offset, length) if version is not None else b""
         finally:
             if version is not None:
                 version.close()
-
-    def read_nowait(self, handle, offset: int, length: int) -> bytes | None:
-        if isinstance(handle, _Version) and handle.data is not None:
-            return handle.read(offset, length)
-        return None
 
     def write_nowait(self, handle, offset: int, data: bytes) -> int | None:
         """A pwrite into the staging file's page cache, inline; None while a commit holds the
@@ -222,12 +444,18 @@ class OutFile(FileNode):
             return self._pwrite(offset, data)
 
     def _pwrite(self, offset: int, data: bytes) -> int:
-        self.dirty, self.refused, self.written = True, False, True
         try:
-            return os.pwrite(self.staging_fd, data, offset)
+            n = os.pwrite(self.staging_fd, data, offset)
         except OSError as e:
-            self.failed = e.errno or errno.EIO
+            self._go("fail")
+            self.failure = e.errno or errno.EIO
             raise
+        self._changed()
+        return n
+
+    def _changed(self) -> None:
+        self._go("change")
+        self.volatile, self._shown = True, []
 
     def truncate(self, size: int) -> bool:
         """truncate(2)/ftruncate(2); a truncate by path (no writer) commits at once."""
@@ -235,7 +463,7 @@ class OutFile(FileNode):
             if self.staging_fd is None:
                 self.begin_write(truncate=size == 0)
             os.ftruncate(self.staging_fd, size)
-            self.dirty, self.refused, self.written = True, False, True
+            self._changed()
             if self.writers == 0:
                 self.commit(final=True)
                 return True
@@ -246,10 +474,10 @@ class OutFile(FileNode):
         is what makes "close() returned 0" mean "the file is complete in the plate". A flush
         with nothing written since the last commit (`cmd > file` closing a dup before
         writing, a reader's close) commits nothing. True if something was committed."""
-        if not isinstance(handle, _Writer):
+        if not handle.writes:
             return False
         with self.area.lock:
-            if self.pending and (self.dirty or self.failed):
+            if self._unsaved():
                 self.commit()
                 return True
         return False
@@ -257,38 +485,29 @@ class OutFile(FileNode):
     def fsync(self, handle) -> bool:
         """fsync/fdatasync: commit, and return only once the bytes and the name are durable."""
         with self.area.lock:
-            if isinstance(handle, _Writer) and self.pending:
+            if handle.writes and self.pending:
                 self.commit(durable=True)
                 return True
-            if self.area.zarr_target(self.rel) is not None:
-                self.area.flush_stores()      # committed at close: write the batched index now
-                return False
-            version = self.committed_version() if self._committed_file() is not None else None
-        if version is not None:           # committed at close without waiting: sync it now
-            try:
-                os.fsync(version.fd)
-                self.area.at_parent(self.rel, lambda name, dir_fd: os.fsync(dir_fd))
-            finally:
-                version.close()
+            storage = self.storage()
+        storage.sync()
         return False
 
     def release(self, handle) -> bool:
-        if isinstance(handle, _Version):
-            handle.close()
-            return False
+        if not handle.writes:
+            return super().release(handle)
         with self.area.lock:
             self.writers -= 1
             if self.writers > 0:
                 return False
-            if self.deleted:
+            if self.state is State.DISPLACED:
                 self.discard()
                 return False
             if not self.pending:
                 return False
             try:
                 self.commit(final=True, last_close=True)
-            except CommitError as e:      # nothing more to tell a closed file
-                log.error("commit of outputs/%s at the last close failed: %s", self.rel, e)
+            except CommitError as e:      # nothing more to tell a closed file: data lost
+                log.error("outputs/%s: not stored at the last close: %s", self.rel, e)
             return True
 
     # -- writing -------------------------------------------------------------------
@@ -298,48 +517,42 @@ class OutFile(FileNode):
             if self.staging_fd is not None:
                 if truncate:
                     os.ftruncate(self.staging_fd, 0)
-                    self.dirty, self.refused, self.written = True, False, True
+                    self._changed()
                 return
-            version = None if truncate else self.committed_version()
-            self.dirty = truncate and self.exists()     # O_TRUNC of a committed file changes it
-            self.written = self.written or truncate
-            name, fd = self.area.new_staging()
+            storage = self.storage()
+            version = None if truncate else storage.version()
+            changes = truncate and storage.exists()     # O_TRUNC of a committed file changes it
+            name, fd = self.area.disk.new_staging()
             try:
                 if version is not None:
                     _copy(version, fd)
             except BaseException:
                 os.close(fd)
-                self.area.drop_staging(name)
+                self.area.disk.drop_staging(name)
                 raise
             finally:
                 if version is not None:
                     version.close()
             self.staging, self.staging_fd = name, fd
-            self.deleted = self.refused = False
-
-    def remove_committed(self) -> None:
-        with self.area.lock:
-            if self._committed_file() is not None:
-                self.area.at_parent(self.rel, os.unlink)
-            target = self.area.zarr_target(self.rel)
-            if target is not None and self.committed_plane() is not None:
-                store = self.area.store(target[0])
-                store.invalidate(target[1])
-                store.delete(target[1])
+            self._go("stage")
+            if changes:
+                self._changed()
+            self.volatile = self.volatile or truncate
 
     def remove(self) -> None:
         """unlink(2): the committed content goes now (open readers keep theirs); staged
         content when its last writer closes. Under the lock, so a commit running in another
         worker cannot bring the file back."""
         with self.area.lock:
-            self.remove_committed()
+            self.storage().remove()
+            self._shown = []
             self.displace()
 
     def displace(self) -> None:
         """Unlinked or renamed over: staged content is never committed."""
         with self.area.lock:
             if self.pending:
-                self.deleted = True
+                self._go("displace")
                 if self.writers == 0:
                     self.discard()
 
@@ -348,32 +561,31 @@ class OutFile(FileNode):
             if self.staging_fd is not None:
                 os.close(self.staging_fd)
             if self.staging is not None:
-                self.area.drop_staging(self.staging)
+                self.area.disk.drop_staging(self.staging)
             self.staging = self.staging_fd = None
-            self.refused = False
+            if self.state is not State.IDLE:
+                self._go("drop")
 
     def move_to(self, new_dir, new_name: str) -> None:
         """rename(2) of a file (under the area lock)."""
-        area, old_rel, new_rel = self.area, self.rel, new_dir.child_rel(new_name)
+        area, new_rel = self.area, new_dir.child_rel(new_name)
         target = new_dir._nodes.get(new_name)
-        plane = self.committed_plane()
-        if self._committed_file() is not None or plane is not None:
-            if area.zarr_target(new_rel) is not None or plane is not None:
-                # content changes representation: restage it and commit under the new name
-                self.begin_write(truncate=False)
-                self.remove_committed()
-                self._displace_target(target)
+        old, new = self.storage(), area.storage(new_rel)
+        if old.exists() and not (old.plain and new.plain):
+            # content changes representation: restage it and commit under the new name
+            self.begin_write(truncate=False)
+            old.remove()
+            _displace(target, self)
+            with area.moving():
                 new_dir.adopt(new_name, self)
-                self.dirty = True
-                self.commit(final=True)
-                return
-            area.rename(old_rel, new_rel)
-        self._displace_target(target)
-        new_dir.adopt(new_name, self)
-
-    def _displace_target(self, target) -> None:
-        if isinstance(target, OutFile) and target is not self:
-            target.displace()
+            self._changed()
+            self.commit(final=True)
+            return
+        with area.moving():
+            if old.exists():
+                area.disk.rename(self.rel, new_rel)
+            _displace(target, self)
+            new_dir.adopt(new_name, self)
 
     def commit(self, final: bool = False, *, last_close: bool = False, durable: bool = False) -> None:
         """Make the staged content the committed one, atomically; raises CommitError.
@@ -386,74 +598,49 @@ class OutFile(FileNode):
         asynchronously) does nothing if the file was opened for writing again meanwhile.
         """
         with self.area.lock:
-            if self.staging_fd is None or self.deleted or (last_close and self.writers > 0):
+            if not self.pending or (last_close and self.writers > 0):
                 return
             fd, staging = self.staging_fd, self.staging
-            if last_close and not self.dirty and not self.failed and self.exists():
+            storage = self.storage()
+            if last_close and self.state is State.CLEAN and storage.exists():
                 self._drop(fd, staging)        # opened for writing, nothing changed: keep as is
                 return
-            if self.failed:        # a write was lost (e.g. ENOSPC): never commit the rest
-                err, self.failed = self.failed, 0
+            if self.state is State.FAILED:     # a write was lost (e.g. ENOSPC): never commit the rest
                 self._drop(fd, staging)
+                err = self.failure or errno.EIO
                 raise CommitError(err, f"{self.rel}: a write failed ({os.strerror(err)}); "
                                        "nothing stored")
             try:
-                self._store(fd, staging, durable or self.area.sync_on_close)
+                storage.store(fd, staging, durable or self.area.sync_on_close)
             except CommitError as e:
                 if final or e.errno != errno.EINVAL:
                     self._drop(fd, staging)
                 else:
-                    self.refused = True
+                    self._go("refuse")
+                    e.kept = True              # still staged: the writer may complete it
                 raise
             except OSError as e:
                 self._drop(fd, staging)
                 raise CommitError(e.errno or errno.EIO, f"{self.rel}: {e}") from e
-            os.close(fd)
+            self._seen = None           # a new file (its own key), still this node's
             self.staging = self.staging_fd = None
-            self.dirty = self.refused = False
+            os.close(fd)
+            self._go("commit")
+            self.volatile, self._shown = True, []
             self.mtime_ns = time.time_ns()
             self.area.mark_dirty()
             log.info("committed outputs/%s%s", self.rel, " (durable)" if durable else "")
 
-    def _store(self, fd: int, staging: str, durable: bool) -> None:
-        area = self.area
-        target = area.zarr_target(self.rel)
-        if target is not None:
-            # the staged bytes are only decoded, never kept: no fsync. zarr writes each
-            # chunk and metadata document atomically (temp file + rename), unfsynced.
-            plane = _decode(fd, self.rel)
-            store = area.store(target[0], create=True)
-            # The plane's chunk is written now; the store's metadata (shapes, records, NGFF)
-            # is batched (the daemon's recorder, once a second; unmount; fsync). The
-            # store says it is unflushed meanwhile, and its next opening rebuilds the index
-            # from the chunks on disk: a kill -9 right after close() loses nothing.
-            try:
-                store.save_batch([plane], [target[1]], flush=durable)
-                if not durable:
-                    area.stores_dirty.add(target[0])
-            except StorageError as e:
-                raise CommitError(errno.EINVAL, f"{self.rel}: {e}") from e
-            finally:
-                store.invalidate(target[1])     # decoded planes and chunks follow the commit
-            if self._committed_file() is not None:   # it was a plain file: the plane replaces it
-                area.at_parent(self.rel, os.unlink)
-            area.drop_staging(staging)
-            return
-        if self.rel.lower().endswith((".tif", ".tiff")):
-            _check_tiff(fd, self.rel)
-        if durable:
-            os.fsync(fd)
-        try:
-            area.publish(staging, self.rel, durable=durable)
-        except (FileNotFoundError, NotADirectoryError) as e:
-            raise CommitError(errno.ENOENT, f"folder of {self.rel} is gone") from e
-        self.written = True
-
     def _drop(self, fd: int, staging: str) -> None:
-        os.close(fd)
-        self.area.drop_staging(staging)
         self.staging = self.staging_fd = None
-        self.dirty = self.refused = False
+        os.close(fd)
+        self.area.disk.drop_staging(staging)
+        self._go("drop")
+
+
+def _displace(target, moved) -> None:
+    if target is not None and target is not moved:
+        target.displace()
 
 
 def _copy(version: _Version, fd: int) -> None:
@@ -517,4 +704,5 @@ def _decode(fd: int, rel: str):
     return data
 
 
-__all__ = ["OutFile", "CommitError"]
+__all__ = ["OutFile", "WritableOutFile", "FileStorage", "PlaneStorage", "State", "TRANSITIONS",
+           "CommitError"]

@@ -1,32 +1,34 @@
 """The outputs area: ``MOUNT/outputs/``, where tools write results into the plate.
 
-Committed state lives in the plate:
-- ``PLATE/outputs/<path>``: every committed file, mirrored one to one (``--materialize disk``,
+Committed state lives in the outputs root (``PLATE/outputs`` unless the mount names another):
+- ``<root>/<path>``: every committed file, mirrored one to one (``--materialize disk``,
   and non-image files with ``--materialize zarr``);
-- ``PLATE/outputs/<sub>.zarr``: with ``--materialize zarr``, images written directly into a
+- ``<root>/<sub>.zarr``: with ``--materialize zarr``, images written directly into a
   first-level folder ``outputs/<sub>/`` whose names parse as plate images (normalized, or an
   ImageXpress name) become planes of this OME-Zarr plate and are served back as
   synthesized TIFFs. Images elsewhere are stored as files.
 
-The file node (``OutFile``) is in ``outfile.py``. Every path below ``PLATE/outputs`` is reached through ``backends.containment`` (openat2
-beneath a descriptor held for the folder, no symlinks followed): a symlink found there is
-listed as a refused entry (mode 000, EACCES on open), never followed.
+Writable or not is decided once, when the area is opened (:class:`OutputsArea`): a read-only
+area holds no write access to the disk (no staging folder, no :class:`_Disk`) and serves
+``OutDir``/``OutFile`` nodes, which have no write capabilities, so every write-like call
+gets the node protocol's default refusal (EROFS, ``nodes.Node``). A writable area serves
+``WritableOutDir``/``WritableOutFile``, and only they reach ``area.disk``.
 
-Writes go to a staging file in ``PLATE/.vfsmount-staging/`` (same file system, so the commit
-is one rename). The staging file is committed when a writer's close() flushes it (content
-complete: an image-named TIFF must hold every page's data) or on fsync, and at the last
-close at the latest; a commit is a rename (or a decode into the zarr store), so a crash
-leaves the old file or the new one. ``close()`` does not wait for the disk; ``fsync()``
-does (staged file and folder), and ``--sync-on-close`` makes every commit durable.
-A reader keeps the version it opened: its handle holds that version's descriptor (or, for
-a zarr plane, its bytes) until it closes.
+The file nodes are in ``outfile.py``. Every path below the root is reached through
+``backends.containment`` (openat2 beneath a descriptor held for the folder, no symlinks
+followed): a symlink found there is listed as a refused entry (mode 000, EACCES on open).
+
+Writes go to a staging file in the staging folder (``PLATE/.vfsmount-staging/``: the same
+file system, so the commit is one rename); see ``outfile.py`` for when it is committed.
 
 Not supported (answered with an errno): hard links and symlinks (EPERM), special files
 (EPERM), rename flags such as RENAME_EXCHANGE (EINVAL), names with a backslash or control
-characters (EPERM), names ending in ``.zarr`` (EINVAL: that suffix marks a zarr store).
+characters, DEL included (EPERM), names ending in ``.zarr`` (EINVAL: that suffix marks a
+zarr store), extended attributes (ENOTSUP).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -38,18 +40,18 @@ import uuid
 from natsort import natsorted
 
 from backends import containment
-from backends.mountinfo import on_local_disk
 from backends.errors import PathEscapeError, StorageError
 from backends.handlers.imagexpress import parse_name as parse_imagexpress_name
-from backends.layout import OUTPUTS_DIR, STAGING_DIR, ZARR_SUFFIX
+from backends.layout import OUTPUTS_DIR, ZARR_SUFFIX
 from backends.metadata import record_output_folder
+from backends.mountinfo import on_local_disk
 from backends.naming import try_parse_virtual_name
 
+from .errors import CommitError
 from .nodes import Node, OpenFile
-from .outfile import CommitError, OutFile
+from .outfile import FileStorage, OutFile, PlaneStorage, WritableOutFile
 
 log = logging.getLogger(__name__)
-
 
 
 def image_name(name: str) -> str | None:
@@ -68,70 +70,37 @@ def check_name(name: bytes) -> str:
     text = os.fsdecode(name)
     if len(name) > containment.NAME_MAX:
         raise OSError(errno.ENAMETOOLONG, "name longer than NAME_MAX")
-    if "\\" in text or any(ord(c) < 32 for c in text):
+    if "\\" in text or any(ord(c) < 32 or ord(c) == 127 for c in text):
         raise OSError(errno.EPERM, f"name not allowed in outputs/: {text!r}")
     if text.endswith(ZARR_SUFFIX):
         raise OSError(errno.EINVAL, f"names ending in {ZARR_SUFFIX} are reserved for zarr stores")
     return text
 
 
-class OutputsArea:
-    def __init__(self, plate, *, writable: bool, materialize: str = "disk",
-                 sync_on_close: bool = False) -> None:
-        if materialize not in ("disk", "zarr"):
-            raise ValueError(f"--materialize must be disk or zarr, not {materialize!r}")
-        self.plate = plate
-        self.writable, self.materialize, self.sync_on_close = writable, materialize, sync_on_close
-        self.lock = threading.RLock()
-        self._stores: dict[str, object] = {}
-        self.stores_dirty: set[str] = set()       # zarr stores whose metadata awaits a flush
-        self._metadata_dirty = False
-        plate_fd = containment.open_root(plate.path)
-        try:
-            self.root_fd = containment.open_dir_beneath(plate_fd, OUTPUTS_DIR, create=writable)
-            self.staging_fd = (containment.open_dir_beneath(plate_fd, STAGING_DIR, create=True)
-                               if writable else None)
-        except OSError as e:
-            raise StorageError("cannot open the outputs area (is the plate writable? is "
-                               f"{OUTPUTS_DIR}/ a symlink?)", path=plate.path, cause=e) from e
-        finally:
-            os.close(plate_fd)
-        # On a local disk, lookups, creates and closes with nothing to commit cost a few
-        # system calls: they run on the daemon's loop (see inline_ok) rather than pay a
-        # worker thread's hand-off (as much again as the calls themselves).
-        self.local = on_local_disk(os.readlink(f"/proc/self/fd/{self.root_fd}"))
-        if self.staging_fd is not None:
-            for leftover in os.listdir(self.staging_fd):     # a crashed writer's half-written files
-                log.info("removing uncommitted staging file %s", leftover)
-                os.unlink(leftover, dir_fd=self.staging_fd)
-        self.top = OutDir(self, None, "")
+def _open_folder(path: str, *, create: bool) -> int | None:
+    """A descriptor of the folder ``path`` (created if ``create``), whose last component is
+    never a symlink; None if it does not exist and may not be created."""
+    parent, name = os.path.split(path)
+    pfd = containment.open_root(parent)
+    try:
+        return containment.open_dir_beneath(pfd, name, create=create)
+    except FileNotFoundError:
+        if create:
+            raise
+        return None
+    finally:
+        os.close(pfd)
 
-    def inline_ok(self) -> bool:
-        """True if a cheap call may run on the daemon's loop now: a local disk, and no worker
-        holds the lock (a commit, the metadata recorder), which the loop must never wait for."""
-        if not self.local or not self.lock.acquire(blocking=False):
-            return False
-        self.lock.release()
-        return True
 
-    # -- every path below PLATE/outputs goes through containment ----------------
-    def stat(self, rel: str) -> os.stat_result | None:
-        """lstat of ``rel`` (a symlink is reported as one, never followed); None if absent."""
-        if not rel:
-            return os.fstat(self.root_fd)
-        try:
-            pfd, name = containment.parent_beneath(self.root_fd, rel)
-        except (FileNotFoundError, NotADirectoryError, PathEscapeError):
-            return None
-        try:
-            return os.stat(name, dir_fd=pfd, follow_symlinks=False)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        finally:
-            os.close(pfd)
+class _Disk:
+    """Write access to the outputs root and the staging folder: every call that changes
+    the disk. Only a writable area has one, so a read-only mount has no way to write."""
 
-    def open(self, rel: str, flags: int = os.O_RDONLY) -> int:
-        return containment.open_beneath(self.root_fd, rel, flags)
+    def __init__(self, root_fd: int, staging_fd: int) -> None:
+        self.root_fd, self.staging_fd = root_fd, staging_fd
+        for leftover in os.listdir(staging_fd):     # a crashed writer's half-written files
+            log.info("removing uncommitted staging file %s", leftover)
+            os.unlink(leftover, dir_fd=staging_fd)
 
     def at_parent(self, rel: str, fn, *args, **kw):
         """``fn(name, *args, dir_fd=parent)`` for the *at() calls (mkdir, rmdir, unlink)."""
@@ -140,6 +109,18 @@ class OutputsArea:
             return fn(name, *args, dir_fd=pfd, **kw)
         finally:
             os.close(pfd)
+
+    def mkdir(self, rel: str) -> None:
+        self.at_parent(rel, os.mkdir, 0o755)
+
+    def rmdir(self, rel: str) -> None:
+        self.at_parent(rel, os.rmdir)
+
+    def unlink(self, rel: str) -> None:
+        self.at_parent(rel, os.unlink)
+
+    def sync_folder_of(self, rel: str) -> None:
+        self.at_parent(rel, lambda name, dir_fd: os.fsync(dir_fd))
 
     def rename(self, old: str, new: str) -> None:
         ofd, oname = containment.parent_beneath(self.root_fd, old)
@@ -162,16 +143,6 @@ class OutputsArea:
         finally:
             os.close(pfd)
 
-    def scandir(self, rel: str) -> list[tuple[str, bool | None]]:
-        """(name, is_dir) of a folder's entries; is_dir None for a symlink (refused)."""
-        fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY) if rel else os.dup(self.root_fd)
-        try:
-            with os.scandir(fd) as it:
-                return [(e.name, None if e.is_symlink() else e.is_dir(follow_symlinks=False))
-                        for e in it]
-        finally:
-            os.close(fd)
-
     def new_staging(self) -> tuple[str, int]:
         name = f"{uuid.uuid4().hex}.part"
         fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644,
@@ -184,7 +155,140 @@ class OutputsArea:
         except FileNotFoundError:
             pass
 
-    # -- zarr materialization ----------------------------------------------------
+
+class OutputsArea:
+    """``outputs/`` of one mount: committed files under ``root``, staged writes in
+    ``staging`` (used only when ``writable``; nothing is created on a read-only mount)."""
+
+    def __init__(self, plate, root: str | os.PathLike, staging: str | os.PathLike, *,
+                 writable: bool, materialize: str = "disk", sync_on_close: bool = False) -> None:
+        if materialize not in ("disk", "zarr"):
+            raise ValueError(f"--materialize must be disk or zarr, not {materialize!r}")
+        self.plate = plate
+        self.writable, self.materialize, self.sync_on_close = writable, materialize, sync_on_close
+        self.lock = threading.RLock()
+        self._moves = 0            # odd while a rename moves disk and nodes (see settled)
+        self._stores: dict[str, object] = {}
+        self.stores_dirty: set[str] = set()       # zarr stores whose metadata awaits a flush
+        self._metadata_dirty = False
+        parent, name = os.path.split(os.path.abspath(root))
+        self.root_path = os.path.join(os.path.realpath(parent), name)
+        self.disk: _Disk | None = None
+        try:
+            self._root_fd = _open_folder(self.root_path, create=writable)
+            if writable:
+                self.disk = _Disk(self._root_fd, _open_folder(
+                    os.path.abspath(staging), create=True))
+        except OSError as e:
+            raise StorageError(f"cannot open the outputs area {self.root_path} (is the folder "
+                               "writable? is it a symlink?)", path=plate.path, cause=e) from e
+        # The one decision: a read-only area serves nodes without write capabilities.
+        self.dir_node, self.file_node = ((WritableOutDir, WritableOutFile) if writable
+                                         else (OutDir, OutFile))
+        # On a local disk, lookups, creates and closes with nothing to commit cost a few
+        # system calls: they run on the daemon's loop (see inline_ok) rather than pay a
+        # worker thread's hand-off (as much again as the calls themselves).
+        self.local = on_local_disk(self.root_path if self._root_fd is not None else parent)
+        self.top = self.dir_node(self, None, "")
+
+    @property
+    def root_fd(self) -> int | None:
+        """The root's descriptor; None while a read-only mount's root does not exist (outputs/
+        is then an empty folder, until the root appears)."""
+        if self._root_fd is None:
+            fd = _open_folder(self.root_path, create=False)
+            with self.lock:
+                if self._root_fd is None:
+                    self._root_fd, fd = fd, None
+            if fd is not None:
+                os.close(fd)
+        return self._root_fd
+
+    def inline_ok(self) -> bool:
+        """True if a cheap call may run on the daemon's loop now: a local disk, and no worker
+        holds the lock (a commit, the metadata recorder), which the loop must never wait for."""
+        if not self.local or not self.lock.acquire(blocking=False):
+            return False
+        self.lock.release()
+        return True
+
+    # -- renames move the disk, then the nodes: readers see one or the other ----------
+    @contextlib.contextmanager
+    def moving(self):
+        """Around a rename's disk call and the nodes' move (under the lock)."""
+        with self.lock:
+            self._moves += 1
+            try:
+                yield
+            finally:
+                self._moves += 1
+
+    def settled(self, fn):
+        """``fn()``, asked again while a rename runs: between the disk rename and the nodes'
+        move a node's path names nothing, and a file being renamed would look gone (size 0).
+        Lock-free (the loop's getattr calls it); an answer found (not None) is kept."""
+        for _ in range(200):
+            seq = self._moves
+            try:
+                result, error = fn(), None
+            except FileNotFoundError as e:
+                result, error = None, e
+            if result is not None or (not seq & 1 and self._moves == seq):
+                if error is not None:
+                    raise error
+                return result
+            time.sleep(0)       # let the renaming thread finish
+        with self.lock:
+            return fn()
+
+    # -- every path below the root goes through containment (reading) ----------------
+    def stat(self, rel: str) -> os.stat_result | None:
+        """lstat of ``rel`` (a symlink is reported as one, never followed); None if absent."""
+        root = self.root_fd
+        if root is None:
+            return None
+        if not rel:
+            return os.fstat(root)
+        try:
+            pfd, name = containment.parent_beneath(root, rel)
+        except (FileNotFoundError, NotADirectoryError, PathEscapeError):
+            return None
+        try:
+            return os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        finally:
+            os.close(pfd)
+
+    def open(self, rel: str, flags: int = os.O_RDONLY) -> int:
+        root = self.root_fd
+        if root is None:
+            raise FileNotFoundError(errno.ENOENT, "no outputs folder", rel)
+        return containment.open_beneath(root, rel, flags)
+
+    def scandir(self, rel: str) -> list[tuple[str, bool | None]]:
+        """(name, is_dir) of a folder's entries; is_dir None for a symlink (refused).
+        A new descriptor per listing: a dup would share one directory position between
+        concurrent listings, and one of them would read nothing."""
+        if self.root_fd is None:
+            return []
+        fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY)     # "": the root, reopened
+        try:
+            with os.scandir(fd) as it:
+                return [(e.name, None if e.is_symlink() else e.is_dir(follow_symlinks=False))
+                        for e in it]
+        finally:
+            os.close(fd)
+
+    # -- where a file's committed content lives -----------------------------------------
+    def storage(self, rel: str):
+        """The storage of ``rel``: a zarr plane (with a plain file of that name, from before,
+        in front of it) for a folder materialized as zarr, else a plain file."""
+        target = self.zarr_target(rel)
+        if target is None:
+            return FileStorage(self, rel)
+        return PlaneStorage(self, rel, *target)
+
     def zarr_target(self, rel: str) -> tuple[str, str] | None:
         """(sub, plane name) if ``rel`` is materialized into a zarr store, else None.
 
@@ -205,14 +309,19 @@ class OutputsArea:
         return st is not None and stat_mod.S_ISDIR(st.st_mode)
 
     def store(self, sub: str, *, create: bool = False):
+        """The zarr store of ``sub`` (None if it has none). Opened read-only on a read-only
+        mount (opening for writing may rewrite an unflushed store's metadata)."""
         with self.lock:
             st = self._stores.get(sub)
             if st is None and (create or self.has_store(sub)):
+                from backends.zarr_backend import ZarrStorageBackend
                 from backends.zarr_ngff import output_physics, output_store
                 # the path is only used once containment says the store is a real folder
-                path = os.path.join(os.path.realpath(self.plate.path), OUTPUTS_DIR, sub + ZARR_SUFFIX)
-                # FILE chunks (a committed plane rewrites only its own chunk), the plate's physics
-                st = output_store(path, output_physics(self.plate.entry()))
+                path = os.path.join(self.root_path, sub + ZARR_SUFFIX)
+                if self.disk is None:
+                    st = ZarrStorageBackend(path, mode="r")
+                else:     # FILE chunks (a committed plane rewrites only its own chunk)
+                    st = output_store(path, output_physics(self.plate.entry()))
                 self._stores[sub] = st
             return st
 
@@ -226,6 +335,8 @@ class OutputsArea:
         (readers of the mount see new planes at once; this makes the next mount see them
         without rebuilding the index from the chunks). Display windows widened by later
         planes are rewritten only when ``final`` (unmount): each is one rewrite per field."""
+        if self.disk is None:
+            return
         with self.lock:
             stores = [self._stores.get(sub) for sub in self.stores_dirty]
             if final:
@@ -247,7 +358,9 @@ class OutputsArea:
         """Record every first-level output folder (and outputs/ itself) in the metadata,
         derived from what is committed, through ``record_output_folder``. A folder that
         cannot be recorded (removed meanwhile, unreadable) is logged and skipped. ``force``:
-        at mount and unmount, whatever changed."""
+        at mount and unmount, whatever changed. Only a writable area records anything."""
+        if self.disk is None:
+            return
         self.flush_stores(final=force)
         if not (self._metadata_dirty or force):
             return
@@ -270,20 +383,22 @@ class OutputsArea:
         zarr_names = self.store_names(sub) if sub else []
         if not zarr_names:
             return record_output_folder(self.plate.path, sub, files, "disk")
-        path = os.path.join(os.path.realpath(self.plate.path), OUTPUTS_DIR, sub + ZARR_SUFFIX)
+        path = os.path.join(self.root_path, sub + ZARR_SUFFIX)
         return record_output_folder(self.plate.path, sub, zarr_names, "zarr",
                                     files=natsorted(files), path=path)
 
 
 class RefusedEntry(Node):
-    """A symlink (or other unusable entry) inside PLATE/outputs: listed, never followed."""
+    """A symlink (or other unusable entry) inside the outputs root: listed, never followed."""
 
-    __slots__ = ("rel",)
+    __slots__ = ("area", "rel")
     entry_timeout = 0.0
+    visible = False          # (only staged files are "visible" beyond the disk)
+    is_link = True
 
-    def __init__(self, rel: str) -> None:
+    def __init__(self, area: OutputsArea, rel: str) -> None:
         super().__init__(stat_mod.S_IFREG, 0)
-        self.rel = rel
+        self.area, self.rel = area, rel
 
     @property
     def size(self) -> int:
@@ -292,15 +407,31 @@ class RefusedEntry(Node):
     def open_file(self, flags: int) -> OpenFile:
         raise PathEscapeError("a symlink inside outputs/ is never followed", path=self.rel)
 
+    def remove(self) -> None:           # unlink(2) of the link itself (writable areas only)
+        self.area.disk.unlink(self.rel)
+
+    def move_to(self, new_dir, new_name: str) -> None:
+        raise PathEscapeError("a symlink inside outputs/ cannot be renamed here", path=self.rel)
+
+    def displace(self) -> None:
+        pass
+
 
 class OutDir(Node):
-    """A directory of the outputs area; its entries come from disk, zarr and pending files."""
+    """A folder of the outputs area, read-only: its entries come from disk and zarr (and,
+    in a writable area, files being written). Write calls get the protocol's refusal."""
 
     __slots__ = ("area", "parent", "name", "_nodes")
     entry_timeout = 0.0     # outputs/ changes under the kernel
+    visible = False
+    is_link = False
+    mode_bits = 0o555
+
+    def same_file(self, key) -> bool:
+        return True                # a folder keeps its node (its entries are looked up anew)
 
     def __init__(self, area: OutputsArea, parent: "OutDir | None", name: str) -> None:
-        super().__init__(stat_mod.S_IFDIR | (0o755 if area.writable else 0o555), time.time_ns())
+        super().__init__(stat_mod.S_IFDIR | self.mode_bits, time.time_ns())
         self.area, self.parent, self.name = area, parent, name
         self._nodes: dict[str, Node] = {}      # keeps inode numbers stable across lookups
 
@@ -317,13 +448,6 @@ class OutDir(Node):
         rel = self.rel
         return f"{rel}/{name}" if rel else name
 
-    @property
-    def writable(self) -> bool:
-        return self.area.writable
-
-    def touch(self) -> None:
-        self.mtime_ns = time.time_ns()
-
     def needs_worker(self) -> bool:
         return True           # lookups and listings read the disk
 
@@ -332,30 +456,17 @@ class OutDir(Node):
 
     @property
     def nlink(self) -> int:
-        st = self.area.stat(self.rel)     # 2 + subfolders, as the disk counts them
+        st = self.area.settled(lambda: self.area.stat(self.rel))   # 2 + subfolders, as on disk
         return st.st_nlink if st is not None else 2
 
-    def set_attrs(self, size: int | None, mtime_ns: int | None) -> bool:
-        if not self.writable:
-            raise OSError(errno.EROFS, "outputs/ is read-only on this mount")
-        if mtime_ns:
-            self.mtime_ns = mtime_ns
-        return False
-
-    def node(self, name: str, *, is_dir: bool) -> Node:
+    def node(self, name: str, *, is_dir: bool, key: tuple | None = None) -> Node:
+        """The node of entry ``name``; for a plain file, of the file ``key`` (device, inode)."""
         n = self._nodes.get(name)
-        if n is None or isinstance(n, OutDir) != is_dir or isinstance(n, RefusedEntry):
-            n = OutDir(self.area, self, name) if is_dir else OutFile(self.area, self, name)
+        if n is None or n.is_dir != is_dir or n.is_link or not n.same_file(key):
+            area = self.area
+            n = area.dir_node(area, self, name) if is_dir else area.file_node(area, self, name)
             self._nodes[name] = n
         return n
-
-    def adopt(self, name: str, node: Node) -> None:
-        """Move ``node`` (a renamed file or folder) here under ``name``; same inode."""
-        old_parent = node.parent
-        if old_parent is not None and old_parent._nodes.get(node.name) is node:
-            del old_parent._nodes[node.name]
-        node.parent, node.name = self, name
-        self._nodes[name] = node
 
     # -- reading the folder ------------------------------------------------------
     def lookup(self, name: bytes) -> Node | None:
@@ -365,7 +476,7 @@ class OutDir(Node):
         rel = self.child_rel(name)
         containment.check_rel(rel)            # ENAMETOOLONG before any system call
         n = self._nodes.get(name)
-        if isinstance(n, OutFile) and n.visible:
+        if n is not None and n.visible:       # being written: not on disk yet
             return n
         st = self.area.stat(rel)
         if st is not None:
@@ -373,7 +484,7 @@ class OutDir(Node):
                 return self._refused(name, rel)
             if stat_mod.S_ISDIR(st.st_mode):
                 return None if name.endswith(ZARR_SUFFIX) else self.node(name, is_dir=True)
-            return self.node(name, is_dir=False)
+            return self.node(name, is_dir=False, key=(st.st_dev, st.st_ino))
         target = self.area.zarr_target(rel)
         if target:
             store = self.area.store(target[0])
@@ -383,9 +494,9 @@ class OutDir(Node):
 
     def _refused(self, name: str, rel: str) -> RefusedEntry:
         n = self._nodes.get(name)
-        if not isinstance(n, RefusedEntry):
+        if n is None or not n.is_link:
             log.warning("outputs/%s is a symlink: listed, never followed", rel)
-            n = self._nodes[name] = RefusedEntry(rel)
+            n = self._nodes[name] = RefusedEntry(self.area, rel)
         return n
 
     def listing(self) -> "Snapshot":
@@ -397,26 +508,57 @@ class OutDir(Node):
                 names.add(name)
         if rel and "/" not in rel:
             names.update(self.area.store_names(rel))
-        names.update(n for n, node in self._nodes.items() if isinstance(node, OutFile) and node.visible)
+        names.update(n for n, node in self._nodes.items() if node.visible)
         entries = [(name, self.find(name)) for name in natsorted(names)]
         return Snapshot([(os.fsencode(n), node) for n, node in entries if node is not None])
 
     def is_empty(self) -> bool:
         return not self.listing().names()
 
-    # -- write capabilities (see fs.py): each checks the name and changes the folder time --
-    def create(self, name: bytes) -> "OutFile":
+
+class WritableOutDir(OutDir):
+    """A folder of a writable outputs area: the write capabilities (see fs.py); each checks
+    the name and changes the folder's time."""
+
+    __slots__ = ()
+    mode_bits = 0o755
+
+    def touch(self) -> None:
+        self.mtime_ns = time.time_ns()
+
+    def set_attrs(self, size: int | None, mtime_ns: int | None) -> bool:
+        if mtime_ns:
+            self.mtime_ns = mtime_ns
+        return False               # modes and owners are fixed
+
+    def setxattr(self, name: bytes, value: bytes) -> None:
+        raise OSError(errno.ENOTSUP, "outputs/ stores no extended attributes")
+
+    def make_special(self, kind: str, name: bytes) -> None:
+        raise OSError(errno.EPERM, f"{kind}: hard links, symlinks and special files are not "
+                                   "supported in outputs/")
+
+    def adopt(self, name: str, node: Node) -> None:
+        """Move ``node`` (a renamed file or folder) here under ``name``; same inode."""
+        old_parent = node.parent
+        if old_parent is not None and old_parent._nodes.get(node.name) is node:
+            del old_parent._nodes[node.name]
+        node.parent, node.name = self, name
+        self._nodes[name] = node
+
+    def create(self, name: bytes) -> Node:
         text = check_name(name)
-        if isinstance(self.find(text), OutDir):
+        found = self.find(text)
+        if found is not None and found.is_dir:
             raise IsADirectoryError(errno.EISDIR, "a folder has this name")
         node = self.node(text, is_dir=False)
         node.begin_write(truncate=True)
         self.touch()
         return node
 
-    def mkdir(self, name: bytes) -> "OutDir":
+    def mkdir(self, name: bytes) -> Node:
         text = check_name(name)
-        self.area.at_parent(self.child_rel(text), os.mkdir, 0o755)
+        self.area.disk.mkdir(self.child_rel(text))
         self.touch()
         return self.node(text, is_dir=True)
 
@@ -425,12 +567,9 @@ class OutDir(Node):
         node = self.find(text)
         if node is None:
             raise FileNotFoundError(errno.ENOENT, "no such file")
-        if isinstance(node, OutDir):
+        if node.is_dir:
             raise IsADirectoryError(errno.EISDIR, "a folder")
-        if isinstance(node, RefusedEntry):
-            self.area.at_parent(node.rel, os.unlink)
-        else:
-            node.remove()
+        node.remove()
         self._nodes.pop(text, None)
         self.touch()
         self.area.mark_dirty()
@@ -438,16 +577,18 @@ class OutDir(Node):
     def rmdir(self, name: bytes) -> None:
         text = os.fsdecode(name)
         node = self.find(text)
-        if not isinstance(node, OutDir):
+        if node is None or not node.is_dir:
             raise NotADirectoryError(errno.ENOTDIR if node is not None else errno.ENOENT, text)
         if not node.is_empty():
             raise OSError(errno.ENOTEMPTY, "folder not empty")
-        self.area.at_parent(node.rel, os.rmdir)
+        self.area.disk.rmdir(node.rel)
         self._nodes.pop(text, None)
         self.touch()
 
-    def rename(self, name: bytes, new_dir: Node, new_name: bytes) -> None:
-        if not isinstance(new_dir, OutDir):
+    def rename(self, name: bytes, new_dir: Node, new_name: bytes, flags: int = 0) -> None:
+        if flags:
+            raise OSError(errno.EINVAL, "rename flags (RENAME_NOREPLACE/EXCHANGE) not supported")
+        if not isinstance(new_dir, WritableOutDir) or new_dir.area is not self.area:
             raise OSError(errno.EXDEV, "rename out of outputs/")
         text, new_text = os.fsdecode(name), check_name(new_name)
         node = self.find(text)
@@ -456,23 +597,27 @@ class OutDir(Node):
         target = new_dir.find(new_text)
         if target is node:
             return
-        if isinstance(target, OutDir) and not isinstance(node, OutDir):
+        if target is not None and target.is_dir and not node.is_dir:
             raise IsADirectoryError(errno.EISDIR, "a folder has the new name")
-        if isinstance(node, RefusedEntry):
-            raise PathEscapeError("a symlink inside outputs/ cannot be renamed here", path=node.rel)
         with self.area.lock:
             node.move_to(new_dir, new_text)
         self.touch()
         new_dir.touch()
         self.area.mark_dirty()
 
-    def move_to(self, new_dir: "OutDir", new_name: str) -> None:
+    def displace(self) -> None:
+        pass                        # (a folder renamed over: the disk refuses or replaces it)
+
+    def move_to(self, new_dir: "WritableOutDir", new_name: str) -> None:
         area, old_rel, new_rel = self.area, self.rel, new_dir.child_rel(new_name)
-        area.rename(old_rel, new_rel)
-        if "/" not in old_rel and area.has_store(old_rel):
-            area.rename(old_rel + ZARR_SUFFIX, new_rel + ZARR_SUFFIX)
+        moved_store = "/" not in old_rel and area.has_store(old_rel)
+        with area.moving():
+            area.disk.rename(old_rel, new_rel)
+            if moved_store:
+                area.disk.rename(old_rel + ZARR_SUFFIX, new_rel + ZARR_SUFFIX)
+            new_dir.adopt(new_name, self)
+        if moved_store:
             area.forget_stores()
-        new_dir.adopt(new_name, self)
 
 
 class Snapshot:
@@ -491,5 +636,5 @@ class Snapshot:
         return self._nodes[index]
 
 
-__all__ = ["OutputsArea", "OutDir", "OutFile", "RefusedEntry", "CommitError", "image_name",
-           "check_name", "Snapshot"]
+__all__ = ["OutputsArea", "OutDir", "WritableOutDir", "OutFile", "WritableOutFile",
+           "RefusedEntry", "CommitError", "image_name", "check_name", "Snapshot"]
