@@ -66,14 +66,60 @@ class PlaneRef:
     index: tuple[int, ...]          # one integer per non-(y, x) axis
 
 
-@dataclass
-class NgffIndex:
-    """What :func:`read_plate` found."""
+class PlaneIndex:
+    """What planes a store holds and where: flat name -> :class:`PlaneRef`, array path ->
+    :class:`ArrayInfo` (shape, dtype, chunks, axes, physics), and what was found wrong.
 
-    arrays: dict[str, ArrayInfo] = field(default_factory=dict)
-    files: dict[str, PlaneRef] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)      # one line each, naming the group
-    channel_names: dict[int, str] = field(default_factory=dict)
+    A value: :func:`read_plate` and :func:`read_own_index` build one from a store's metadata,
+    the field writer adds to it, the reader looks planes up in it. Nothing here touches zarr.
+    """
+
+    def __init__(self, arrays: dict[str, ArrayInfo] | None = None,
+                 files: dict[str, PlaneRef] | None = None) -> None:
+        self.arrays: dict[str, ArrayInfo] = dict(arrays or {})
+        self.files: dict[str, PlaneRef] = dict(files or {})
+        self.problems: list[str] = []                  # one line each, naming the group
+        self.channel_names: dict[int, str] = {}        # from omero.channels[].label
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def ref(self, name: str) -> PlaneRef | None:
+        return self.files.get(name)
+
+    def names(self) -> list[str]:
+        return list(self.files)
+
+    def info(self, array: str) -> ArrayInfo:
+        return self.arrays[array]
+
+    def add_array(self, info: ArrayInfo) -> None:
+        self.arrays[info.path] = info
+
+    def add_planes(self, planes: dict[str, PlaneRef]) -> None:
+        self.files.update(planes)
+
+    def remove_plane(self, name: str) -> PlaneRef:
+        return self.files.pop(name)
+
+    def refs_of(self, array: str) -> list[PlaneRef]:
+        return [r for r in self.files.values() if r.array == array]
+
+    def forget_arrays(self, paths: Iterable[str]) -> None:
+        """Drop arrays and every plane in them (before taking them in again)."""
+        paths = set(paths)
+        self.files = {n: r for n, r in self.files.items() if r.array not in paths}
+        for p in paths:
+            self.arrays.pop(p, None)
+
+    def update(self, other: "PlaneIndex") -> None:
+        self.arrays.update(other.arrays)
+        self.files.update(other.files)
+        self.problems.extend(other.problems)
+        self.channel_names = self.channel_names or dict(other.channel_names)
 
 
 @dataclass
@@ -229,14 +275,14 @@ class Field:
         return _join(self.path, str(self.dataset["path"]))
 
 
-def read_plate(store, root_attrs: dict, zarr_format: int, where: str) -> NgffIndex:
+def read_plate(store, root_attrs: dict, zarr_format: int, where: str) -> PlaneIndex:
     """The plane index of an OME-Zarr HCS plate, from metadata documents alone."""
     plate = _ome(root_attrs).get("plate")
     if not isinstance(plate, dict) or not isinstance(plate.get("wells"), list):
         raise MetadataError("not an OME-Zarr HCS plate: root attributes have no 'plate' with "
                             "'wells'", backend="zarr", path=where)
     reader = NodeReader(store, zarr_format, with_array_attrs=INDEX_KEY in root_attrs)
-    index = NgffIndex()
+    index = PlaneIndex()
     fields = _well_fields(reader, _plate_wells(plate, index), index)
     _read_images(reader, fields, index)
     _index_arrays(reader, [f for f in fields if f.dataset is not None], index)
@@ -250,7 +296,7 @@ def read_plate(store, root_attrs: dict, zarr_format: int, where: str) -> NgffInd
     return index
 
 
-def _plate_wells(plate: dict, index: NgffIndex) -> list[tuple[str, str]]:
+def _plate_wells(plate: dict, index: PlaneIndex) -> list[tuple[str, str]]:
     """(group path, normalized well name) of every well the plate lists."""
     wells = []
     for well in plate["wells"]:
@@ -265,7 +311,7 @@ def _plate_wells(plate: dict, index: NgffIndex) -> list[tuple[str, str]]:
     return wells
 
 
-def _well_fields(reader: NodeReader, wells: list[tuple[str, str]], index: NgffIndex) -> list[Field]:
+def _well_fields(reader: NodeReader, wells: list[tuple[str, str]], index: PlaneIndex) -> list[Field]:
     fields: list[Field] = []
     bare: list[tuple[str, str]] = []
     for (path, name), node in zip(wells, reader.groups([p for p, _ in wells])):
@@ -302,7 +348,7 @@ def _fields_from_children(reader: NodeReader, wells: list[tuple[str, str]]) -> l
     return fields
 
 
-def _read_images(reader: NodeReader, fields: list[Field], index: NgffIndex) -> None:
+def _read_images(reader: NodeReader, fields: list[Field], index: PlaneIndex) -> None:
     """Each image's multiscales entry and its level-0 dataset."""
     todo = [f for f in fields if f.node is None]
     for f, node in zip(todo, reader.groups([f.path for f in todo])):
@@ -318,7 +364,7 @@ def _read_images(reader: NodeReader, fields: list[Field], index: NgffIndex) -> N
             f.multiscales, f.dataset = ms[0], ms[0]["datasets"][0]   # level 0 of the pyramid
 
 
-def _index_arrays(reader: NodeReader, fields: list[Field], index: NgffIndex) -> None:
+def _index_arrays(reader: NodeReader, fields: list[Field], index: PlaneIndex) -> None:
     for f, node in zip(fields, reader.arrays([f.array_path for f in fields])):
         if node.kind is None:
             index.problems.append(f"image {f.path!r}: multiscales dataset "
@@ -406,7 +452,7 @@ def _channel_names(image_attrs: dict) -> dict[int, str]:
             if isinstance(c, dict) and c.get("label") not in (None, "")}
 
 
-def _add_planes(index: NgffIndex, info: ArrayInfo, f: Field, own: Any) -> None:
+def _add_planes(index: PlaneIndex, info: ArrayInfo, f: Field, own: Any) -> None:
     """Name every plane of one image: ours by the values we wrote, others by position."""
     own = own if isinstance(own, dict) else {}
     lead = info.axes[:-2]
@@ -443,38 +489,21 @@ def _plane_coordinates(lead: tuple, shape: tuple, values: tuple) -> tuple:
     return tuple(out)
 
 
-def read_own_index(own: dict, where: str) -> tuple[dict[str, ArrayInfo], dict[str, PlaneRef]]:
+def read_own_index(own: dict, where: str) -> PlaneIndex:
     """A vfsmount store's root index of every name (kept for stores written before the
-    names were derived from the NGFF structure)."""
-    arrays: dict[str, ArrayInfo] = {}
-    files: dict[str, PlaneRef] = {}
+    names were derived from the NGFF structure; also what a Dask worker hands back)."""
+    index = PlaneIndex()
     try:
         for path, a in own["arrays"].items():
-            arrays[path] = ArrayInfo(path, tuple(a["shape"]), np.dtype(a["dtype"]),
-                                     tuple(a["chunks"]), tuple(a["axes"]), a.get("pixel_size"))
+            index.add_array(ArrayInfo(path, tuple(a["shape"]), np.dtype(a["dtype"]),
+                                      tuple(a["chunks"]), tuple(a["axes"]), a.get("pixel_size")))
         for name, (path, *pos) in own["files"].items():
-            info = arrays[path]
+            info = index.info(path)
             if len(pos) != len(info.shape) - 2 or any(
                     not 0 <= i < n for i, n in zip(pos, info.shape)):
                 raise ValueError(f"{name}: index {pos} outside array {path} {info.shape}")
-            files[name] = PlaneRef(path, tuple(pos))
+            index.files[name] = PlaneRef(path, tuple(pos))
     except (KeyError, TypeError, ValueError) as e:
         raise MetadataError("inconsistent vfsmount index in zarr store attributes",
                             backend="zarr", path=where, cause=e) from e
-    return arrays, files
-
-
-class NgffIndexMixin:
-    """Fills ``self._arrays`` and ``self._files`` of a ZarrStorageBackend."""
-
-    def _load_own_index(self, own: dict) -> None:
-        arrays, files = read_own_index(own, str(self.root))
-        self._arrays.update(arrays)
-        self._files.update(files)
-
-    def _load_foreign_index(self, root, attrs: dict) -> None:
-        index = read_plate(self._store, attrs, root.metadata.zarr_format, str(self.root))
-        self._arrays.update(index.arrays)
-        self._files.update(index.files)
-        self.problems = index.problems
-        self.channel_names = index.channel_names
+    return index

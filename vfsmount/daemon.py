@@ -95,7 +95,7 @@ def _build(cfg: MountConfig) -> tuple[object, VfsOperations]:
         if cfg.writable:
             outputs.write_metadata(force=True)   # reconcile after a crash
         if cfg.writable and cfg.materialize == "zarr":
-            from backends.zarr_ngff import load_writer
+            from backends.zarr_backend import load_writer
             load_writer()
     computed = []
     if cfg.pipeline_file:

@@ -208,7 +208,8 @@ class OutputsArea:
         with self.lock:
             st = self._stores.get(sub)
             if st is None and (create or self.has_store(sub)):
-                from backends.zarr_ngff import output_physics, output_store
+                from backends.zarr_backend import output_store
+                from backends.zarr_ngff import output_physics
                 # the path is only used once containment says the store is a real folder
                 path = os.path.join(os.path.realpath(self.plate.path), OUTPUTS_DIR, sub + ZARR_SUFFIX)
                 # FILE chunks (a committed plane rewrites only its own chunk), the plate's physics
