@@ -96,7 +96,9 @@ class ZarrStorageBackend(StorageBackend):
 
     @property
     def problems(self) -> list[str]:
-        """Malformed parts of a foreign plate, one line each (the rest is served)."""
+        """Malformed parts of a foreign plate, one line each (the rest is served); reads
+        every well not read yet."""
+        self._index.load_wells()
         return self._index.problems
 
     @property
@@ -136,11 +138,12 @@ class ZarrStorageBackend(StorageBackend):
             self.recover_unflushed()                      # a writer stopped before flush()
         elif isinstance(own, dict) and "files" in own:    # a root index (older vfsmount stores)
             self._index.update(read_own_index(own, str(self.root)))
-        elif self.mode == "r" or "plate" in _ome(attrs):
+        elif self.mode == "r" or "plate" in _ome(attrs):    # read-only: each well on first use
             self._index.update(read_plate(self._store, attrs, root.metadata.zarr_format,
-                                          str(self.root)))
+                                          str(self.root), lazy=self.mode == "r"))
         # else: an empty store opened for writing
-        self._writer.mark_described()                     # what is on disk is described
+        if self.mode != "r":
+            self._writer.mark_described()                 # what is on disk is described
         if recovered and self.mode != "r":                # describe it all again, then mark whole
             self._writer.describe_again()
             with compact_json():
