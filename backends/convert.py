@@ -28,7 +28,7 @@ from .naming import parse_virtual_name
 from .plate import Plate
 from .remote import is_url
 from .zarr_config import ZarrChunkStrategy, ZarrConfig
-from .zarr_ngff import physics_of, write_pyramids
+from .zarr_ngff import physics_of
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,7 @@ def _copy_fields(plate: Plate, source, names: list[str], store, config: ZarrConf
                 chunk = field_names[i:i + batch]
                 store.save_batch(source.load_batch(chunk), chunk, flush=False)
                 bar.update(len(chunk))
+        from .zarr_backend import write_pyramids
         write_pyramids(store)
         store.flush(plate_name=plate.path.name)
     finally:

@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import math
 import logging
+import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -35,16 +36,13 @@ import numpy as np
 
 from .errors import MetadataError
 from .naming import ParsedName, normalize_well
+from .physics import to_micrometers
 from .zarr_ngff import decode_present
 
 log = logging.getLogger(__name__)
 
 INDEX_KEY = "vfsmount"
 AXES = ("t", "c", "z", "y", "x")
-# Spatial units of NGFF axes, in micrometres (ImageJ calibrates in microns).
-_MICRONS = {"micrometer": 1.0, "micron": 1.0, "um": 1.0, "nanometer": 1e-3, "nm": 1e-3,
-            "millimeter": 1e3, "mm": 1e3, "centimeter": 1e4, "meter": 1e6, "angstrom": 1e-4,
-            "picometer": 1e-6}
 _CONCURRENT_READS = 512          # metadata documents in flight at once
 
 
@@ -66,14 +64,134 @@ class PlaneRef:
     index: tuple[int, ...]          # one integer per non-(y, x) axis
 
 
-@dataclass
-class NgffIndex:
-    """What :func:`read_plate` found."""
+class PlaneIndex:
+    """What planes a store holds and where: flat name -> :class:`PlaneRef`, array path ->
+    :class:`ArrayInfo` (shape, dtype, chunks, axes, physics), and what was found wrong.
 
-    arrays: dict[str, ArrayInfo] = field(default_factory=dict)
-    files: dict[str, PlaneRef] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)      # one line each, naming the group
-    channel_names: dict[int, str] = field(default_factory=dict)
+    A value: :func:`read_plate` and :func:`read_own_index` build one from a store's metadata,
+    the field writer adds to it, the reader looks planes up in it. Nothing here touches zarr.
+
+    A foreign plate's index may hold wells not read yet (:meth:`defer`): a well is read when
+    one of its planes is first looked up (:meth:`ref`), every pending well when all names
+    are asked for (:attr:`files`, :attr:`arrays`, :meth:`names`). So opening a plate of any
+    size reads its plate document only, and a broken well fails only its own planes.
+    """
+
+    def __init__(self, arrays: dict[str, ArrayInfo] | None = None,
+                 files: dict[str, PlaneRef] | None = None) -> None:
+        self._arrays: dict[str, ArrayInfo] = dict(arrays or {})
+        self._files: dict[str, PlaneRef] = dict(files or {})
+        self.problems: list[str] = []                  # one line each, naming the group
+        self.channel_names: dict[int, str] = {}        # from omero.channels[].label
+        self._pending: dict[str, Any] = {}             # well name -> what reading it needs
+        self._read_wells: Any = None                   # (list of pending values) -> PlaneIndex
+        self._loading = threading.Lock()
+
+    # -- wells read on first use ----------------------------------------------------------
+    def defer(self, wells: dict[str, Any], read_wells) -> None:
+        """Wells to read later: ``read_wells([wells[name], ...])`` returns their index."""
+        self._pending.update(wells)
+        self._read_wells = read_wells
+
+    @property
+    def pending_wells(self) -> list[str]:
+        return list(self._pending)
+
+    def loaded_names(self) -> list[str]:
+        """The names of the wells read so far (reads nothing)."""
+        return list(self._files)
+
+    def loaded_arrays(self) -> dict[str, ArrayInfo]:
+        return dict(self._arrays)
+
+    def loaded_wells(self) -> set[str]:
+        return {n.split("_", 1)[0] for n in self._files}
+
+    def load_wells(self, names: Iterable[str] | None = None) -> None:
+        """Read the pending wells ``names`` (all of them by default), in one concurrent pass."""
+        if not self._pending:
+            return
+        with self._loading:
+            todo = [n for n in (self._pending if names is None else names) if n in self._pending]
+            if not todo:
+                return
+            loaded = self._read_wells([self._pending[n] for n in todo])
+            self._arrays.update(loaded._arrays)
+            self._files.update(loaded._files)
+            self.problems.extend(loaded.problems)
+            self.channel_names = self.channel_names or dict(loaded.channel_names)
+            for n in todo:
+                del self._pending[n]
+
+    # -- lookups ---------------------------------------------------------------------------
+    @property
+    def arrays(self) -> dict[str, ArrayInfo]:
+        self.load_wells()
+        return self._arrays
+
+    @property
+    def files(self) -> dict[str, PlaneRef]:
+        self.load_wells()
+        return self._files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __contains__(self, name: str) -> bool:
+        return self.ref(name) is not None
+
+    def ref(self, name: str) -> PlaneRef | None:
+        ref = self._files.get(name)
+        if ref is None and self._pending:
+            well = name.split("_", 1)[0]
+            if well in self._pending:
+                self.load_wells([well])
+                ref = self._files.get(name)
+        return ref
+
+    def names(self) -> list[str]:
+        return list(self.files)
+
+    def info(self, array: str) -> ArrayInfo:
+        return self._arrays[array]           # an array reached through a ref is read already
+
+    # -- building --------------------------------------------------------------------------
+    def add_array(self, info: ArrayInfo) -> None:
+        self._arrays[info.path] = info
+
+    def add_planes(self, planes: dict[str, PlaneRef]) -> None:
+        self._files.update(planes)
+
+    def add_field(self, info: ArrayInfo, planes: dict[str, PlaneRef], where: str) -> None:
+        """One image's array and planes; ValueError if a name is already another array's."""
+        clash = next((n for n in planes if n in self._files), None)
+        if clash:
+            raise ValueError(f"image {where!r}: plane {clash} is also in "
+                             f"{self._files[clash].array!r}")
+        self._arrays[info.path] = info
+        self._files.update(planes)
+
+    def remove_plane(self, name: str) -> PlaneRef:
+        return self._files.pop(name)
+
+    def refs_of(self, array: str) -> list[PlaneRef]:
+        return [r for r in self.files.values() if r.array == array]
+
+    def forget_arrays(self, paths: Iterable[str]) -> None:
+        """Drop arrays and every plane in them (before taking them in again)."""
+        paths = set(paths)
+        self._files = {n: r for n, r in self.files.items() if r.array not in paths}
+        for p in paths:
+            self._arrays.pop(p, None)
+
+    def update(self, other: "PlaneIndex") -> None:
+        """Take in another index, its pending wells included."""
+        self._arrays.update(other._arrays)
+        self._files.update(other._files)
+        self.problems.extend(other.problems)
+        self.channel_names = self.channel_names or dict(other.channel_names)
+        if other._pending:
+            self.defer(other._pending, other._read_wells)
 
 
 @dataclass
@@ -229,28 +347,74 @@ class Field:
         return _join(self.path, str(self.dataset["path"]))
 
 
-def read_plate(store, root_attrs: dict, zarr_format: int, where: str) -> NgffIndex:
-    """The plane index of an OME-Zarr HCS plate, from metadata documents alone."""
-    plate = _ome(root_attrs).get("plate")
-    if not isinstance(plate, dict) or not isinstance(plate.get("wells"), list):
-        raise MetadataError("not an OME-Zarr HCS plate: root attributes have no 'plate' with "
-                            "'wells'", backend="zarr", path=where)
+IMAGE_WELL = "A01"      # the one well a single OME-Zarr image is served as (site 1)
+
+
+def read_plate(store, root_attrs: dict, zarr_format: int, where: str, *,
+               lazy: bool = False) -> PlaneIndex:
+    """The plane index of an OME-Zarr HCS plate, from metadata documents alone; a single
+    OME-Zarr image (``multiscales`` at the root, as ome-zarr-py's ``write_image`` and
+    ngff-zarr write it) is a plate of one well, :data:`IMAGE_WELL`, with one field.
+
+    ``lazy``: only the plate document and the first well are read now; each other well when
+    first needed (see :class:`PlaneIndex`), its problems logged then. A plate none of whose
+    wells can be read is refused either way: now, or when its names are first asked for."""
+    ome = _ome(root_attrs)
+    plate = ome.get("plate")
     reader = NodeReader(store, zarr_format, with_array_attrs=INDEX_KEY in root_attrs)
-    index = NgffIndex()
-    fields = _well_fields(reader, _plate_wells(plate, index), index)
-    _read_images(reader, fields, index)
-    _index_arrays(reader, [f for f in fields if f.dataset is not None], index)
-    index.problems[:0] = reader.problems
-    if not index.files:
-        detail = "; ".join(index.problems[:3]) or "no well lists an image"
-        raise MetadataError(f"OME-Zarr plate has no readable images: {detail}", backend="zarr",
+    index = PlaneIndex()
+    if isinstance(plate, dict) and isinstance(plate.get("wells"), list):
+        wells = _plate_wells(plate, index)
+    elif "multiscales" in ome:
+        wells, lazy = [("", IMAGE_WELL, Node("group", root_attrs))], False
+    else:
+        raise MetadataError("not an OME-Zarr HCS plate nor image: root attributes have no "
+                            "'plate' with 'wells' and no 'multiscales'", backend="zarr",
                             path=where)
     for problem in index.problems:
         log.warning("%s: %s (the rest of the plate is served)", where, problem)
+    tally = {"read": 0, "planes": 0}
+
+    def read_wells(chosen: list[list[tuple]]) -> PlaneIndex:
+        part = _read_wells(reader, [w for group in chosen for w in group])
+        for problem in part.problems:
+            log.warning("%s: %s (the rest of the plate is served)", where, problem)
+        tally["read"] += len(chosen)
+        tally["planes"] += len(part._files)
+        if tally["read"] == len(by_well) and not tally["planes"]:
+            detail = "; ".join((index.problems + part.problems)[:3]) or "no well lists an image"
+            raise MetadataError(f"OME-Zarr plate has no readable images: {detail}",
+                                backend="zarr", path=where)
+        return part
+
+    by_well: dict[str, list[tuple]] = {}
+    for w in wells:
+        by_well.setdefault(w[1], []).append(w)
+    if not by_well:
+        raise MetadataError("OME-Zarr plate has no readable images: "
+                            + ("; ".join(index.problems[:3]) or "the plate lists no well"),
+                            backend="zarr", path=where)
+    index.defer(by_well, read_wells)
+    # the first well is read now either way: a plate of one well is refused here, and the
+    # first well is what a lazy plate's description is inferred from
+    index.load_wells(list(by_well)[:1] if lazy else None)
     return index
 
 
-def _plate_wells(plate: dict, index: NgffIndex) -> list[tuple[str, str]]:
+def _read_wells(reader: NodeReader, wells: list[tuple]) -> PlaneIndex:
+    """The index of some wells: (group path, well name[, its group node]) each."""
+    index = PlaneIndex()
+    known = [w for w in wells if len(w) == 3]
+    fields = [Field(path, name, 1, node) for path, name, node in known]
+    fields += _well_fields(reader, [w[:2] for w in wells if len(w) == 2], index)
+    _read_images(reader, fields, index)
+    _index_arrays(reader, [f for f in fields if f.dataset is not None], index)
+    index.problems[:0] = reader.problems
+    reader.problems = []
+    return index
+
+
+def _plate_wells(plate: dict, index: PlaneIndex) -> list[tuple[str, str]]:
     """(group path, normalized well name) of every well the plate lists."""
     wells = []
     for well in plate["wells"]:
@@ -265,7 +429,7 @@ def _plate_wells(plate: dict, index: NgffIndex) -> list[tuple[str, str]]:
     return wells
 
 
-def _well_fields(reader: NodeReader, wells: list[tuple[str, str]], index: NgffIndex) -> list[Field]:
+def _well_fields(reader: NodeReader, wells: list[tuple[str, str]], index: PlaneIndex) -> list[Field]:
     fields: list[Field] = []
     bare: list[tuple[str, str]] = []
     for (path, name), node in zip(wells, reader.groups([p for p, _ in wells])):
@@ -302,7 +466,7 @@ def _fields_from_children(reader: NodeReader, wells: list[tuple[str, str]]) -> l
     return fields
 
 
-def _read_images(reader: NodeReader, fields: list[Field], index: NgffIndex) -> None:
+def _read_images(reader: NodeReader, fields: list[Field], index: PlaneIndex) -> None:
     """Each image's multiscales entry and its level-0 dataset."""
     todo = [f for f in fields if f.node is None]
     for f, node in zip(todo, reader.groups([f.path for f in todo])):
@@ -318,7 +482,7 @@ def _read_images(reader: NodeReader, fields: list[Field], index: NgffIndex) -> N
             f.multiscales, f.dataset = ms[0], ms[0]["datasets"][0]   # level 0 of the pyramid
 
 
-def _index_arrays(reader: NodeReader, fields: list[Field], index: NgffIndex) -> None:
+def _index_arrays(reader: NodeReader, fields: list[Field], index: PlaneIndex) -> None:
     for f, node in zip(fields, reader.arrays([f.array_path for f in fields])):
         if node.kind is None:
             index.problems.append(f"image {f.path!r}: multiscales dataset "
@@ -350,15 +514,13 @@ def _array_info(f: Field, node: Node) -> ArrayInfo:
         raise ValueError(f"array {path!r}: data type {node.dtype!r} cannot be served") from None
     scale = _scale(f.multiscales, f.dataset, len(axes))
     units = {a["name"].lower(): a.get("unit") for a in axes_meta}
-    unit = units.get("x")
-    factor = _MICRONS.get(str(unit).lower(), 1.0) if unit else 1.0   # no unit: microns
-    z_spacing = scale[axes.index("z")] * factor if "z" in axes and scale else None
-    pixel = scale[-1] * factor if scale else None
-    if _is_ours(node.attrs.get(INDEX_KEY)):    # ours leave the unit out of what is not known
-        pixel = pixel if unit else None
-        z_spacing = z_spacing if units.get("z") else None
+    # a length only where the axis names its unit (one that converts to micrometres): an
+    # axis without one counts pixels or planes (ome-zarr-py's default scale 1), not microns
+    pixel = to_micrometers(scale[-1], units.get("x")) if scale else None
+    z_spacing = to_micrometers(scale[axes.index("z")], units.get("z")) \
+        if "z" in axes and scale else None
     return ArrayInfo(path, tuple(node.shape), dtype, tuple(node.chunks), axes, pixel,
-                     z_spacing, unit)
+                     z_spacing, units.get("x"))
 
 
 def _is_ours(own: Any) -> bool:
@@ -406,7 +568,7 @@ def _channel_names(image_attrs: dict) -> dict[int, str]:
             if isinstance(c, dict) and c.get("label") not in (None, "")}
 
 
-def _add_planes(index: NgffIndex, info: ArrayInfo, f: Field, own: Any) -> None:
+def _add_planes(index: PlaneIndex, info: ArrayInfo, f: Field, own: Any) -> None:
     """Name every plane of one image: ours by the values we wrote, others by position."""
     own = own if isinstance(own, dict) else {}
     lead = info.axes[:-2]
@@ -422,12 +584,7 @@ def _add_planes(index: NgffIndex, info: ArrayInfo, f: Field, own: Any) -> None:
     planes = {ParsedName(f.well, site, c, z, t).virtual_name(): PlaneRef(info.path, position)
               for position, c, z, t in _plane_coordinates(lead, info.shape[:-2], values)
               if present is None or present[position]}
-    clash = next((n for n in planes if n in index.files), None)
-    if clash:
-        raise ValueError(f"image {f.path!r}: plane {clash} is also in "
-                         f"{index.files[clash].array!r}")
-    index.arrays[info.path] = info
-    index.files.update(planes)
+    index.add_field(info, planes, f.path)
 
 
 @functools.lru_cache(maxsize=256)
@@ -443,38 +600,21 @@ def _plane_coordinates(lead: tuple, shape: tuple, values: tuple) -> tuple:
     return tuple(out)
 
 
-def read_own_index(own: dict, where: str) -> tuple[dict[str, ArrayInfo], dict[str, PlaneRef]]:
+def read_own_index(own: dict, where: str) -> PlaneIndex:
     """A vfsmount store's root index of every name (kept for stores written before the
-    names were derived from the NGFF structure)."""
-    arrays: dict[str, ArrayInfo] = {}
-    files: dict[str, PlaneRef] = {}
+    names were derived from the NGFF structure; also what a Dask worker hands back)."""
+    index = PlaneIndex()
     try:
         for path, a in own["arrays"].items():
-            arrays[path] = ArrayInfo(path, tuple(a["shape"]), np.dtype(a["dtype"]),
-                                     tuple(a["chunks"]), tuple(a["axes"]), a.get("pixel_size"))
+            index.add_array(ArrayInfo(path, tuple(a["shape"]), np.dtype(a["dtype"]),
+                                      tuple(a["chunks"]), tuple(a["axes"]), a.get("pixel_size")))
         for name, (path, *pos) in own["files"].items():
-            info = arrays[path]
+            info = index.info(path)
             if len(pos) != len(info.shape) - 2 or any(
                     not 0 <= i < n for i, n in zip(pos, info.shape)):
                 raise ValueError(f"{name}: index {pos} outside array {path} {info.shape}")
-            files[name] = PlaneRef(path, tuple(pos))
+            index.files[name] = PlaneRef(path, tuple(pos))
     except (KeyError, TypeError, ValueError) as e:
         raise MetadataError("inconsistent vfsmount index in zarr store attributes",
                             backend="zarr", path=where, cause=e) from e
-    return arrays, files
-
-
-class NgffIndexMixin:
-    """Fills ``self._arrays`` and ``self._files`` of a ZarrStorageBackend."""
-
-    def _load_own_index(self, own: dict) -> None:
-        arrays, files = read_own_index(own, str(self.root))
-        self._arrays.update(arrays)
-        self._files.update(files)
-
-    def _load_foreign_index(self, root, attrs: dict) -> None:
-        index = read_plate(self._store, attrs, root.metadata.zarr_format, str(self.root))
-        self._arrays.update(index.arrays)
-        self._files.update(index.files)
-        self.problems = index.problems
-        self.channel_names = index.channel_names
+    return index

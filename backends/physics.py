@@ -12,13 +12,18 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-# unit name (as instruments write it) -> factor to micrometres
-_TO_UM = {"m": 1e6, "mm": 1e3, "um": 1.0, "µm": 1.0, "micron": 1.0, "micrometer": 1.0,
-          "nm": 1e-3}
+# unit name (as instruments and NGFF axes write it) -> factor to micrometres
+_TO_UM = {"m": 1e6, "meter": 1e6, "metre": 1e6, "cm": 1e4, "centimeter": 1e4,
+          "mm": 1e3, "millimeter": 1e3, "um": 1.0, "\u00b5m": 1.0, "\u03bcm": 1.0,
+          "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0,
+          "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3, "angstrom": 1e-4, "\u00e5": 1e-4,
+          "pm": 1e-6, "picometer": 1e-6}
 
 
 def to_micrometers(value: float, unit: str | None) -> float | None:
-    factor = _TO_UM.get((unit or "um").strip().lower())
+    """``value`` in micrometres, or None when ``unit`` is missing or not a length: a number
+    without a unit counts pixels or planes, and is never taken for micrometres."""
+    factor = _TO_UM.get(unit.strip().lower()) if isinstance(unit, str) else None
     return None if factor is None else value * factor
 
 

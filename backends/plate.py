@@ -45,10 +45,11 @@ class Plate:
         return self.location.rstrip("/").rsplit("/", 1)[-1]
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, rescan: bool = False) -> "Plate":
-        """Open a plate, indexing it first if it has no metadata (or ``rescan``)."""
+    def open(cls, path: str | os.PathLike, *, rescan: bool = False, lazy: bool = False) -> "Plate":
+        """Open a plate, indexing it first if it has no metadata (or ``rescan``). ``lazy``: a
+        store's wells are read when first used (a mount: ready at once, whatever its size)."""
         if is_url(path) or is_zarr_store(path):
-            return open_store_plate(path)
+            return open_store_plate(path, lazy=lazy)
         plate = Path(path).absolute()
         if not plate.is_dir():
             refuse_unsupported(plate)   # an .nd2/.czi/... file named as the plate
@@ -85,7 +86,10 @@ class Plate:
         return self.image_sets[key]
 
     def image_files(self, key: str | None = None) -> list[str]:
-        return list(self.entry(key).get("image_files", []))
+        entry = self.entry(key)
+        if "image_files" not in entry and entry.get("inferred_from"):   # a store opened lazily
+            return self.backend(key).list_files("")
+        return list(entry.get("image_files", []))
 
     def primary_backend(self, key: str | None = None) -> str:
         return primary_backend(self.entry(key))
@@ -133,10 +137,10 @@ def store_plate_dir(location: str) -> Path:
     return cache_root() / ("remote" if is_url(location) else "stores") / f"{location.rstrip('/').rsplit('/', 1)[-1]}-{digest}"
 
 
-def open_store_plate(location: str | os.PathLike) -> Plate:
+def open_store_plate(location: str | os.PathLike, *, lazy: bool = False) -> Plate:
     """An OME-Zarr plate store, local or in object storage, as a plate. A remote one is
     checked first, so a wrong endpoint, credentials or bucket is one clear error here
-    rather than EIO on every read later."""
+    rather than EIO on every read later. ``lazy``: see handlers.ome_zarr.store_entry."""
     if is_url(location):
         from .remote import check_access
         location = os.fspath(location).rstrip("/")
@@ -147,7 +151,8 @@ def open_store_plate(location: str | os.PathLike) -> Plate:
     store = ZarrStorageBackend(location, mode="r")      # indexed once, served by the mount
     local = store_plate_dir(location)
     local.mkdir(parents=True, exist_ok=True)
-    written = update_metadata(local, {"zarr": store_entry(location, store)}, main="zarr")
+    written = update_metadata(local, {"zarr": store_entry(location, store, complete=not lazy)},
+                              main="zarr")
     return Plate(local, read_metadata(local), written, url=location, opened={"zarr": store})
 
 

@@ -7,13 +7,14 @@ dimensions, so fields are separate images (the reference design's single 5D
 WELL = one chunk per field image (every plane of that field of the well in one
 chunk), FILE = one chunk per (1, 1, 1, Y, X) plane.
 
-One concern per module:
+The backend is a thin front over parts that each own their state:
 
 - ``zarr_store``: opening a store, local or ``s3://`` (the one place a store is opened);
-- ``ngff_index``: reading the NGFF structure of any store, ours or another tool's, into
-  the plane index (names -> array + position), from metadata documents only;
-- ``zarr_read``: reading planes (decoded-plane cache, row ranges, read-ahead, batches);
-- ``zarr_writer``: writing planes, NGFF metadata and the root index.
+- ``ngff_index``: the plane index value (:class:`PlaneIndex`: names -> array + position,
+  shapes, dtypes), read from any store's NGFF metadata documents, ours or another tool's;
+- ``zarr_read``: :class:`ZarrReader` (decoded-plane cache, row ranges, read-ahead, batches);
+- ``zarr_writer``: :class:`FieldWriter` (planes, NGFF metadata, present-planes records);
+- ``zarr_ngff``: NGFF documents alone (it imports none of the above).
 
 Every array we write carries ``attrs["vfsmount"]``: its t/c/z values and file names; the
 root may carry an index of every name (``attrs["vfsmount"]["files"]``), used when present.
@@ -26,28 +27,33 @@ storage has no rename to publish a finished store in one step.
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import zarr
 from natsort import natsorted
 
 from .base import Backend, StorageBackend
 from .cache import ArrayCache
-from .errors import MetadataError, StorageError
-from .ngff_index import AXES, INDEX_KEY, ArrayInfo, NgffIndexMixin, PlaneRef, _ome
+from .errors import MetadataError, ReadOnlyError, StorageExistsError
+from .ngff_index import AXES, INDEX_KEY, ArrayInfo, PlaneIndex, PlaneRef, _ome, read_own_index, \
+    read_plate
 from .naming import natural_key, try_parse_virtual_name
 from .remote import S3Options, is_url
 from .zarr_config import ZarrConfig
-from .zarr_read import ZarrPlane, ZarrReadMixin
-from .zarr_store import failure, open_root_group, open_store, store_exists
-from .zarr_writer import ZarrWriterMixin, compact_json
+from .zarr_ngff import pyramid_levels, write_pyramid
+from .zarr_read import ZarrPlane, ZarrReader
+from .zarr_store import open_root_group, open_store, store_exists
+from .zarr_writer import FieldWriter, compact_json
 
-__all__ = ["ZarrStorageBackend", "ZarrPlane", "ArrayInfo", "PlaneRef", "AXES", "INDEX_KEY"]
+__all__ = ["ZarrStorageBackend", "ZarrPlane", "ArrayInfo", "PlaneRef", "AXES", "INDEX_KEY",
+           "output_store", "load_writer", "write_pyramids"]
 
 
-class ZarrStorageBackend(NgffIndexMixin, ZarrReadMixin, ZarrWriterMixin, StorageBackend):
+class ZarrStorageBackend(StorageBackend):
+    """One store's planes: the plane index, a reader and (unless read-only) a field writer."""
+
     _backend_type = Backend.ZARR
 
     def __init__(self, root: str | os.PathLike, mode: str = "r",
@@ -58,62 +64,67 @@ class ZarrStorageBackend(NgffIndexMixin, ZarrReadMixin, ZarrWriterMixin, Storage
         self.remote = is_url(root)
         self.root: Path | str = os.fspath(root).rstrip("/") if self.remote else Path(root)
         self.options = options
-        # Decoded planes (and whole single-chunk field arrays) for row-range reads:
-        # a FUSE read asks for 128 KiB at a time, and decoding a chunk per request
-        # would decode each chunk dozens of times.
-        self.cache = ArrayCache(cache_bytes)
         self.mode = mode
         self.config = config or ZarrConfig()
-        self._lock = threading.RLock()
-        self._arrays: dict[str, ArrayInfo] = {}
-        self._files: dict[str, PlaneRef] = {}
-        self._open: dict[str, zarr.Array] = {}
         self._group: zarr.Group | None = None
-        self._described: set[str] = set()                 # arrays whose NGFF metadata is written
-        self._plate_described: frozenset[str] = frozenset()
-        self._written: set[str] = set()                   # arrays this instance wrote to
-        self._unrecorded: dict[str, int] = {}             # array -> site: record not yet written
-        self._windows: dict[str, dict[int, list[float]]] = {}   # display windows of written planes
-        self._windows_stale: set[str] = set()             # fields whose windows widened since
-        self._unflushed = False                           # metadata writes wait for flush()
-        self._unsaved_shapes: set[str] = set()            # arrays grown in memory only
-        self._order: list[str] | None = None              # read-ahead state (remote stores)
-        self._position: dict[str, int] = {}
-        self._last_started: int | None = None
-        self._prefetcher = None
-        self.problems: list[str] = []                     # malformed parts of a foreign plate
-        self.channel_names: dict[int, str] = {}           # from omero.channels[].label
-        self._store = self._make_store(chunk_cache_bytes)
-        if mode == "r" or (mode == "a" and self._store_exists()):
+        self._store = open_store(self.root, remote=self.remote, read_only=mode == "r",
+                                 options=options, chunk_cache_bytes=chunk_cache_bytes)
+        self._index = PlaneIndex()
+        self._reader = ZarrReader(self._store, self._index, where=str(self.root),
+                                  remote=self.remote, writable=mode != "r",
+                                  cache=ArrayCache(cache_bytes), owner=self)
+        self._writer = FieldWriter(self._index, self._reader, self.root_group,
+                                   config=self.config, where=str(self.root),
+                                   store_name=self.store_name, remote=self.remote,
+                                   writable=mode != "r")
+        if mode == "r" or (mode == "a" and store_exists(self.root, remote=self.remote,
+                                                        options=options)):
             self._load_index()
 
     @property
     def store_name(self) -> str:
         return os.fspath(self.root).rstrip("/").rsplit("/", 1)[-1]
 
-    def _where(self, rel: str = "") -> str:
-        return f"{self.root}/{rel}" if rel else str(self.root)
+    @property
+    def index(self) -> PlaneIndex:
+        """The plane index: what planes exist where, shapes, dtypes (read it, do not change it)."""
+        return self._index
 
-    def _make_store(self, chunk_cache_bytes: int | None):
-        return open_store(self.root, remote=self.remote, read_only=self.mode == "r",
-                          options=self.options, chunk_cache_bytes=chunk_cache_bytes)
+    @property
+    def cache(self) -> ArrayCache:
+        return self._reader.cache
 
-    def _store_exists(self) -> bool:
-        return store_exists(self.root, remote=self.remote, options=self.options)
+    @property
+    def problems(self) -> list[str]:
+        """Malformed parts of a foreign plate, one line each (the rest is served); reads
+        every well not read yet."""
+        self._index.load_wells()
+        return self._index.problems
 
-    def _failure(self, what: str, rel: str, e: BaseException) -> StorageError:
-        return failure(what, self._where(rel), e, remote=self.remote)
+    @property
+    def channel_names(self) -> dict[int, str]:
+        """From the first image's omero.channels[].label."""
+        return self._index.channel_names
 
-    # -- opening --------------------------------------------------------------
-    def _root_group(self) -> zarr.Group:
+    @property
+    def physics(self) -> dict | None:
+        """The source's physics (zarr_ngff.physics_of) written into the NGFF metadata."""
+        return self._writer.physics
+
+    @physics.setter
+    def physics(self, value: dict | None) -> None:
+        self._writer.physics = value
+
+    def root_group(self) -> zarr.Group:
         if self._group is None:
             self._group = open_root_group(self._store, self.root, remote=self.remote,
                                           read_only=self.mode == "r",
                                           zarr_format=self.config.zarr_format)
         return self._group
 
+    # -- opening --------------------------------------------------------------
     def _load_index(self) -> None:
-        root = self._root_group()
+        root = self.root_group()
         attrs = dict(root.attrs)
         own = attrs.get(INDEX_KEY)
         if isinstance(own, dict) and own.get("incomplete"):
@@ -126,23 +137,90 @@ class ZarrStorageBackend(NgffIndexMixin, ZarrReadMixin, ZarrWriterMixin, Storage
         if recovered:
             self.recover_unflushed()                      # a writer stopped before flush()
         elif isinstance(own, dict) and "files" in own:    # a root index (older vfsmount stores)
-            self._load_own_index(own)
-        elif self.mode == "r" or "plate" in _ome(attrs):
-            self._load_foreign_index(root, attrs)
+            self._index.update(read_own_index(own, str(self.root)))
+        elif self.mode == "r" or "plate" in _ome(attrs):    # read-only: each well on first use
+            self._index.update(read_plate(self._store, attrs, root.metadata.zarr_format,
+                                          str(self.root), lazy=self.mode == "r"))
         # else: an empty store opened for writing
-        self._described.update(self._arrays)              # what is on disk is described
-        self._plate_described = frozenset(self._arrays)
+        if self.mode != "r":
+            self._writer.mark_described()                 # what is on disk is described
         if recovered and self.mode != "r":                # describe it all again, then mark whole
-            self._described.clear()
-            self._plate_described = frozenset()
-            self._unflushed = True
+            self._writer.describe_again()
             with compact_json():
                 self.flush()
+
+    # -- reading (ZarrReader) -------------------------------------------------
+    def plane(self, path: str | os.PathLike) -> ZarrPlane:
+        return self._reader.plane(path)
+
+    def load(self, path: str | os.PathLike, **_) -> np.ndarray:
+        return self._reader.load(path)
+
+    def load_batch(self, paths: Sequence[str | os.PathLike], **_) -> list[np.ndarray]:
+        return self._reader.load_batch(paths)
+
+    def read_rows(self, ref: PlaneRef, name: str, y0: int, y1: int) -> np.ndarray:
+        return self._reader.read_rows(ref, name, y0, y1)
+
+    def is_decoded(self, ref: PlaneRef) -> bool:
+        return self._reader.is_decoded(ref)
+
+    def invalidate(self, path: str | os.PathLike) -> None:
+        self._reader.invalidate(path)
+
+    # -- writing (FieldWriter) ------------------------------------------------
+    def save(self, data: Any, path: str | os.PathLike, **_) -> None:
+        self._writer.save_batch([data], [path])
+
+    def save_batch(self, data_list: Sequence[Any], paths: Sequence[str | os.PathLike], *,
+                   flush: bool = True, **_) -> None:
+        self._writer.save_batch(data_list, paths, flush=flush)
+
+    def flush(self, *, plate_name: str | None = None, pixel_size: float | None = None,
+              refresh_windows: bool = True) -> None:
+        self._writer.flush(plate_name=plate_name, pixel_size=pixel_size,
+                           refresh_windows=refresh_windows)
+
+    def windows_stale(self) -> bool:
+        return self._writer.windows_stale()
+
+    def index_document(self, arrays: Iterable[str] | None = None) -> dict:
+        return self._writer.index_document(arrays)
+
+    def written_arrays(self) -> set[str]:
+        return self._writer.written_arrays()
+
+    def adopt(self, index: dict) -> None:
+        self._writer.adopt(index)
+
+    def recover_unflushed(self) -> None:
+        self._writer.recover_unflushed(os.fspath(self.root))
+
+    def mark_incomplete(self) -> None:
+        self._writer.mark_incomplete()
+
+    # -- tree operations (a store is one flat directory of planes) --------------
+    def delete(self, path, *, recursive: bool = False) -> None:
+        self._writer.delete(path)
+
+    def ensure_directory(self, path) -> None:
+        if self.mode == "r":
+            raise ReadOnlyError("zarr store opened read-only", backend=self.name, path=path)
+        self.root_group()
+
+    def copy(self, src, dst, *, overwrite: bool = False) -> None:
+        if self.exists(dst) and not overwrite:
+            raise StorageExistsError("destination plane exists", backend=self.name, path=dst)
+        self.save(self.load(src), dst)
+
+    def move(self, src, dst, *, overwrite: bool = False) -> None:
+        raise ReadOnlyError("planes cannot be renamed inside a zarr store", backend=self.name,
+                            path=src)
 
     # -- listing --------------------------------------------------------------
     def list_files(self, directory: str | os.PathLike = "", *, extensions: Iterable[str] | None = None,
                    recursive: bool = False) -> list[str]:
-        names: Iterable[str] = self._files
+        names: Iterable[str] = self._index.names()
         if extensions is not None:
             exts = tuple(e.lower() for e in extensions)
             names = [n for n in names if n.lower().endswith(exts)]
@@ -152,7 +230,7 @@ class ZarrStorageBackend(NgffIndexMixin, ZarrReadMixin, ZarrWriterMixin, Storage
         return self.list_files(directory)
 
     def exists(self, path) -> bool:
-        return os.fspath(path).rsplit("/", 1)[-1] in self._files
+        return os.fspath(path).rsplit("/", 1)[-1] in self._index
 
     is_file = exists
 
@@ -160,7 +238,7 @@ class ZarrStorageBackend(NgffIndexMixin, ZarrReadMixin, ZarrWriterMixin, Storage
         return os.fspath(path).strip("/") in ("", ".")
 
     def arrays(self) -> dict[str, ArrayInfo]:
-        return dict(self._arrays)
+        return dict(self._index.arrays)
 
 
 def natural_order(names: Iterable[str]) -> list[str]:
@@ -171,3 +249,38 @@ def natural_order(names: Iterable[str]) -> list[str]:
     if None in parsed:
         return natsorted(names)
     return [n for _key, n in sorted(zip(map(natural_key, parsed), names))]
+
+
+def output_store(where, physics: dict | None) -> ZarrStorageBackend:
+    """A store for results (pipeline outputs, TIFFs written into a mount): one chunk per plane,
+    the version of the store already there (else ``physics["ngff_version"]``), the physics
+    of its source."""
+    physics = physics or {}
+    version = physics.get("ngff_version", "0.4")
+    if not isinstance(where, str) and Path(where, ".zgroup").is_file():
+        version = "0.4"
+    elif not isinstance(where, str) and Path(where, "zarr.json").is_file():
+        version = "0.5"
+    store = ZarrStorageBackend(where, mode="a",
+                               config=ZarrConfig(chunk_strategy="file", ngff_version=version))
+    store.physics = physics
+    return store
+
+
+def load_writer() -> None:
+    """Import what writing an output store needs (zarr, ome-zarr, which pulls in dask: about
+    0.9 s), so that the first plane committed through a mount does not stall for it."""
+    import ome_zarr.format  # noqa: F401
+    import ome_zarr.writer  # noqa: F401
+
+    from . import tiff_guard  # noqa: F401
+
+
+def write_pyramids(store: ZarrStorageBackend) -> None:
+    """Levels 1.. of every field of ``store``, as its config asks; the next flush() lists
+    them in the multiscales metadata."""
+    root = store.root_group()
+    for path, info in store.arrays().items():
+        levels = pyramid_levels(info.shape, store.config)
+        if levels:
+            write_pyramid(root[path.rsplit("/", 1)[0]], store.config, levels)

@@ -44,34 +44,6 @@ def output_physics(entry: dict | None) -> dict:
     return physics
 
 
-def output_store(where, physics: dict | None):
-    """A store for results (pipeline outputs, TIFFs written into a mount): one chunk per plane,
-    the version of the store already there (else ``physics["ngff_version"]``), the physics
-    of its source."""
-    from pathlib import Path
-
-    from .zarr_backend import ZarrStorageBackend
-    physics = physics or {}
-    version = physics.get("ngff_version", "0.4")
-    if not isinstance(where, str) and Path(where, ".zgroup").is_file():
-        version = "0.4"
-    elif not isinstance(where, str) and Path(where, "zarr.json").is_file():
-        version = "0.5"
-    store = ZarrStorageBackend(where, mode="a",
-                               config=ZarrConfig(chunk_strategy="file", ngff_version=version))
-    store.physics = physics
-    return store
-
-
-def load_writer() -> None:
-    """Import what writing an output store needs (zarr, ome-zarr, which pulls in dask: about
-    0.9 s), so that the first plane committed through a mount does not stall for it."""
-    import ome_zarr.format  # noqa: F401
-    import ome_zarr.writer  # noqa: F401
-
-    from . import tiff_guard, zarr_backend  # noqa: F401
-
-
 def ngff_format(config: ZarrConfig):
     from ome_zarr.format import FormatV04, FormatV05
     return FormatV04() if config.ngff_version == "0.4" else FormatV05()
@@ -243,16 +215,6 @@ def write_pyramid(group, config: ZarrConfig, levels: int) -> None:
             chunk_key_encoding=({"name": "v2", "separator": "/"} if config.zarr_format == 2
                                 else None), **dims)
         arr[...] = data
-
-
-def write_pyramids(store) -> None:
-    """Levels 1.. of every field of ``store`` (a ZarrStorageBackend), as its config asks; the
-    next flush() lists them in the multiscales metadata."""
-    root = store._root_group()
-    for path, info in store.arrays().items():
-        levels = pyramid_levels(info.shape, store.config)
-        if levels:
-            write_pyramid(root[path.rsplit("/", 1)[0]], store.config, levels)
 
 
 def write_labels(root, image_path: str, name: str, labels: np.ndarray, config: ZarrConfig,

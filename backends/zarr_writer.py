@@ -1,31 +1,102 @@
-"""Writing planes into a zarr store as an OME-Zarr HCS plate, and its root index."""
+"""Writing planes into a zarr store as an OME-Zarr HCS plate: the field writer.
+
+:class:`FieldWriter` owns what writing needs: which fields are described, which planes of
+each exist (present masks), display windows measured from written planes, shapes grown in
+memory and not yet saved, and the unflushed flag. It adds what it writes to the
+:class:`~backends.ngff_index.PlaneIndex` it shares with the reader, and writes through the
+reader's open arrays.
+
+zarr has no public way to grow an array's shape without writing its metadata document;
+:func:`grow_in_memory` is the one place that reaches into zarr for it (tested against the
+pinned zarr version in tests/test_zarr_parts.py).
+"""
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterable, Sequence
+import threading
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+import zarr
 from natsort import natsorted
 
 from .errors import ReadOnlyError, StorageError
 from .naming import ParsedName, parse_virtual_name, split_well
-from .ngff_index import AXES, INDEX_KEY, ArrayInfo, PlaneRef
-from .zarr_config import ZarrChunkStrategy
-from .zarr_ngff import PLANES_FORMAT
-from .zarr_read import writing_every_chunk
+from .ngff_index import AXES, INDEX_KEY, ArrayInfo, PlaneIndex, PlaneRef, read_own_index
+from .zarr_config import ZarrChunkStrategy, ZarrConfig
+from .zarr_ngff import (AXIS_NAMES, PLANES_FORMAT, display_window, encode_present,
+                        write_image_metadata, write_plate_metadata)
+from .zarr_read import ZarrReader
+from .zarr_store import BACKEND_NAME
 
 log = logging.getLogger(__name__)
 
 
-class ZarrWriterMixin:
-    """The write side of ZarrStorageBackend."""
+def grow_in_memory(arr: zarr.Array, shape: tuple) -> bool:
+    """Give an open array a larger shape without writing its metadata document (what
+    ``Array.resize`` does for growth, minus the write); False when this zarr has no such
+    field, and the caller resizes instead.
 
-    physics: dict | None = None     # the source's physics (zarr_ngff.physics_of), set by the creator
+    THE ONE PLACE that edits a private zarr field (``Array._async_array.metadata``): zarr
+    3.x has no public call for it. Pinned and tested: tests/test_zarr_parts.py."""
+    try:
+        inner = arr._async_array
+        object.__setattr__(inner, "metadata", inner.metadata.update_shape(shape))
+    except AttributeError:
+        return False
+    return True
+
+
+class FieldWriter:
+    """Writes planes a field (well + site) at a time, and the NGFF metadata of what it wrote.
+
+    ``root_group`` opens (once) the store's root group; ``remote``: the store is written by
+    many Dask workers at once, so no writer rewrites the shared root document."""
+
+    def __init__(self, index: PlaneIndex, reader: ZarrReader,
+                 root_group: Callable[[], zarr.Group], *, config: ZarrConfig, where: str,
+                 store_name: str, remote: bool = False, writable: bool = True) -> None:
+        self.index = index
+        self.reader = reader
+        self.root_group = root_group
+        self.config = config
+        self.where = where
+        self.store_name = store_name
+        self.remote = remote
+        self.writable = writable
+        self.physics: dict | None = None    # the source's physics (zarr_ngff.physics_of)
+        self._lock = threading.RLock()
+        self._described: set[str] = set()                 # arrays whose NGFF metadata is written
+        self._plate_described: frozenset[str] = frozenset()
+        self._written: set[str] = set()                   # arrays this writer wrote to
+        self._unrecorded: dict[str, int] = {}             # array -> site: record not yet written
+        self._windows: dict[str, dict[int, list[float]]] = {}   # display windows of written planes
+        self._windows_stale: set[str] = set()             # fields whose windows widened since
+        self._unflushed = False                           # metadata writes wait for flush()
+        self._unsaved_shapes: set[str] = set()            # arrays grown in memory only
+        self._present_masks: dict[str, np.ndarray] = {}   # array -> which planes exist
+
+    def mark_described(self) -> None:
+        """What the index holds is on disk, described (after opening a store)."""
+        self._described.update(self.index.arrays)
+        self._plate_described = frozenset(self.index.arrays)
+
+    def describe_again(self) -> None:
+        """Write every field's and the plate's metadata at the next flush (after recovery)."""
+        self._described.clear()
+        self._plate_described = frozenset()
+        self._unflushed = True
+
+    def _where(self, rel: str = "") -> str:
+        return f"{self.where}/{rel}" if rel else self.where
+
+    def _array(self, path: str) -> zarr.Array:
+        return self.reader.array(path)
 
     def _writable(self, path) -> None:
-        if self.mode == "r":
-            raise ReadOnlyError("zarr store opened read-only", backend=self.name, path=path)
+        if not self.writable:
+            raise ReadOnlyError("zarr store opened read-only", backend=BACKEND_NAME, path=path)
 
     def save(self, data: Any, path: str | os.PathLike, **_) -> None:
         self.save_batch([data], [path])
@@ -42,7 +113,7 @@ class ZarrWriterMixin:
         the metadata would say from the arrays and chunks on disk (``recover_unflushed``),
         so a crash loses no plane that was written.
         """
-        self._writable(self.root)
+        self._writable(self.where)
         if len(data_list) != len(paths):
             raise ValueError(f"save_batch: {len(data_list)} arrays for {len(paths)} names")
         fields: dict[tuple[str, int], list[tuple[ParsedName, str, np.ndarray]]] = {}
@@ -51,7 +122,7 @@ class ZarrWriterMixin:
             parsed = parse_virtual_name(name)
             arr = np.asarray(data)
             if arr.ndim != 2:
-                raise StorageError(f"a plane must be 2D, got shape {arr.shape}", backend=self.name,
+                raise StorageError(f"a plane must be 2D, got shape {arr.shape}", backend=BACKEND_NAME,
                                    path=name)
             fields.setdefault((parsed.well, parsed.site), []).append((parsed, name, arr))
         with self._lock, compact_json():
@@ -71,14 +142,14 @@ class ZarrWriterMixin:
         for _p, name, arr in planes:
             if arr.shape != first.shape or arr.dtype != first.dtype:
                 raise StorageError(f"plane {arr.shape} {arr.dtype} differs from the field's "
-                                   f"{first.shape} {first.dtype}", backend=self.name, path=name)
+                                   f"{first.shape} {first.dtype}", backend=BACKEND_NAME, path=name)
         need = tuple(max(getattr(p, axis) for p, _n, _a in planes) for axis in ("t", "channel", "z"))
-        info = self._arrays.get(array_path)
+        info = self.index.arrays.get(array_path)
         if info is None:
             info = self._create_field_array(array_path, need + first.shape, first.dtype)
         elif info.shape[-2:] != first.shape or info.dtype != first.dtype:
             raise StorageError(f"planes {first.shape} {first.dtype} do not match the existing "
-                               f"field array {info.shape[-2:]} {info.dtype}", backend=self.name,
+                               f"field array {info.shape[-2:]} {info.dtype}", backend=BACKEND_NAME,
                                path=self._where(array_path))
         shape = tuple(max(a, b) for a, b in zip(info.shape[:3], need)) + first.shape
         if shape != info.shape:
@@ -90,7 +161,7 @@ class ZarrWriterMixin:
         index_of = {name: (p.t - 1, p.channel - 1, p.z - 1) for p, name, _a in planes}
         self._store_planes(array_path, planes, index_of, mask.any())
         for name, idx in index_of.items():
-            self._files[name] = PlaneRef(array_path, idx)
+            self.index.files[name] = PlaneRef(array_path, idx)
             mask[idx] = True
         self._written.add(array_path)
         self._unrecorded[array_path] = site
@@ -99,16 +170,12 @@ class ZarrWriterMixin:
     def _grow(self, array_path: str, shape: tuple) -> None:
         """Give the open array a larger shape; its metadata document is written by flush()
         (a plane beyond the shape on disk is found by ``recover_unflushed`` from its chunk).
-        zarr has no public call that grows an array without writing its metadata: this does
-        what ``Array.resize`` does for growth, minus the write, and falls back to resize."""
+        (see :func:`grow_in_memory`; resized on disk at once where that cannot be done)."""
         arr = self._array(array_path)
-        try:
-            inner = arr._async_array
-            object.__setattr__(inner, "metadata", inner.metadata.update_shape(shape))
-        except AttributeError:
+        if grow_in_memory(arr, shape):
+            self._unsaved_shapes.add(array_path)
+        else:
             arr.resize(shape)
-            return
-        self._unsaved_shapes.add(array_path)
 
     def _save_shapes(self) -> None:
         """Write the metadata documents of arrays grown in memory (resize to the same shape)."""
@@ -120,7 +187,6 @@ class ZarrWriterMixin:
     def _measure_windows(self, array_path: str, planes: list) -> None:
         """Widen the field's display window per channel to cover these planes (what its
         omero metadata shows; measured here, where the pixels are in memory)."""
-        from .zarr_ngff import display_window
         windows = self._windows.setdefault(array_path, {})
         for p, _name, arr in planes:
             start, end = display_window(arr)
@@ -138,34 +204,34 @@ class ZarrWriterMixin:
         # Remote stores are written by many Dask workers at once: none rewrites the shared
         # root document (the client marks the store incomplete and flushes it at the end).
         if not self._unflushed and not self.remote:
-            root = self._root_group()
+            root = self.root_group()
             own = root.attrs.get(INDEX_KEY)
             if not (isinstance(own, dict) and own.get("incomplete")):   # a conversion's flag stays
                 root.attrs[INDEX_KEY] = {"format": PLANES_FORMAT, "unflushed": True}
             self._unflushed = True
 
     def _create_field_array(self, array_path: str, shape: tuple, dtype) -> ArrayInfo:
-        from .zarr_ngff import AXIS_NAMES
         row, col, field, level = array_path.split("/")
         chunks = (shape if self.config.chunk_strategy is ZarrChunkStrategy.WELL
                   else (1, 1, 1) + shape[-2:])
         v3 = self.config.zarr_format == 3
         try:
-            group = self._root_group().require_group(row).require_group(col).require_group(field)
-            self._open[array_path] = writing_every_chunk(group.create_array(
+            group = self.root_group().require_group(row).require_group(col).require_group(field)
+            self.reader.adopt_array(array_path, group.create_array(
                 level, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
                 compressors=self.config.compressors(), overwrite=True,
                 chunk_key_encoding=None if v3 else {"name": "v2", "separator": "/"},
                 **({"dimension_names": list(AXIS_NAMES)} if v3 else {})))
         except Exception as e:
-            raise StorageError("cannot create zarr array", backend=self.name,
+            raise StorageError("cannot create zarr array", backend=BACKEND_NAME,
                                path=self._where(array_path), cause=e) from e
-        info = self._arrays[array_path] = ArrayInfo(array_path, shape, np.dtype(dtype), chunks, AXES)
+        info = ArrayInfo(array_path, shape, np.dtype(dtype), chunks, AXES)
+        self.index.add_array(info)
         return info
 
     def _store_planes(self, array_path: str, planes: list, index_of: dict, existing: bool) -> None:
         arr = self._array(array_path)
-        info = self._arrays[array_path]
+        info = self.index.arrays[array_path]
         if tuple(info.chunks) == tuple(info.shape):
             # The field is one chunk: assemble it and write it once, rather than
             # re-encoding the whole chunk for every plane.
@@ -179,13 +245,12 @@ class ZarrWriterMixin:
 
     def _present_mask(self, array_path: str, lead_shape: tuple) -> np.ndarray:
         """Which planes of a field exist (kept in memory; grown with the array)."""
-        masks = self.__dict__.setdefault("_present_masks", {})
+        masks = self._present_masks
         mask = masks.get(array_path)
         if mask is None:
             mask = np.zeros(lead_shape, dtype=bool)
-            for ref in self._files.values():
-                if ref.array == array_path:
-                    mask[ref.index] = True
+            for ref in self.index.refs_of(array_path):
+                mask[ref.index] = True
         elif mask.shape != lead_shape:
             grown = np.zeros(lead_shape, dtype=bool)
             grown[tuple(slice(0, n) for n in mask.shape)] = mask
@@ -202,14 +267,13 @@ class ZarrWriterMixin:
         when later planes widened its display windows if ``refresh_windows``, and plate
         metadata when the set of fields changes, so saving planes one by one stays cheap.
         """
-        from .zarr_ngff import write_image_metadata, write_plate_metadata
         with self._lock, compact_json():
-            root = self._root_group()
+            root = self.root_group()
             physics = {k: v for k, v in (self.physics or {}).items() if v is not None}
             if pixel_size is not None:
                 physics["pixel_size"] = pixel_size
             if physics.get("pixel_size") is not None:
-                for path, info in self._arrays.items():
+                for path, info in self.index.arrays.items():
                     if info.pixel_size != physics["pixel_size"]:
                         info.pixel_size = physics["pixel_size"]
                         self._described.discard(path)
@@ -219,10 +283,10 @@ class ZarrWriterMixin:
             self._save_shapes()
             while self._unrecorded:
                 path, site = self._unrecorded.popitem()
-                mask = self._present_mask(path, self._arrays[path].shape[:3])
+                mask = self._present_mask(path, self.index.arrays[path].shape[:3])
                 self._array(path).attrs[INDEX_KEY] = _planes_record(site, mask)
             omero = None           # windows not measured from written planes: once per flush
-            for path, info in self._arrays.items():
+            for path, info in self.index.arrays.items():
                 if path not in self._described:
                     measured = self._windows.get(path)
                     written = write_image_metadata(root, path, info, self.config,
@@ -230,9 +294,9 @@ class ZarrWriterMixin:
                                                    else omero, measured=measured)
                     omero = omero if measured else written
                     self._described.add(path)
-            fields = frozenset(self._arrays)
+            fields = frozenset(self.index.arrays)
             if fields != self._plate_described:
-                write_plate_metadata(root, self._arrays, self.config,
+                write_plate_metadata(root, self.index.arrays, self.config,
                                      name=plate_name or self.store_name)
                 self._plate_described = fields
             if self._unflushed or root.attrs.get(INDEX_KEY) != {"format": PLANES_FORMAT}:
@@ -243,13 +307,13 @@ class ZarrWriterMixin:
         """What :meth:`adopt` takes: the arrays and planes a Dask worker wrote (in memory only;
         the store itself names its planes from its NGFF structure)."""
         self._save_shapes()           # the client opens these arrays from their documents
-        keep = set(self._arrays) if arrays is None else set(arrays)
+        keep = set(self.index.arrays) if arrays is None else set(arrays)
         return {
             "format": 1,
             "arrays": {p: {"shape": list(a.shape), "dtype": a.dtype.str, "chunks": list(a.chunks),
                            "axes": list(a.axes), "pixel_size": a.pixel_size}
-                       for p, a in self._arrays.items() if p in keep},
-            "files": {n: [r.array, *r.index] for n, r in natsorted(self._files.items())
+                       for p, a in self.index.arrays.items() if p in keep},
+            "files": {n: [r.array, *r.index] for n, r in natsorted(self.index.files.items())
                       if r.array in keep},
         }
 
@@ -260,38 +324,37 @@ class ZarrWriterMixin:
         """Take in field arrays another process wrote into this store (a Dask worker: each
         writes its own wells' arrays and no shared document; the client calls flush())."""
         with self._lock:
-            paths = set(index.get("arrays", {}))
-            self._files = {n: r for n, r in self._files.items() if r.array not in paths}
+            taken = read_own_index(index, self.where)
+            paths = set(taken.arrays)
+            self.index.forget_arrays(paths)
+            self.reader.forget(paths)
             for path in paths:
-                self._open.pop(path, None)
                 self._described.discard(path)
-                self.__dict__.get("_present_masks", {}).pop(path, None)
-            self.cache.clear()
-            self._load_own_index(index)
+                self._present_masks.pop(path, None)
+            self.index.update(taken)
 
-    def recover_unflushed(self) -> None:
-        """The index of a local store whose writer stopped between ``save_batch(flush=False)``
-        and ``flush()`` (a daemon killed): every field array on disk (``row/col/field/0``),
-        its planes from the chunks present (one chunk per plane; a field in one chunk has all
-        its planes), its shape grown to hold them (the shape on disk is the last flush's).
-        Names follow the same rule as the NGFF reader's."""
+    def recover_unflushed(self, base: str) -> None:
+        """The index of a local store (directory ``base``) whose writer stopped between
+        ``save_batch(flush=False)`` and ``flush()`` (a daemon killed): every field array on
+        disk (``row/col/field/0``), its planes from the chunks present (one chunk per plane; a
+        field in one chunk has all its planes), its shape grown to hold them (the shape on
+        disk is the last flush's). Names follow the same rule as the NGFF reader's."""
         import glob
-        root = self._root_group()
-        base = os.fspath(self.root)
+        root = self.root_group()
         found = {os.path.dirname(os.path.relpath(m, base)) for pattern in ("zarr.json", ".zarray")
                  for m in glob.glob(os.path.join(glob.escape(base), "*", "*", "*", "0", pattern))}
+        problems = self.index.problems
         for array_path in natsorted(found):
             try:
                 self._recover_array(root, base, array_path)
             except Exception as e:       # one unreadable array: the rest is recovered
-                self.problems.append(f"{array_path}: not recovered ({e})")
-        for problem in self.problems:
-            log.warning("%s: %s", self.root, problem)
+                problems.append(f"{array_path}: not recovered ({e})")
+        for problem in problems:
+            log.warning("%s: %s", self.where, problem)
         log.warning("%s: recovered %d planes of %d fields written before the last flush",
-                    self.root, len(self._files), len(self._arrays))
+                    self.where, len(self.index.files), len(self.index.arrays))
 
     def _recover_array(self, root, base: str, array_path: str) -> None:
-        from .naming import ParsedName
         row, col, field, _level = array_path.split("/")
         arr = root[array_path]
         info = ArrayInfo(array_path, tuple(arr.shape), np.dtype(arr.dtype), tuple(arr.chunks), AXES)
@@ -304,26 +367,25 @@ class ZarrWriterMixin:
         if lead != info.shape[:3]:                        # planes past the shape last written
             info.shape = lead + info.shape[3:]
             self._grow(array_path, info.shape)
-        self._arrays[array_path] = info
+        self.index.add_array(info)
         self._unrecorded[array_path] = site              # a writable opening records it again
-        for t, c, z in present:
-            name = ParsedName(f"{row}{col}", site, c + 1, z + 1, t + 1).virtual_name()
-            self._files[name] = PlaneRef(array_path, (t, c, z))
+        self.index.add_planes({
+            ParsedName(f"{row}{col}", site, c + 1, z + 1, t + 1).virtual_name():
+            PlaneRef(array_path, (t, c, z)) for t, c, z in present})
 
     def mark_incomplete(self) -> None:
         """Flag a store being written remotely, until flush() writes the index over the flag."""
-        self._writable(self.root)
-        self._root_group().attrs[INDEX_KEY] = {"incomplete": True}
+        self._writable(self.where)
+        self.root_group().attrs[INDEX_KEY] = {"incomplete": True}
 
-    # -- tree operations (a store is one flat directory of planes) --------------
-    def delete(self, path, *, recursive: bool = False) -> None:
+    def delete(self, path) -> None:
         """Forget a plane: it leaves the index, and its chunk goes if it has one of its own
         (``recover_unflushed`` reads the chunks present as the planes written)."""
         self._writable(path)
-        name, ref = self._ref(path)
+        name, ref = self.reader.ref(path)
         with self._lock:
-            del self._files[name]
-            info = self._arrays[ref.array]
+            self.index.remove_plane(name)
+            info = self.index.info(ref.array)
             if tuple(info.chunks[:3]) == (1, 1, 1):     # zarr deletes a chunk set to the fill
                 arr = self._array(ref.array).with_config({"write_empty_chunks": False})
                 arr[ref.index] = arr.fill_value
@@ -331,20 +393,6 @@ class ZarrWriterMixin:
             mask[ref.index] = False
             self._unrecorded[ref.array] = int(ref.array.split("/")[2]) + 1    # ours: field = site - 1
             self.flush()
-
-    def ensure_directory(self, path) -> None:
-        self._writable(path)
-        self._root_group()
-
-    def copy(self, src, dst, *, overwrite: bool = False) -> None:
-        if self.exists(dst) and not overwrite:
-            from .errors import StorageExistsError
-            raise StorageExistsError("destination plane exists", backend=self.name, path=dst)
-        self.save(self.load(src), dst)
-
-    def move(self, src, dst, *, overwrite: bool = False) -> None:
-        raise ReadOnlyError("planes cannot be renamed inside a zarr store", backend=self.name,
-                            path=src)
 
 
 def _chunks_present(array_dir: str, info: ArrayInfo) -> list[tuple[int, int, int]]:
@@ -370,13 +418,11 @@ def _chunks_present(array_dir: str, info: ArrayInfo) -> list[tuple[int, int, int
 def compact_json():
     """Metadata documents without indentation: every reader of a big plate parses them all, and
     zarr's default indent makes them ~40 % larger."""
-    import zarr
     return zarr.config.set({"json_indent": None})
 
 
 def _planes_record(site: int, mask: np.ndarray) -> dict:
     """An array's own record: its site, and which planes exist when not all do."""
-    from .zarr_ngff import encode_present
     record = {"format": PLANES_FORMAT, "site": site}
     present = encode_present(mask)
     if present is not None:

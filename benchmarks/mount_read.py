@@ -62,7 +62,7 @@ def run(args) -> None:
             zplate = Plate.open(plate_dir)
             backend = zplate.backend()
             import zarr
-            refs = [backend._files[n] for n in names]     # noqa: SLF001 -- the baseline reads zarr itself
+            refs = [backend.index.files[n] for n in names]     # the baseline reads zarr itself
             arrays = {}
 
             def zarr_direct() -> None:

@@ -68,7 +68,7 @@ def _reads(args, base: Path, s3: SeaweedS3) -> None:
     names = remote.list_files()
     keys = []
     for n in names:                      # the chunk object of each plane (FILE chunks: one each)
-        ref = remote._files[n]           # noqa: SLF001 -- the baseline fetches chunks itself
+        ref = remote.index.files[n]           # the baseline fetches chunks itself
         keys.append(f"{url[5:]}/{ref.array}/" + "/".join(map(str, ref.index + (0, 0))))
     fs = s3fs.S3FileSystem()
 
@@ -128,7 +128,7 @@ def _zarr_read(url: str, backend, names: list[str]) -> None:
     group = zarr.open_group(zarr_store(url, read_only=True, cache_bytes=0), mode="r")
     arrays = {}
     for n in names:
-        ref = backend._files[n]
+        ref = backend.index.files[n]
         if ref.array not in arrays:
             arrays[ref.array] = group[ref.array]
         arrays[ref.array][ref.index]
@@ -140,7 +140,7 @@ def _decode_time(backend, names: list[str]) -> float:
     def decode_all():
         backend.cache.clear()
         for n in names:
-            backend.read_rows(backend._files[n], n, 1, 1)
+            backend.read_rows(backend.index.files[n], n, 1, 1)
     decode_all()                        # fetches every chunk into this process's chunk cache
     return _time(decode_all)
 

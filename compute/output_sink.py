@@ -60,7 +60,7 @@ class OutputSink:
 
     def open_zarr(self) -> Any:
         """The image store, opened for adding planes (created empty if missing)."""
-        from backends.zarr_ngff import output_store
+        from backends.zarr_backend import output_store
         where = self.zarr_location if self.remote else Path(self.zarr_location)
         return output_store(where, self.physics)
 
@@ -85,7 +85,7 @@ class OutputSink:
         from backends.naming import split_well
         from backends.zarr_ngff import write_labels
         row, col = split_well(where.well)
-        write_labels(store._root_group(), f"{row}/{col:02d}/{where.site - 1}", name, labels,
+        write_labels(store.root_group(), f"{row}/{col:02d}/{where.site - 1}", name, labels,
                      store.config, self.physics)
 
     def read_file(self, rel: str) -> bytes:

@@ -241,7 +241,7 @@ def test_fuzz_six_codecs_six_readers(tmp_path, mounts):
         for name in backend.list_files():
             want = synthesize(synthetic_image(parse_virtual_name(name), FUZZ_SPEC.shape,
                                               FUZZ_SPEC.dtype), 0.65, z_spacing=_z(root))
-            targets.append((mnt / "images" / name, want, damaged.get(backend._files[name].array),
+            targets.append((mnt / "images" / name, want, damaged.get(backend.plane(name).ref.array),
                             codec))
     failures: list[str] = []
     outcomes: dict[str, set] = {}

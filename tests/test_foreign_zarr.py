@@ -313,3 +313,116 @@ def test_broken_metadata_document(tmp_path):
     assert backend.problems[0] == "'B/3/.zattrs' is not a JSON object; read as missing"
     # the well's group is still there: its images are found as child groups holding multiscales
     assert sorted(backend.list_files()) == sorted(written.planes)
+
+
+# -- units: no micrometres unless the store says so (issue 31 #2) ---------------------------
+
+def test_to_micrometers_never_guesses_a_unit():
+    from backends.physics import to_micrometers
+    assert to_micrometers(0.5, "micrometer") == 0.5 and to_micrometers(0.5, "µm") == 0.5
+    assert to_micrometers(500.0, "nanometer") == pytest.approx(0.5)
+    assert to_micrometers(1.0, None) is None and to_micrometers(1.0, "pixel") is None
+
+
+def _write_image_without_units(path: Path) -> np.ndarray:
+    """What ome-zarr-py's ``write_image`` gives by default: axes without a unit, scale 1."""
+    from ome_zarr.writer import write_image
+    data = np.arange(2 * 3 * 16 * 12, dtype=np.uint16).reshape(2, 3, 16, 12)
+    write_image(data, zarr.open_group(path, mode="w", zarr_format=2), axes="czyx",
+                scale_factors=[])
+    return data
+
+
+def test_single_image_without_units_is_served_uncalibrated(tmp_path, mounts):
+    """A single OME-Zarr image (issue 31 #8) is a plate of one well, A01, one field; axes with
+    no unit give no micrometres anywhere (issue 31 #2): not in info, not in the TIFFs."""
+    store = tmp_path / "image.ome.zarr"
+    data = _write_image_without_units(store)
+    info = json.loads(run_cli("info", str(store), "--json").stdout)
+    entry = info["subdirectories"]["zarr"]
+    assert info["format"] == "ome_zarr" and entry["images"] == 6 and entry["wells"] == ["A01"]
+    assert entry["pixel_size_um"] is None and entry["z_spacing_um"] is None
+    assert entry["unit"] is None and "no length unit" in entry["unknown"]["pixel_size"]
+    text = run_cli("info", str(store)).stdout
+    assert "pixel:     unknown" in text and " um" not in text
+    mnt = mounts.mount(store)
+    names = sorted(os.listdir(mnt / "images"))
+    assert names == sorted(f"A01_s001_w{c}_z{z:03d}_t001.tif" for c in (1, 2) for z in (1, 2, 3))
+    with tifffile.TiffFile(mnt / "images" / "A01_s001_w2_z003_t001.tif") as tif:
+        assert tif.asarray().tobytes() == data[1, 2].tobytes()
+        assert "XResolution" not in tif.pages[0].tags or \
+            tif.pages[0].tags["ResolutionUnit"].value == 1        # no unit: uncalibrated
+        assert "unit" not in (tif.imagej_metadata or {})
+
+
+def test_single_image_with_units_from_ngff_zarr(tmp_path, mounts):
+    """ngff-zarr's single image (NGFF 0.5, micrometres, z step): served as A01 at its scale;
+    Bio-Formats reads the physical size the store gives."""
+    import ngff_zarr as nz
+    data = np.random.default_rng(1).integers(0, 999, (2, 4, 20, 16), dtype=np.uint16)
+    image = nz.to_ngff_image(data, dims=["c", "z", "y", "x"],
+                             scale={"z": Z_STEP, "y": PIXEL, "x": PIXEL},
+                             axes_units={"z": "micrometer", "y": "micrometer", "x": "micrometer"})
+    store = tmp_path / "single.ome.zarr"
+    nz.to_ngff_zarr(store, nz.to_multiscales(image, scale_factors=[]), version="0.5")
+    entry = json.loads(run_cli("info", str(store), "--json").stdout)["subdirectories"]["zarr"]
+    assert entry["images"] == 8 and entry["pixel_size_um"] == pytest.approx(PIXEL)
+    assert entry["z_spacing_um"] == pytest.approx(Z_STEP) and entry["unit"] == "micrometer"
+    mnt = mounts.mount(store)
+    served = mnt / "images" / "A01_s001_w2_z004_t001.tif"
+    assert tifffile.imread(served).tobytes() == data[1, 3].tobytes()
+    from .test_hyperstacks import bioformats_jar, bioformats_pixels
+    bioformats_jar()
+    pixels = bioformats_pixels(served)
+    assert float(pixels["PhysicalSizeX"]) == pytest.approx(PIXEL, rel=1e-4)
+    assert pixels.get("PhysicalSizeXUnit", "µm") == "µm"
+
+
+def test_single_plane_store_has_no_z_spacing_as_a_vendor_plate(tmp_path):
+    """A Fractal-style MIP: one z-plane with z scale 1 micrometer is no spacing, as a vendor's
+    single-plane plate reports it (unknown: a single z-plane)."""
+    from ome_zarr.writer import write_image, write_plate_metadata, write_well_metadata
+    store = tmp_path / "mip.zarr"
+    root = zarr.open_group(store, mode="w", zarr_format=2)
+    write_plate_metadata(root, ["B"], ["03"], ["B/03"])
+    well = root.require_group("B/03")
+    write_well_metadata(well, [{"path": "0"}])
+    units = {a: "micrometer" for a in "zyx"}
+    write_image(np.zeros((2, 1, 8, 8), np.uint16), well.require_group("0"), axes="czyx",
+                scale_factors=[], scale={"z": 1.0, "y": PIXEL, "x": PIXEL}, axes_units=units)
+    entry = json.loads(run_cli("info", str(store), "--json").stdout)["subdirectories"]["zarr"]
+    assert entry["pixel_size_um"] == pytest.approx(PIXEL)
+    assert entry["z_spacing_um"] is None and entry["unknown"]["z_spacing"] == "a single z-plane"
+
+
+# -- plates of any size mounted at once (issue 29): each well read on first use -------------
+
+def test_lazy_index_reads_a_well_on_first_use_and_a_broken_well_fails_alone(tmp_path, caplog):
+    written = write_ome_zarr_py(tmp_path / "lazy.ome.zarr", "0.4")
+    backend = ZarrStorageBackend(written.store)              # read-only: lazy
+    assert backend.index.pending_wells == ["AA12"]            # the first well is read
+    for field in ("0", "1"):                                 # broken after opening
+        (written.store / "AA" / "12" / field / ".zattrs").write_text("{broken")
+    b03 = sorted(n for n in written.planes if n.startswith("B03"))
+    array, index = written.planes[b03[0]]
+    assert backend.load(b03[0]).tobytes() == \
+        np.ascontiguousarray(zarr.open_group(written.store, mode="r")[array][index]).tobytes()
+    assert backend.index.pending_wells == ["AA12"]            # not read for B03's planes
+    with caplog.at_level("WARNING"):
+        assert sorted(backend.list_files()) == b03
+    assert any("AA/12" in p for p in backend.problems)
+    assert any("AA/12" in r.getMessage() for r in caplog.records)     # logged, named
+    assert not backend.exists(next(n for n in written.planes if n.startswith("AA12")))
+
+
+def test_lazy_plate_entry_names_every_well_and_lists_exactly(tmp_path):
+    from backends.plate import Plate
+    written = write_ome_zarr_py(tmp_path / "entry.ome.zarr", "0.5")
+    plate = Plate.open(written.store, lazy=True)
+    entry = plate.entry()
+    assert entry["inferred_from"] == "B03" and entry["wells"] == ["AA12", "B03"]
+    assert "image_files" not in entry and entry["sites"] == [1, 2]
+    assert entry["pixel_size"] == pytest.approx(PIXEL)
+    assert sorted(plate.image_files()) == sorted(written.planes)     # exact, from every well
+    full = Plate.open(written.store).entry()                         # info: read whole
+    assert sorted(full["image_files"]) == sorted(written.planes) and "inferred_from" not in full

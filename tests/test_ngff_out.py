@@ -285,7 +285,7 @@ def test_planes_written_before_a_crash_are_recovered(tmp_path, version):
     """save_batch(flush=False) writes chunks and shapes only (what the mount does per closed
     file); a writer killed before flush() leaves the store marked unflushed. Opening it
     rebuilds the index from the chunks; a writable opening writes valid NGFF again."""
-    from backends.zarr_ngff import output_store
+    from backends.zarr_backend import output_store
     names = ["A01_s001_w1_z001_t001.tif", "A01_s001_w1_z002_t001.tif",
              "A01_s001_w2_z002_t001.tif", "B03_s002_w1_z001_t001.tif"]
     planes = _planes(names)
@@ -311,7 +311,7 @@ def test_planes_written_before_a_crash_are_recovered(tmp_path, version):
 
 
 def test_display_windows_come_from_the_planes_written(tmp_path):
-    from backends.zarr_ngff import output_store
+    from backends.zarr_backend import output_store
     names = ["A01_s001_w1_z001_t001.tif", "A01_s001_w1_z002_t001.tif"]
     dim, bright = np.full((64, 64), 100, np.uint16), np.full((64, 64), 100, np.uint16)
     bright[:32] = 3000

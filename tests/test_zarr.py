@@ -314,7 +314,7 @@ def test_own_store_reads_without_the_root_index(tmp_path, root_key):
     (store / "zarr.json").write_text(json.dumps(doc))
     derived = ZarrStorageBackend(store)
     assert derived.list_files() == indexed.list_files()
-    assert {n: derived._files[n] for n in derived.list_files()} == indexed._files
+    assert {n: derived.index.files[n] for n in derived.list_files()} == indexed.index.files
     name = virtual_name(next(iter(spec.coordinates())))
     assert np.array_equal(derived.load(name), indexed.load(name))
     assert derived.arrays()["B/03/1/0"].pixel_size == indexed.arrays()["B/03/1/0"].pixel_size

@@ -80,7 +80,7 @@ def _build(cfg: MountConfig) -> tuple[object, VfsOperations]:
 
     remote.set_default_options(remote.S3Options(endpoint_url=cfg.s3_endpoint))
     remote.set_default_chunk_cache_bytes(cfg.chunk_cache_mb << 20)
-    plate = Plate.open(cfg.plate)
+    plate = Plate.open(cfg.plate, lazy=True)        # a store: each well read on first use
     if cfg.writable and plate.url is not None:
         raise ValueError("a remote plate cannot be mounted --writable; write results with "
                          "`vfsmount run PIPELINE " + plate.url + "` instead")
@@ -96,7 +96,7 @@ def _build(cfg: MountConfig) -> tuple[object, VfsOperations]:
         if cfg.writable:
             outputs.write_metadata(force=True)   # reconcile after a crash
         if cfg.writable and cfg.materialize == "zarr":
-            from backends.zarr_ngff import load_writer
+            from backends.zarr_backend import load_writer
             load_writer()
     computed = []
     if cfg.pipeline_file:

@@ -314,8 +314,8 @@ class OutputsArea:
         with self.lock:
             st = self._stores.get(sub)
             if st is None and (create or self.has_store(sub)):
-                from backends.zarr_backend import ZarrStorageBackend
-                from backends.zarr_ngff import output_physics, output_store
+                from backends.zarr_backend import ZarrStorageBackend, output_store
+                from backends.zarr_ngff import output_physics
                 # the path is only used once containment says the store is a real folder
                 path = os.path.join(self.root_path, sub + ZARR_SUFFIX)
                 if self.disk is None:

@@ -16,11 +16,16 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from natsort import natsorted
+
 from ..naming import parse_virtual_name
+from ..physics import PlatePhysics
 from .base import (SKIP_DIRS, ImageSet, MicroscopeHandler, PlateScan, scandir_sorted,
                    subdirectory_entry)
 
 NAME = "ome_zarr"
+# why a store's length is not known: its axes give no unit (or none that is a length)
+NO_UNIT = "the store's axes give no length unit"
 PARSER_NAME = "NgffPlateStructure"
 
 
@@ -61,22 +66,60 @@ def plate_stores(folder: Path) -> list[Path]:
     return [Path(d.path) for d in dirs if d.name not in SKIP_DIRS and is_plate_store(d.path)]
 
 
-def store_entry(location: str | os.PathLike, store=None) -> dict:
+def store_entry(location: str | os.PathLike, store=None, *, complete: bool = True) -> dict:
     """The subdirectory entry of one OME-Zarr plate store, local path or ``s3://`` URL
-    (``store``: its ZarrStorageBackend, when already open)."""
+    (``store``: its ZarrStorageBackend, when already open).
+
+    ``complete=False`` (a mount getting ready): every well of the plate is named, but only
+    the first readable well is read; sites, channels, z, t and physics are that well's, and
+    the entry has no ``image_files`` (the names come from the store when first listed, each
+    well read then: see ngff_index.PlaneIndex). ``inferred_from`` names that well."""
     if store is None:
         from ..zarr_backend import ZarrStorageBackend
         store = ZarrStorageBackend(location, mode="r")
-    arrays = list(store.arrays().values())
+    index = store.index
+    sample = None if complete else _first_readable_well(index)
+    if sample is None:
+        names, arrays = store.list_files(), list(store.arrays().values())
+    else:
+        names = [n for n in index.loaded_names() if n.startswith(sample + "_")]
+        arrays = list(index.loaded_arrays().values())
     first = next((a for a in arrays if a.pixel_size), None)
     images = ImageSet("zarr", "zarr")
-    for name in store.list_files():
+    for name in names:
         images.add(parse_virtual_name(name), name)
     scan = PlateScan(OmeZarrHandler(), [images], pixel_size=first.pixel_size if first else None,
-                     channel_names=dict(store.channel_names))
-    return {**subdirectory_entry(scan, images), "path": os.fspath(location),
-            "z_spacing": next((a.z_spacing for a in arrays if a.z_spacing), None),
-            "unit": first.unit if first else None, "problems": list(store.problems)}
+                     channel_names=dict(store.channel_names),
+                     physics=PlatePhysics(z_spacing=next((a.z_spacing for a in arrays
+                                                          if a.z_spacing), None),
+                                          unknown={"z_spacing": NO_UNIT}))
+    entry = subdirectory_entry(scan, images)    # a single z-plane has no spacing, as a vendor's
+    if scan.pixel_size is None:
+        entry["physics_unknown"]["pixel_size"] = NO_UNIT
+    if sample is not None:
+        entry.pop("image_files")
+        entry["wells"] = natsorted({*index.loaded_wells(), *index.pending_wells})
+        entry["inferred_from"] = sample
+    return {**entry, "path": os.fspath(location), "unit": first.unit if first else None,
+            "problems": list(index.problems if sample is not None else store.problems)}
+
+
+SAMPLE_WELLS = 8       # wells tried for the one a lazy entry is inferred from
+
+
+def _first_readable_well(index) -> str | None:
+    """A well read already that has planes, else the first of the next SAMPLE_WELLS wells
+    that has some (read now); None when nothing is pending (the store is read whole)."""
+    pending = index.pending_wells
+    if not pending:
+        return None
+    for well in [None] + pending[:SAMPLE_WELLS]:
+        if well is not None:
+            index.load_wells([well])
+        names = index.loaded_names()
+        if names:
+            return names[0].split("_", 1)[0]
+    return None
 
 
 @dataclass
