@@ -11,6 +11,7 @@ import stat as stat_mod
 import time
 
 from backends.errors import StorageError
+from backends.layout import is_tiff_name
 
 from .nodes import WRITE_FLAGS, FileNode, OpenFile, layout_for
 
@@ -439,7 +440,7 @@ class OutFile(FileNode):
                 area.at_parent(self.rel, os.unlink)
             area.drop_staging(staging)
             return
-        if self.rel.lower().endswith((".tif", ".tiff")):
+        if is_tiff_name(self.rel):
             _check_tiff(fd, self.rel)
         if durable:
             os.fsync(fd)

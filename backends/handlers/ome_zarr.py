@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..naming import parse_virtual_name
-from .base import (SKIP_DIRS, ImageSet, MicroscopeHandler, PlateScan, scandir_sorted,
+from .base import (SKIP_DIRS, ScannedSet, MicroscopeHandler, PlateScan, scandir_sorted,
                    subdirectory_entry)
 
 NAME = "ome_zarr"
@@ -69,7 +69,7 @@ def store_entry(location: str | os.PathLike, store=None) -> dict:
         store = ZarrStorageBackend(location, mode="r")
     arrays = list(store.arrays().values())
     first = next((a for a in arrays if a.pixel_size), None)
-    images = ImageSet("zarr", "zarr")
+    images = ScannedSet("zarr", "zarr")
     for name in store.list_files():
         images.add(parse_virtual_name(name), name)
     scan = PlateScan(OmeZarrHandler(), [images], pixel_size=first.pixel_size if first else None,
