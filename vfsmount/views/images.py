@@ -192,6 +192,7 @@ class CalibratedView:
                        images.modes)
 
     def node(self, row: int) -> ListedFile:
+        self.images.wait_rows(row + 1)          # its size is the stat-ed vendor size's
         if is_tiff_name(self.names[row]):
             node = CalibratedListedFile(self.images, row, self.physics)
         else:
