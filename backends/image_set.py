@@ -8,18 +8,23 @@ as properties, the way zarr-python's ``abc/store.py`` does, so no caller asks a 
 kind, probes it with ``hasattr`` or reads a private field:
 
 - ``serves_files``: every name is a real file (a vendor TIFF behind a mapping, a disk
-  folder): ``real_path``, ``open_fd`` (beneath the plate), and ``backend.stat_sources``
-  where the backend can stat in bulk (``stats_in_bulk``);
+  folder): ``real_path``, ``open_fd`` (beneath the plate), ``source_stat`` (no link
+  followed), and ``stat_sources`` (many rows at once, in order) where the set can stat in
+  bulk (``stats_in_bulk``: a mapping, whose source folders are opened once);
 - ``serves_planes``: every name is a plane of a store (zarr), synthesized as TIFF on read;
 - ``plane(name)`` either way: a :class:`backends.planes.PlaneSource` (shape and dtype
   known without decoding; rows read on demand), and ``read(name)`` the whole plane;
 - ``physics``: pixel size, z spacing, time interval, channel names and facts, each None
   where the plate's metadata does not know it (nothing is invented);
 - ``fields()``: the names grouped by field (well, site) over the set's channels, z-planes
-  and time points.
+  and time points;
+- ``source(name)`` / ``source_rel(name)``: where the pixels live, for people (``info``,
+  ``--xattrs``); ``mtime_ns``: when the set's storage last changed.
 
 :meth:`backends.plate.Plate.image_set` makes one per key and keeps it, so the backend and
-its caches are shared by every view of the set.
+its caches are shared by every view of the set (``Plate.backend(key)`` gives a caller a
+backend of its own). The set reads its metadata entry once; the backend's kind is read here
+and nowhere else.
 """
 from __future__ import annotations
 

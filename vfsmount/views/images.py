@@ -13,6 +13,7 @@ line. Calibrated files are other bytes than the plain folder's, so they have oth
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from ..listing import Columns, ImageDir, ListedFile, ListedImages, reserve_inode
 from ..nodes import DirNode, PassthroughFile
 from ..tiff_layout import CalibratedLayout
 from .base import Mount
-from .flat import folder
+from .flat import SetFiles, folder
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,20 @@ def calibrated(images: ImageSet, plain: DirNode) -> DirNode:
         return plain.alias() if images.stats_in_bulk else _shared(plain)
     if images.stats_in_bulk:
         return ImageDir(plain.mtime_ns, CalibratedView(plain.images, physics))
-    return DirNode(plain.mtime_ns, lambda d: _fill(d, plain, physics))
+    return DirNode(plain.mtime_ns, lambda d: _fill(d, plain, images))
 
 
 def _shared(plain: DirNode) -> DirNode:
     return DirNode(plain.mtime_ns, lambda d: d.share_children(plain))
 
 
-def _fill(directory: DirNode, plain: DirNode, physics: Physics) -> None:
+def _fill(directory: DirNode, plain: DirNode, images: ImageSet) -> None:
+    """``plain``'s files, its TIFFs calibrated (other files are the same nodes)."""
+    files = SetFiles(images)
     for name, node in plain.children():
-        directory.add(name, CalibratedTiff(node, physics) if is_tiff_name(node.name) else node)
+        tiff = is_tiff_name(os.fsdecode(name))
+        directory.add(name, CalibratedTiff(os.fsdecode(name), files, images.physics)
+                      if tiff else node)
 
 
 class Calibration:
@@ -105,8 +110,8 @@ class CalibratedTiff(PassthroughFile):
 
     __slots__ = ("calibration",)
 
-    def __init__(self, plain: PassthroughFile, physics: Physics) -> None:
-        super().__init__(plain.name, plain._source)
+    def __init__(self, name: str, files: SetFiles, physics: Physics) -> None:
+        super().__init__(name, files)
         self.calibration = Calibration(physics)
 
     @property
