@@ -193,9 +193,10 @@ class VirtualWorkspaceBackend(VirtualBackend):
                      on_progress: Callable[[int], None] | None = None
                      ) -> tuple[array, array, array]:
         """(sizes, mtimes in ns, inode numbers) of the sources of ``names``, in that order
-        (filled into ``columns`` if given, and permission bits into a fourth column if it has one); -1 for a source that is missing, not a regular file
-        (a symlink is never followed) or in a folder that leaves the plate (logged). Each source
-        folder is opened once and its files stat-ed relative to it.
+        (filled into ``columns`` if given; permission bits too, into a fourth column if it has
+        one); -1 for a source that is missing, not a regular file (a symlink is never followed)
+        or in a folder that leaves the plate (logged). Each source folder is opened once and its
+        files stat-ed relative to it.
 
         Rows are stat-ed in order, STAT_ROWS at a time, ``on_progress(rows done)`` after each
         batch, so a listing can serve the first rows while the rest are stat-ed. One thread
