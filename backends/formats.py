@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import CorruptDataError, UnsupportedFormatError
 
-TIFF_EXTENSIONS = (".tif", ".tiff")
+from .layout import TIFF_EXTENSIONS  # the one TIFF rule: layout.is_tiff_name
 IMAGE_EXTENSIONS = TIFF_EXTENSIONS
 
 

@@ -8,37 +8,45 @@ as properties, the way zarr-python's ``abc/store.py`` does, so no caller asks a 
 kind, probes it with ``hasattr`` or reads a private field:
 
 - ``serves_files``: every name is a real file (a vendor TIFF behind a mapping, a disk
-  folder): ``real_path``, ``open_fd`` (beneath the plate), and ``backend.stat_sources``
-  where the backend can stat in bulk (``stats_in_bulk``);
+  folder): ``real_path``, ``open_fd`` (beneath the plate), ``source_stat`` (no link
+  followed), and ``stat_sources`` (many rows at once, in order) where the set can stat in
+  bulk (``stats_in_bulk``: a mapping, whose source folders are opened once);
 - ``serves_planes``: every name is a plane of a store (zarr), synthesized as TIFF on read;
 - ``plane(name)`` either way: a :class:`backends.planes.PlaneSource` (shape and dtype
   known without decoding; rows read on demand), and ``read(name)`` the whole plane;
 - ``physics``: pixel size, z spacing, time interval, channel names and facts, each None
   where the plate's metadata does not know it (nothing is invented);
 - ``fields()``: the names grouped by field (well, site) over the set's channels, z-planes
-  and time points.
+  and time points;
+- ``source(name)`` / ``source_rel(name)``: where the pixels live, for people (``info``,
+  ``--xattrs``); ``mtime_ns``: when the set's storage last changed.
 
 :meth:`backends.plate.Plate.image_set` makes one per key and keeps it, so the backend and
-its caches are shared by every view of the set.
+its caches are shared by every view of the set (``Plate.backend(key)`` gives a caller a
+backend of its own). The set reads its metadata entry once; the backend's kind is read here
+and nowhere else.
 """
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from natsort import natsorted
 
 from .containment import Anchor
-from .naming import ParsedName, try_parse_virtual_name
+from .disk import DiskStorageBackend
+from .errors import MetadataError, PathEscapeError
 from .metadata import primary_backend
+from .naming import ParsedName, try_parse_virtual_name
 from .planes import PlaneSource
-
-if TYPE_CHECKING:
-    from .plate import Plate
+from .tiff_planes import TiffFilePlane
+from .virtual_workspace import VirtualWorkspaceBackend
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +103,8 @@ class ImageSet:
 
     def __init__(self, plate: "Plate", key: str) -> None:
         self.plate, self.key = plate, key
-        self.entry = plate.entry(key)
-        kind = primary_backend(self.entry)
+        self.entry = plate.entry(key)          # looked up once: every view asks the set
+        kind = primary_backend(self.entry)     # the one place a backend kind is read
         self.serves_files = kind in FILE_BACKENDS
         self.serves_planes = not self.serves_files
         self.stats_in_bulk = kind == "virtual_workspace"
@@ -106,10 +114,34 @@ class ImageSet:
         return f"ImageSet({self.plate.location!r}, {self.key!r}, {self._kind})"
 
     # -- storage --------------------------------------------------------------------------
+    def open_backend(self):
+        """A new backend serving the names (``Plate.backend``: callers that want their own)."""
+        where = self.entry.get("path")
+        if self._kind == "zarr" and self.key in self.plate.opened:
+            return self.plate.opened[self.key]
+        if self._kind == "zarr":
+            from .zarr_backend import ZarrStorageBackend    # (zarr is imported on first use)
+            return ZarrStorageBackend(where or self.plate.path / self.key, mode="r")
+        if self._kind == "disk":
+            return DiskStorageBackend(root=self.plate.path if self.key == "." else
+                                      self.plate.path / self.key)
+        if self._kind == "virtual_workspace":
+            return VirtualWorkspaceBackend(self.plate.path, self.entry.get("workspace_mapping", {}))
+        raise MetadataError(f"subdirectory {self.key!r} names an unknown backend {self._kind!r}",
+                            path=self.plate.metadata_file)
+
     @cached_property
     def backend(self):
-        """The backend serving the names; opened once and shared by every view of the set."""
-        return self.plate.backend(self.key, self._kind)
+        """The backend serving the names; opened once and shared by every view of the set.
+        A mapping with bad entries still serves the rest: each bad one fails alone (EACCES)."""
+        try:
+            return self.open_backend()
+        except PathEscapeError as e:
+            if "workspace_mapping" not in self.entry:
+                raise
+            log.error("%s: %s; those files are refused, the rest is served", self.key, e)
+            return VirtualWorkspaceBackend(self.plate.path, self.entry["workspace_mapping"],
+                                           strict=False)
 
     @cached_property
     def names(self) -> Sequence[str]:
@@ -119,6 +151,11 @@ class ImageSet:
     def _anchor(self) -> Anchor:
         return Anchor(self.plate.path)
 
+    @property
+    def mtime_ns(self) -> int:
+        """When the set's storage last changed (a store's root; the plate for files)."""
+        return _mtime_ns(getattr(self.backend, "root", None) or self.plate.path)
+
     def real_path(self, name: str) -> Path:
         """The real file behind ``name`` (``serves_files`` only)."""
         if not self.serves_files:
@@ -127,17 +164,41 @@ class ImageSet:
 
     def open_fd(self, name: str) -> int:
         """A read-only descriptor of the file behind ``name``, opened beneath the plate (a
-        symlink swapped in after the check still cannot lead outside)."""
+        symlink swapped in after the check still cannot lead outside; a mapped source is
+        opened relative to its checked folder, no link followed)."""
+        if self.stats_in_bulk:
+            return self.backend.open_source(name)
         return self._anchor.open_file(self.real_path(name))
+
+    def source_stat(self, name: str) -> os.stat_result:
+        """The file behind ``name`` stat-ed as it is now (a link itself, never followed)."""
+        if self.stats_in_bulk:
+            folder, base = self.backend.source(name)
+            return os.stat(os.path.join(folder.path, base), follow_symlinks=False)
+        return os.stat(self.real_path(name))
+
+    def stat_sources(self, names: Sequence[str], columns, on_progress) -> None:
+        """Fill ``columns`` (sizes, mtimes, inodes[, modes]) for ``names`` in order, calling
+        ``on_progress(rows done)`` as rows are stat-ed (``stats_in_bulk`` only)."""
+        if not self.stats_in_bulk:
+            raise TypeError(f"{self!r} does not stat its files in bulk")
+        self.backend.stat_sources(names, columns, on_progress)
 
     def source(self, name: str) -> str:
         """Where ``name``'s pixels live, for people: the real file, or the store and array."""
         return str(self.real_path(name)) if self.serves_files else self.backend.plane(name).source
 
+    def source_rel(self, name: str) -> str:
+        """``source``, with a real file given relative to the plate (what ``--xattrs`` serves)."""
+        if self.stats_in_bulk:
+            return self.backend.source_rel(name)
+        if self.serves_files:
+            return os.path.relpath(self.real_path(name), self.plate.path)
+        return self.backend.plane(name).source
+
     def plane(self, name: str) -> PlaneSource:
         if self.serves_planes:
             return self.backend.plane(name)
-        from .tiff_planes import TiffFilePlane
         return TiffFilePlane.open(self.real_path(name), self.physics.pixel_size)
 
     def read(self, name: str) -> np.ndarray:
@@ -198,3 +259,10 @@ class ImageSet:
 
 def _number(value) -> float | None:
     return None if value in (None, "") else float(value)
+
+
+def _mtime_ns(path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return time.time_ns()

@@ -20,6 +20,16 @@ PROCESSED_DIR = "processed"
 ZARR_DIR = "zarr"
 #: Suffix of the OME-Zarr store an output folder materialized as zarr lives in.
 ZARR_SUFFIX = ".zarr"
+#: The mounted alias of subdirectory "." (a plate of flat files in its root).
+ROOT_ALIAS = "root"
+#: One ImageJ hyperstack per field of the main subdirectory.
+HYPERSTACKS_DIR = "hyperstacks"
+#: The plate's metadata file, in the plate and at the mount's root.
+METADATA_FILE = "openhcs_metadata.json"
+#: Extended attributes served with ``--xattrs``: ``user.vfsmount.well`` and so on.
+XATTR_PREFIX = "user.vfsmount."
+#: What makes a file name a TIFF: its extension, in any case (see ``is_tiff_name``).
+TIFF_EXTENSIONS = (".tif", ".tiff")
 #: The file-system type the kernel reports for our mounts (``/proc/self/mountinfo``).
 FS_TYPE = "fuse.vfsmount"
 FS_SUBTYPE = "vfsmount"
@@ -29,3 +39,13 @@ def output_key(folder: str) -> str:
     """The metadata key of an output folder: ``outputs/<folder>`` (``outputs`` for the top)."""
     folder = folder.strip("/")
     return f"{OUTPUTS_DIR}/{folder}" if folder else OUTPUTS_DIR
+
+
+def is_tiff_name(name: str) -> bool:
+    """The one TIFF-extension rule: ``.tif``/``.tiff`` in any case (``A01.TIF`` is a TIFF)."""
+    return name.lower().endswith(TIFF_EXTENSIONS)
+
+
+def display_name(key: str) -> str:
+    """The mounted folder of metadata subdirectory ``key`` ("." is ``root/``)."""
+    return ROOT_ALIAS if key in (".", "") else key

@@ -43,8 +43,9 @@ from typing import Any, Iterator
 
 from .atomic import atomic_write_bytes
 from .errors import MetadataError, StorageError
+from .layout import METADATA_FILE
 
-METADATA_FILENAME = "openhcs_metadata.json"
+METADATA_FILENAME = METADATA_FILE          # spelled once, in layout.py
 FORMAT_VERSION = 1
 BACKEND_PREFERENCE = ("zarr", "virtual_workspace", "disk")
 

@@ -14,13 +14,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .base import DataSink, get_backend_class
-from .disk import DiskStorageBackend
+from .base import DataSink
 from .errors import MetadataError, PlateFormatError
 from .handlers import PlateScan, detect_handler, refuse_unsupported
 from .handlers.ome_zarr import is_zarr_store, store_entry
-from .metadata import (cache_root, image_set_entry, main_subdirectory, metadata_path,
-                       primary_backend, read_metadata, update_metadata)
+from .image_set import ImageSet
+from .metadata import (cache_root, main_subdirectory, metadata_path, primary_backend,
+                       read_metadata, update_metadata)
 from .remote import is_url
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,10 @@ class Plate:
     def open(cls, path: str | os.PathLike, *, rescan: bool = False, lazy: bool = False) -> "Plate":
         """Open a plate, indexing it first if it has no metadata (or ``rescan``). ``lazy``: a
         store's wells are read when first used (a mount: ready at once, whatever its size)."""
-        if is_url(path) or is_zarr_store(path):
-            return open_store_plate(path, lazy=lazy)
+        if is_url(path):                # decided here, once: Plate.url says it from now on
+            return open_store_plate(os.fspath(path).rstrip("/"), remote=True, lazy=lazy)
+        if is_zarr_store(path):
+            return open_store_plate(os.path.realpath(path), remote=False, lazy=lazy)
         plate = Path(path).absolute()
         if not plate.is_dir():
             refuse_unsupported(plate)   # an .nd2/.czi/... file named as the plate
@@ -76,12 +78,19 @@ class Plate:
             raise MetadataError(f"plate has no subdirectory {key!r} (has: {list(self.subdirectories)})",
                                 path=self.metadata_file) from None
 
-    def image_set(self, key: str | None = None) -> "ImageSet":
+    def choose_main(self, key: str) -> None:
+        """Serve subdirectory ``key`` as the main one (``mount --subdir``), for this Plate only:
+        nothing is written."""
+        self.entry(key)   # raises with the list of subdirectories
+        self.metadata = {**self.metadata, "subdirectories": {
+            k: {**v, "main": k == key} for k, v in self.subdirectories.items()}}
+        self.image_sets.clear()
+
+    def image_set(self, key: str | None = None) -> ImageSet:
         """Subdirectory ``key`` (the main one by default) as an image set, made once: every
         view of the set shares its backend and caches."""
         key = self.main if key is None else key
         if key not in self.image_sets:
-            from .image_set import ImageSet
             self.image_sets[key] = ImageSet(self, key)
         return self.image_sets[key]
 
@@ -94,24 +103,10 @@ class Plate:
     def primary_backend(self, key: str | None = None) -> str:
         return primary_backend(self.entry(key))
 
-    def backend(self, key: str | None = None, kind: str | None = None) -> DataSink:
-        """A backend instance serving one subdirectory's flat names."""
-        key = self.main if key is None else key
-        entry = self.entry(key)
-        kind = kind or primary_backend(entry)
-        if kind == "virtual_workspace":
-            cls = get_backend_class(kind)
-            return cls(self.path, entry.get("workspace_mapping", {}))
-        if kind == "zarr" and key in self.opened:
-            return self.opened[key]
-        if kind == "zarr":
-            cls = get_backend_class(kind)
-            where = entry.get("path")
-            return cls(where if is_url(where) else Path(where or self.path / key), mode="r")
-        if kind == "disk":
-            return DiskStorageBackend(root=self.path if key == "." else self.path / key)
-        raise MetadataError(f"subdirectory {key!r} names an unknown backend {kind!r}",
-                            path=self.metadata_file)
+    def backend(self, key: str | None = None) -> DataSink:
+        """A new backend serving one subdirectory's flat names (the mount shares
+        ``image_set(key).backend`` instead)."""
+        return self.image_set(key).open_backend()
 
     @property
     def handler_name(self) -> str:
@@ -131,25 +126,22 @@ def share_mapping_names(doc: dict) -> dict:
     return doc
 
 
-def store_plate_dir(location: str) -> Path:
+def store_plate_dir(location: str, remote: bool) -> Path:
     """The local folder that holds a store plate's metadata (and nothing else)."""
     digest = hashlib.sha256(location.encode()).hexdigest()[:16]
-    return cache_root() / ("remote" if is_url(location) else "stores") / f"{location.rstrip('/').rsplit('/', 1)[-1]}-{digest}"
+    return cache_root() / ("remote" if remote else "stores") / f"{location.rstrip('/').rsplit('/', 1)[-1]}-{digest}"
 
 
-def open_store_plate(location: str | os.PathLike, *, lazy: bool = False) -> Plate:
-    """An OME-Zarr plate store, local or in object storage, as a plate. A remote one is
-    checked first, so a wrong endpoint, credentials or bucket is one clear error here
+def open_store_plate(location: str, remote: bool, *, lazy: bool = False) -> Plate:
+    """An OME-Zarr plate store (a real path, or a URL when ``remote``) as a plate. A remote
+    one is checked first, so a wrong endpoint, credentials or bucket is one clear error here
     rather than EIO on every read later. ``lazy``: see handlers.ome_zarr.store_entry."""
-    if is_url(location):
+    if remote:
         from .remote import check_access
-        location = os.fspath(location).rstrip("/")
         check_access(location, must_exist=True)
-    else:
-        location = os.path.realpath(location)
     from .zarr_backend import ZarrStorageBackend
     store = ZarrStorageBackend(location, mode="r")      # indexed once, served by the mount
-    local = store_plate_dir(location)
+    local = store_plate_dir(location, remote)
     local.mkdir(parents=True, exist_ok=True)
     written = update_metadata(local, {"zarr": store_entry(location, store, complete=not lazy)},
                               main="zarr")
@@ -159,7 +151,7 @@ def open_store_plate(location: str | os.PathLike, *, lazy: bool = False) -> Plat
 def index_plate(path: str | os.PathLike) -> Plate:
     """Detect the format, map every image, and write openhcs_metadata.json."""
     if is_zarr_store(path):             # never write metadata into a store
-        return open_store_plate(path)
+        return open_store_plate(os.path.realpath(path), remote=False)
     plate = Path(path).absolute()
     previous = read_metadata(plate)
     try:

@@ -3,7 +3,7 @@
 Shape and dtype come from the file's first IFD, so they are known without decoding a pixel;
 the pixels are decoded (tifffile + imagecodecs: LZW, Deflate, ...) on first read and kept in
 one byte-bounded LRU cache shared by every file, so the kernel's 128 KiB reads of one plane
-decode it once. ``plane_source`` hides whether a backend's planes are zarr chunks or files.
+decode it once. ``ImageSet.plane`` hides whether a set's planes are zarr chunks or files.
 """
 from __future__ import annotations
 
@@ -79,9 +79,3 @@ class TiffFilePlane:
                                    backend="tiff", path=self.path)
         return np.ascontiguousarray(plane, dtype=self.dtype.newbyteorder("="))
 
-
-def plane_source(backend, name: str, pixel_size: float | None = None):
-    """A PlaneSource for one image of ``backend``: its own (zarr) or the file behind it."""
-    if hasattr(backend, "plane"):
-        return backend.plane(name)
-    return TiffFilePlane.open(backend.real_path(name), pixel_size)

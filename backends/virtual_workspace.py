@@ -193,9 +193,10 @@ class VirtualWorkspaceBackend(VirtualBackend):
                      on_progress: Callable[[int], None] | None = None
                      ) -> tuple[array, array, array]:
         """(sizes, mtimes in ns, inode numbers) of the sources of ``names``, in that order
-        (filled into ``columns`` if given); -1 for a source that is missing, not a regular file
-        (a symlink is never followed) or in a folder that leaves the plate (logged). Each source
-        folder is opened once and its files stat-ed relative to it.
+        (filled into ``columns`` if given; permission bits too, into a fourth column if it has
+        one); -1 for a source that is missing, not a regular file (a symlink is never followed)
+        or in a folder that leaves the plate (logged). Each source folder is opened once and its
+        files stat-ed relative to it.
 
         Rows are stat-ed in order, STAT_ROWS at a time, ``on_progress(rows done)`` after each
         batch, so a listing can serve the first rows while the rest are stat-ed. One thread
@@ -230,7 +231,8 @@ class VirtualWorkspaceBackend(VirtualBackend):
     def _stat_rows(self, names: Sequence[str], rows: range, columns: tuple[array, array, array],
                    folders: dict[str, int]) -> None:
         # The inner loop of a first listing (100,000s of rows): locals only, one lstat a row.
-        sizes, mtimes, inodes = columns
+        sizes, mtimes, inodes = columns[:3]
+        modes = columns[3] if len(columns) > 3 else {}      # permission bits, where asked
         mapping, lstat, is_regular = self._mapping, os.lstat, stat_mod.S_ISREG
         for row in rows:
             rel = mapping.get(names[row])
@@ -248,6 +250,7 @@ class VirtualWorkspaceBackend(VirtualBackend):
                 continue
             if is_regular(st.st_mode):
                 sizes[row], mtimes[row], inodes[row] = st.st_size, st.st_mtime_ns, st.st_ino
+                modes[row] = st.st_mode & 0o777
 
     def _folder_fd(self, folder: str, folders: dict[str, int]) -> int:
         try:

@@ -236,7 +236,7 @@ def test_a_corrupt_plane_fails_one_hyperstack_not_the_daemon(copy_real_plate, mo
 
 def test_fields_past_4_gib_are_split_by_time_point(copy_real_plate, monkeypatch):
     """The split, checked in-process with the 4 GiB limit scaled down to this small plate."""
-    from vfsmount import hyperstack
+    from vfsmount.views import hyperstacks as hyperstack
     from vfsmount.tree import build_tree
     root = copy_real_plate("1well-3C-2S-Zmix-T")
     plate = Plate.open(root)

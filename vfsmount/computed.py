@@ -19,7 +19,7 @@ from backends.cache import ArrayCache
 from backends.naming import ParsedName, parse_virtual_name
 from compute.pipeline import Group, Pipeline, compute_group, group_images, output_layout
 
-from .tree import coordinate_xattrs
+from .views.base import coordinate_xattrs
 
 log = logging.getLogger(__name__)
 

@@ -85,9 +85,7 @@ def _build(cfg: MountConfig) -> tuple[object, VfsOperations]:
         raise ValueError("a remote plate cannot be mounted --writable; write results with "
                          "`vfsmount run PIPELINE " + plate.url + "` instead")
     if cfg.subdir is not None:
-        plate.entry(cfg.subdir)   # raises with the list of subdirectories
-        plate.metadata = {**plate.metadata, "subdirectories": {
-            k: {**v, "main": k == cfg.subdir} for k, v in plate.subdirectories.items()}}
+        plate.choose_main(cfg.subdir)
     outputs = None
     if plate.url is None:   # read-only: an empty folder until PLATE/outputs exists
         outputs = OutputsArea(plate, plate.path / OUTPUTS_DIR, plate.path / STAGING_DIR,
@@ -102,9 +100,10 @@ def _build(cfg: MountConfig) -> tuple[object, VfsOperations]:
     if cfg.pipeline_file:
         from compute.pipeline import load_pipeline_file
         from .computed import ComputedPlanes
-        computed.append(ComputedPlanes(load_pipeline_file(cfg.pipeline_file), plate.backend(),
-                                       plate.image_files(), cache_bytes=cfg.compute_cache_mb << 20,
-                                       pixel_size=plate.entry().get("pixel_size")))
+        main = plate.image_set()
+        computed.append(ComputedPlanes(load_pipeline_file(cfg.pipeline_file), main.backend,
+                                       list(main.names), cache_bytes=cfg.compute_cache_mb << 20,
+                                       pixel_size=main.physics.pixel_size))
     ops = VfsOperations(build_tree(plate, outputs, computed), threads=cfg.threads,
                         xattrs=cfg.xattrs, outputs=outputs)
     return plate, ops

@@ -20,6 +20,7 @@ import os
 import pyfuse3
 import trio
 
+from backends import layout
 from backends.containment import NAME_MAX
 
 from .config import DEFAULT_THREADS
@@ -31,7 +32,7 @@ from .workers import WorkerPool
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 1 << 20           # st_blksize: cp/cat size their reads from it
-XATTR_PREFIX = b"user.vfsmount."
+XATTR_PREFIX = layout.XATTR_PREFIX.encode()
 READDIR_CHUNK = 4096           # rows of a columnar folder sliced at once for one readdir reply
 DIR_HANDLES = 1 << 40          # snapshot directory handles live above every inode number
 
@@ -239,15 +240,18 @@ class VfsOperations(pyfuse3.Operations):
         of listing 100,000s of files: locals only, the columns sliced a reply's worth at a
         time (a reply holds a few thousand rows). A reply that stops at the last row stat-ed
         so far is short, not empty: the kernel asks again from there."""
-        first_inode, names, sizes, mtimes, ready = columns
+        first_inode, names, sizes, mtimes, ready, modes = columns
         reply = pyfuse3.readdir_reply
+        file_type = attr.st_mode & ~0o7777
         for chunk in range(start, ready, READDIR_CHUNK):
             end = min(chunk + READDIR_CHUNK, ready)   # only rows already stat-ed
-            rows = zip(range(chunk, end), names[chunk:end], sizes[chunk:end], mtimes[chunk:end])
-            for row, name, size, mtime_ns in rows:
+            rows = zip(range(chunk, end), names[chunk:end], sizes[chunk:end], mtimes[chunk:end],
+                       modes[chunk:end])
+            for row, name, size, mtime_ns, mode in rows:
                 if size < 0:
                     size = 0               # a missing source, listed as its node's size says
                 attr.st_ino = first_inode + row
+                attr.st_mode = file_type | mode
                 attr.st_size = size
                 attr.st_blocks = (size + 511) >> 9
                 attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = mtime_ns

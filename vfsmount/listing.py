@@ -24,9 +24,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from .hyperstack import Calibrated, is_tiff_name
-from .nodes import DirNode, PassthroughFile, _ReadAhead
-from .tiff_layout import CalibratedLayout
+from .nodes import DirNode, PassthroughFile, _ReadAhead, file_mode
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +46,7 @@ def find_listed(inode: int) -> "ListedFile | None":
     return images.node(row) if row < len(images.names) else None
 
 
-def _reserve_inodes(images: "ListedImages") -> int:
+def reserve_inodes(images: "ListedImages") -> int:
     with _ranges_lock:
         first = _range_starts[-1] + len(_range_sets[-1].names) + 1 if _range_starts \
             else LISTED_INODES
@@ -58,18 +56,19 @@ def _reserve_inodes(images: "ListedImages") -> int:
 
 
 class ListedImages:
-    """The images of one subdirectory served in place from a VirtualWorkspaceBackend;
-    shared by its folder and any alias of it (``images/``), so both show the same inodes."""
+    """The images of one image set that stats its files in bulk (``ImageSet.stats_in_bulk``),
+    served in place; shared by its folder and any view of it (``images/``), so the sources
+    are stat-ed once."""
 
-    def __init__(self, backend, names: Sequence[str], xattrs) -> None:
-        self.backend = backend           # a VirtualWorkspaceBackend
-        self.names = names
+    def __init__(self, images, xattrs) -> None:
+        self.images = images             # a backends.image_set.ImageSet
+        self.names: Sequence[str] = images.names
         self.xattrs = xattrs             # name -> {xattr: value}, asked only with --xattrs
         self.lock = threading.Lock()
         self._stat_progress = threading.Condition(self.lock)
         self.ready = 0                   # rows [0, ready) are stat-ed
         self.first_inode = 0
-        self.sizes = self.mtimes = self.source_inodes = None
+        self.sizes = self.mtimes = self.source_inodes = self.modes = None
         self._hashes: np.ndarray | None = None
         self._order: np.ndarray | None = None
 
@@ -82,14 +81,15 @@ class ListedImages:
                 return
             n = len(self.names)
             self.mtimes, self.source_inodes = array("q", [0]) * n, array("q", [0]) * n
-            self.first_inode = _reserve_inodes(self)
+            self.modes = array("q", [0o644]) * n       # permission bits: the source's own
+            self.first_inode = reserve_inodes(self)
             self.sizes = array("q", [-1]) * n          # set last: stat-ing has begun
         threading.Thread(target=self._stat_all, name="vfsmount-stat", daemon=True).start()
 
     def _stat_all(self) -> None:
         try:
-            self.backend.stat_sources(self.names, (self.sizes, self.mtimes, self.source_inodes),
-                                      self._advance)
+            self.images.stat_sources(self.names, (self.sizes, self.mtimes, self.source_inodes,
+                                                  self.modes), self._advance)
         except Exception:           # the rows not stat-ed stay "missing": listed, reads fail
             log.exception("stat-ing the sources of %d images failed", len(self.names))
         finally:
@@ -139,19 +139,22 @@ class ListedImages:
 
     def columns(self) -> "Columns":
         """The rows as readdir sends them (see ``nodes.DirNode.listing``)."""
-        return Columns(self.first_inode, self.names, self.sizes, self.mtimes, self.ready)
+        return Columns(self.first_inode, self.names, self.sizes, self.mtimes, self.ready,
+                       self.modes)
 
 
 class Columns(NamedTuple):
     """A columnar listing: row i is ``names[i]``, inode ``first_inode + i``, ``sizes[i]``
-    (negative: the source is missing, listed as 0 bytes) and ``mtimes[i]`` in ns; rows
-    [0, ready) are final (``wait_rows`` for more). The columns are sliced, never indexed."""
+    (negative: the source is missing, listed as 0 bytes), ``mtimes[i]`` in ns and
+    ``modes[i]`` (permission bits); rows [0, ready) are final (``wait_rows`` for more). The
+    columns are sliced, never indexed."""
 
     first_inode: int
     names: Sequence[str]
     sizes: Sequence[int]
     mtimes: Sequence[int]
     ready: int
+    modes: Sequence[int]
 
 
 class ListedFile(PassthroughFile):
@@ -164,7 +167,7 @@ class ListedFile(PassthroughFile):
         self.row = row
         self.name = images.names[row]
         self.inode = images.first_inode + row
-        self.mode = stat_mod.S_IFREG | 0o444
+        self.mode = file_mode(images.modes[row])
         self.mtime_ns = images.mtimes[row]     # _seen stays unset: size/refresh use the columns
 
     @property
@@ -175,99 +178,33 @@ class ListedFile(PassthroughFile):
         return size
 
     def path(self):
-        return self._source.backend.real_path(self.name)
+        return self._source.images.real_path(self.name)
 
     def get_xattrs(self) -> dict[bytes, bytes]:
         return self._source.xattrs(self.name)
+
+    def _stat_once(self) -> None:
+        pass                        # the columns hold its mode: no stat per attribute
 
     def refresh(self) -> bool:
         """Re-stat the source (the link itself if it is one: never followed); True if it
         changed since it was listed or last opened (replaced while mounted)."""
         images, row = self._source, self.row
-        folder, base = images.backend.source(self.name)
-        st = os.stat(os.path.join(folder.path, base), follow_symlinks=False)
+        st = images.images.source_stat(self.name)
         seen = (st.st_size, st.st_mtime_ns, st.st_ino)
         changed = seen != (images.sizes[row], images.mtimes[row], images.source_inodes[row])
         images.sizes[row], images.mtimes[row], images.source_inodes[row] = seen
         self.mtime_ns = st.st_mtime_ns
+        images.modes[row] = st.st_mode & 0o777
+        self.mode = file_mode(st.st_mode)
         return changed
 
     def open(self) -> _ReadAhead:
-        fd = self._source.backend.open_source(self.name)
+        fd = self._source.images.open_fd(self.name)
         if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise FileNotFoundError(f"source of {self.name} is not a regular file")
         return _ReadAhead(fd)
-
-
-class CalibratedListedFile(Calibrated, ListedFile):
-    """A listed vendor TIFF behind a calibrated first IFD (``images/``)."""
-
-    __slots__ = ("pixel_size", "_patch")
-
-
-class CalibratedView:
-    """The images of a ListedImages under their own inode range, TIFFs served with a
-    calibrated first IFD (``hyperstack.Calibrated``): other bytes than the plain folder's,
-    so other inodes, or the kernel's page cache would mix the two."""
-
-    def __init__(self, images: ListedImages, pixel_size: float) -> None:
-        self.images, self.pixel_size = images, pixel_size
-        self.names = images.names
-        self.first_inode = 0
-        self._tiff: np.ndarray | None = None       # which rows are TIFFs (served calibrated)
-
-    def load(self) -> None:
-        self.images.load()
-        with self.images.lock:
-            if not self.first_inode:
-                self.first_inode = _reserve_inodes(self)
-
-    @property
-    def complete(self) -> bool:
-        return self.images.complete
-
-    def wait_rows(self, stop: int) -> None:
-        self.images.wait_rows(stop)
-
-    def row_of(self, name: str) -> int | None:
-        return self.images.row_of(name)
-
-    def columns(self) -> Columns:
-        """As ListedImages.columns, with the sizes the calibrated files are served with."""
-        if self._tiff is None:
-            self._tiff = np.fromiter(map(is_tiff_name, self.names), dtype=bool,
-                                     count=len(self.names))
-        images = self.images
-        return Columns(self.first_inode, self.names, _ServedSizes(images.sizes, self._tiff),
-                       images.mtimes, images.ready)
-
-    def node(self, row: int) -> ListedFile:
-        if not is_tiff_name(self.names[row]):
-            node = ListedFile(self.images, row)
-        else:
-            node = CalibratedListedFile(self.images, row)
-            node.pixel_size, node._patch = self.pixel_size, None
-        node.inode = self.first_inode + row
-        return node
-
-
-class _ServedSizes:
-    """The sizes of a CalibratedView's files, computed a slice at a time from the vendor
-    sizes (readdir slices a reply's worth): no second column to keep in step with them."""
-
-    __slots__ = ("vendor", "tiff")
-
-    def __init__(self, vendor: array, tiff: np.ndarray) -> None:
-        self.vendor, self.tiff = vendor, tiff
-
-    def __len__(self) -> int:
-        return len(self.vendor)
-
-    def __getitem__(self, rows: slice) -> list[int]:
-        vendor = np.frombuffer(self.vendor[rows], dtype=np.int64)
-        calibrated = self.tiff[rows] & (vendor >= 0)     # a missing source stays negative
-        return np.where(calibrated, CalibratedLayout.served_sizes(vendor), vendor).tolist()
 
 
 class _EncodedNames:
@@ -305,10 +242,6 @@ class ImageDir(DirNode):
     def alias(self) -> "ImageDir":
         """Another folder (own inode) showing the same files (same inodes)."""
         return ImageDir(self.mtime_ns, self.images)
-
-    def calibrated(self, pixel_size: float) -> "ImageDir":
-        """Another folder showing the same images with a calibrated first IFD (own inodes)."""
-        return ImageDir(self.mtime_ns, CalibratedView(self.images, pixel_size))
 
     def get(self, name: bytes):
         self._ensure()

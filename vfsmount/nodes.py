@@ -56,6 +56,19 @@ ATTR_TIMEOUT = 3600.0          # seconds: the read-only tree does not change und
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 
 
+#: Permission bits in the read-only tree. As on a read-only mount of a real file system, a
+#: file shows its own mode (a vendor file its source's, a file made here 0644) and a folder
+#: 0755, so that ``cp -r`` makes copies the user can edit; a write through the mount is still
+#: refused by the node (EROFS), never by the mode.
+SYNTHESIZED_MODE = 0o644
+DIR_MODE = 0o755
+
+
+def file_mode(st_mode: int) -> int:
+    """A regular file's mode in the mount from its source's ``st_mode``: the permission bits."""
+    return stat_mod.S_IFREG | (st_mode & 0o777)
+
+
 def next_inode() -> int:
     return next(_inodes)
 
@@ -189,7 +202,7 @@ class DirNode(Node):
     __slots__ = ("_children", "_names", "_populate")
 
     def __init__(self, mtime_ns: int, populate: Callable[["DirNode"], None] | None = None,
-                 mode: int = 0o555, inode: int | None = None) -> None:
+                 mode: int = DIR_MODE, inode: int | None = None) -> None:
         super().__init__(stat_mod.S_IFDIR | mode, mtime_ns, inode=inode)
         self._children: dict[bytes, Node] = {}
         self._names: list[bytes] | None = None
@@ -305,7 +318,7 @@ class BytesFile(FileNode):
     __slots__ = ("data",)
     cheap = True
 
-    def __init__(self, data: bytes, mtime_ns: int, mode: int = 0o444) -> None:
+    def __init__(self, data: bytes, mtime_ns: int, mode: int = SYNTHESIZED_MODE) -> None:
         super().__init__(stat_mod.S_IFREG | mode, mtime_ns)
         self.data = data
 
@@ -317,16 +330,36 @@ class BytesFile(FileNode):
         return self.data[offset:offset + length]
 
 
+_NODE_MODE = Node.__dict__["mode"]      # the slot, under PassthroughFile's ``mode`` property
+
+
 class PassthroughFile(FileNode):
-    """A real file read in place, found through the directory's shared PathSource."""
+    """A real file read in place, found through the directory's shared PathSource; its mode is
+    its source's (stat-ed once, with its size)."""
 
     __slots__ = ("name", "_source", "_seen")
 
-    def __init__(self, name: str, source: PathSource, mode: int = 0o444) -> None:
+    def __init__(self, name: str, source: PathSource, mode: int = SYNTHESIZED_MODE) -> None:
         super().__init__(stat_mod.S_IFREG | mode, 0)
         self.name = name
         self._source = source
         self._seen: tuple[int, int, int] | None = None     # (size, mtime_ns, inode) of the source
+
+    @property
+    def mode(self) -> int:
+        self._stat_once()
+        return _NODE_MODE.__get__(self, type(self))
+
+    @mode.setter
+    def mode(self, value: int) -> None:
+        _NODE_MODE.__set__(self, value)
+
+    def _stat_once(self) -> None:
+        if self._seen is None:
+            try:
+                self.refresh()
+            except Exception:       # a missing or refused source: its size and open say so
+                pass
 
     def path(self) -> Path:
         return self._source.path(self.name)
@@ -341,6 +374,7 @@ class PassthroughFile(FileNode):
         changed = self._seen is not None and seen != self._seen
         self._seen = seen
         self.mtime_ns = st.st_mtime_ns
+        self.mode = file_mode(st.st_mode)
         return changed
 
     def source_changed(self) -> bool:
@@ -405,7 +439,7 @@ class SynthesizedTiff(FileNode):
     __slots__ = ("name", "_source", "_plane", "_layout")
 
     def __init__(self, name: str, source: PlaneSourceFactory, mtime_ns: int) -> None:
-        super().__init__(stat_mod.S_IFREG | 0o444, mtime_ns)
+        super().__init__(stat_mod.S_IFREG | SYNTHESIZED_MODE, mtime_ns)
         self.name = name
         self._source = source
         self._plane = None

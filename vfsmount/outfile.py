@@ -22,6 +22,7 @@ import stat as stat_mod
 import time
 
 from backends.errors import StorageError
+from backends.layout import is_tiff_name
 
 from .errors import CommitError
 from .nodes import WRITE_FLAGS, FileNode, OpenFile, layout_for
@@ -142,7 +143,7 @@ class FileStorage:
             self.area.disk.unlink(self.rel)
 
     def store(self, fd: int, staging: str, durable: bool) -> None:
-        if self.rel.lower().endswith((".tif", ".tiff")):
+        if is_tiff_name(self.rel):
             _check_tiff(fd, self.rel)
         if durable:
             os.fsync(fd)

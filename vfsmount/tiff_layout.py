@@ -330,14 +330,23 @@ def _chain(ifds: list[list], sizes: list[int], data_offset: int) -> bytes:
 #: Tags whose entries are copied from the vendor's first IFD: what it takes to decode its pixels.
 _COPIED_TAGS = frozenset((256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 317, 320, 322,
                           323, 324, 325, 338, 339, 347))
-_CALIBRATED_DESCRIPTION = imagej_description(1.0)          # says unit=micron; same length always
-_TRAILER_SIZE = (2 + 12 * (len(_COPIED_TAGS) + 4) + 4       # the IFD, at its largest
-                 + len(_CALIBRATED_DESCRIPTION) + (len(_CALIBRATED_DESCRIPTION) & 1) + 16)
+@functools.lru_cache(maxsize=16)
+def _calibrated_description(z_spacing: float | None) -> bytes:
+    """The ImageJ description of a calibrated IFD: ``unit=micron`` and the z spacing, if
+    known. Its length depends on the z spacing alone (one per image set), never on the pixel
+    size, so a served size needs only the vendor file's size."""
+    return imagej_description(1.0, z_spacing)
 
 
-def _calibrated_size(vendor_size):
+def _trailer_size(z_spacing: float | None) -> int:
+    description = _calibrated_description(z_spacing)
+    return (2 + 12 * (len(_COPIED_TAGS) + 4) + 4         # the IFD, at its largest
+            + len(description) + (len(description) & 1) + 16)
+
+
+def _calibrated_size(vendor_size, z_spacing: float | None = None):
     """Vendor bytes, a pad byte to the IFD's word boundary, the new IFD (ints or arrays)."""
-    return vendor_size + (vendor_size & 1) + _TRAILER_SIZE
+    return vendor_size + (vendor_size & 1) + _trailer_size(z_spacing)
 
 
 @dataclass(frozen=True)
@@ -352,10 +361,13 @@ class CalibratedLayout:
     strip offsets and out-of-line arrays still point where they did, with the vendor's
     compression and predictor. Added: X/YResolution in pixels per micron, resolution unit none
     and an ImageJ description with ``unit=micron`` (how ImageJ and Bio-Formats read a pixel
-    size). The new IFD's next-IFD offset is the vendor's, so further pages stay reachable.
+    size) and, where the plate knows it, ``spacing=`` (ImageJ's voxel depth: an Image Sequence
+    import of the flat files gets the instrument's z step). The new IFD's next-IFD offset is
+    the vendor's, so further pages stay reachable.
     """
 
     vendor_size: int
+    z_spacing: float | None = None
 
     @property
     def ifd_offset(self) -> int:
@@ -363,17 +375,17 @@ class CalibratedLayout:
 
     @property
     def size(self) -> int:
-        return _calibrated_size(self.vendor_size)
+        return _calibrated_size(self.vendor_size, self.z_spacing)
 
     @property
     def fits(self) -> bool:
         return self.size <= CLASSIC_LIMIT
 
     @staticmethod
-    def served_sizes(vendor_sizes: "np.ndarray") -> "np.ndarray":
+    def served_sizes(vendor_sizes: "np.ndarray", z_spacing: float | None = None) -> "np.ndarray":
         """``size`` where it ``fits``, else the vendor size (served as it is), for a whole
         column of vendor sizes at once: what a listing of 100,000 files needs."""
-        calibrated = _calibrated_size(vendor_sizes)
+        calibrated = _calibrated_size(vendor_sizes, z_spacing)
         return np.where(calibrated <= CLASSIC_LIMIT, calibrated, vendor_sizes)
 
     def patch(self, path, pixel_size: float) -> tuple[bytes, bytes]:
@@ -390,8 +402,9 @@ class CalibratedLayout:
         kept = [raw[i:i + 12] for i in range(0, 12 * n, 12)
                 if struct.unpack(bo + "H", raw[i:i + 2])[0] in _COPIED_TAGS]
         next_ifd = struct.unpack(bo + "I", raw[12 * n:12 * n + 4])[0]
-        ifd = _calibrated_ifd(kept, pixel_size, bo, self.ifd_offset, next_ifd)
-        trailer = b"\0" * (self.vendor_size & 1) + ifd.ljust(_TRAILER_SIZE, b"\0")
+        ifd = _calibrated_ifd(kept, pixel_size, bo, self.ifd_offset, next_ifd,
+                              _calibrated_description(self.z_spacing))
+        trailer = b"\0" * (self.vendor_size & 1) + ifd.ljust(_trailer_size(self.z_spacing), b"\0")
         return tiff_head(self.ifd_offset, byteorder=bo), trailer
 
     def read(self, offset: int, length: int, read_vendor: Callable[[int, int], bytes],
@@ -414,12 +427,12 @@ class CalibratedLayout:
 
 
 def _calibrated_ifd(kept: list[bytes], pixel_size: float, byteorder: str, at: int,
-                    next_ifd: int) -> bytes:
+                    next_ifd: int, description: bytes) -> bytes:
     """The vendor's raw entries ``kept`` and the calibration's, as one IFD placed at ``at``."""
     n = len(kept) + 4
     values_at = at + 2 + 12 * n + 4
     # the calibration's 4 entries, encoded as if their IFD ended where this one's values start
-    own = encode_ifd(_calibration_entries(_CALIBRATED_DESCRIPTION, pixel_size),
+    own = encode_ifd(_calibration_entries(description, pixel_size),
                      values_at - (2 + 12 * 4 + 4), byteorder=byteorder)
     entries = kept + [own[2 + 12 * i:14 + 12 * i] for i in range(4)]
     entries.sort(key=lambda entry: struct.unpack(byteorder + "H", entry[:2])[0])

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from ..errors import PlateFormatError
-from .base import ImageSet, MicroscopeHandler, PlateScan
+from .base import ScannedSet, MicroscopeHandler, PlateScan
 from .imagexpress import ImageXpressHandler
 from .ome_zarr import OmeZarrHandler
 from .openhcs import OpenHCSHandler
@@ -53,5 +53,5 @@ def refuse_unsupported(plate: Path) -> None:
 
 
 __all__ = ["HANDLERS", "HANDLERS_BY_NAME", "detect_handler", "MicroscopeHandler", "PlateScan",
-           "ImageSet", "ImageXpressHandler", "OperaPhenixHandler", "OpenHCSHandler",
+           "ScannedSet", "ImageXpressHandler", "OperaPhenixHandler", "OpenHCSHandler",
            "OmeZarrHandler", "refuse_unsupported", "SUPPORTED_FORMATS"]

@@ -15,14 +15,15 @@ from ..physics import ChannelInfo, PlatePhysics
 
 log = logging.getLogger(__name__)
 
-TIFF_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
 # Directories a handler never descends into: our own outputs and stores.
 SKIP_DIRS = frozenset({"zarr", "outputs", "__pycache__"})
 
 
 @dataclass
-class ImageSet:
-    """Images that appear together as one flat directory (one metadata subdirectory)."""
+class ScannedSet:
+    """Images a handler found that appear together as one flat directory (one metadata
+    subdirectory), before any metadata is written; the mount's view of a subdirectory is
+    ``backends.image_set.ImageSet``."""
 
     key: str
     backend: str                                     # "virtual_workspace" or "disk"
@@ -45,7 +46,7 @@ class PlateScan:
     """What a handler found in a plate."""
 
     handler: "MicroscopeHandler"
-    image_sets: list[ImageSet]
+    image_sets: list[ScannedSet]
     grid_dimensions: list[int] | None = None
     pixel_size: float | None = None
     channel_names: dict[int, str | None] = field(default_factory=dict)
@@ -58,7 +59,7 @@ class PlateScan:
         return {s.key: subdirectory_entry(self, s) for s in self.image_sets if s.images}
 
 
-def subdirectory_entry(scan: PlateScan, s: ImageSet) -> dict:
+def subdirectory_entry(scan: PlateScan, s: ScannedSet) -> dict:
     images = s.images
     names = sorted(images, key=lambda n: natural_key(images[n]))
     coords = s.images.values()

@@ -21,7 +21,8 @@ from pathlib import Path
 from ..errors import MetadataError, PlateFormatError
 from ..naming import ParsedName, normalize_well
 from ..physics import ChannelInfo, PlatePhysics, median_step, to_micrometers
-from .base import (SKIP_DIRS, TIFF_SUFFIXES, ImageSet, MicroscopeHandler, PlateScan,
+from ..layout import is_tiff_name
+from .base import (SKIP_DIRS, ScannedSet, MicroscopeHandler, PlateScan,
                    scandir_sorted)
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,12 @@ class ImageXpressHandler(MicroscopeHandler):
         dirs, files = scandir_sorted(str(plate))
         if any(TIMEPOINT_DIR.match(d.name) or ZSTEP_DIR.match(d.name) for d in dirs):
             return True
-        return any(f.name.endswith(TIFF_SUFFIXES) and parse_name(f.name) is not None for f in files)
+        return any(is_tiff_name(f.name) and parse_name(f.name) is not None for f in files)
 
     def scan(self, plate: Path) -> PlateScan:
         plate = Path(plate)
-        workspace = ImageSet("workspace", "virtual_workspace")
-        projection = ImageSet("projection", "virtual_workspace")
+        workspace = ScannedSet("workspace", "virtual_workspace")
+        projection = ScannedSet("projection", "virtual_workspace")
         scan = PlateScan(self, [workspace, projection])
         htd = find_htd(plate)
         if htd is not None:
@@ -133,7 +134,7 @@ class ImageXpressHandler(MicroscopeHandler):
             target = projection if (has_zsteps and z is None) else workspace
             for f in files:
                 name = f.name
-                if not name.endswith(TIFF_SUFFIXES):
+                if not is_tiff_name(name):
                     continue
                 if "_thumb" in name:      # thumbnails are never images of the plate
                     scan.ignored += 1
@@ -194,7 +195,7 @@ def _first_series(images: dict[str, ParsedName], along: str) -> list[str]:
     return []
 
 
-def read_physics(plate: Path, image_sets: list[ImageSet]) -> tuple[float | None, PlatePhysics]:
+def read_physics(plate: Path, image_sets: list[ScannedSet]) -> tuple[float | None, PlatePhysics]:
     """(pixel size in um, the rest of the physics) from the MetaSeries tags of a few images:
     one per channel, one z series (z spacing) and one time series (interval) of the first
     image set (the z-stacks when there are projections beside them)."""
@@ -221,7 +222,7 @@ def read_physics(plate: Path, image_sets: list[ImageSet]) -> tuple[float | None,
     return pixel_size, physics
 
 
-def _series_step(plate: Path, image_set: ImageSet, along: str, tag: str) -> float | None:
+def _series_step(plate: Path, image_set: ScannedSet, along: str, tag: str) -> float | None:
     values = []
     for name in _first_series(image_set.images, along):
         value = (_plane_info(plate / image_set.sources[name]) or {}).get(tag)

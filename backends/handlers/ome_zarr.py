@@ -20,7 +20,7 @@ from natsort import natsorted
 
 from ..naming import parse_virtual_name
 from ..physics import PlatePhysics
-from .base import (SKIP_DIRS, ImageSet, MicroscopeHandler, PlateScan, scandir_sorted,
+from .base import (SKIP_DIRS, MicroscopeHandler, ScannedSet, PlateScan, scandir_sorted,
                    subdirectory_entry)
 
 NAME = "ome_zarr"
@@ -85,7 +85,7 @@ def store_entry(location: str | os.PathLike, store=None, *, complete: bool = Tru
         names = [n for n in index.loaded_names() if n.startswith(sample + "_")]
         arrays = list(index.loaded_arrays().values())
     first = next((a for a in arrays if a.pixel_size), None)
-    images = ImageSet("zarr", "zarr")
+    images = ScannedSet("zarr", "zarr")
     for name in names:
         images.add(parse_virtual_name(name), name)
     scan = PlateScan(OmeZarrHandler(), [images], pixel_size=first.pixel_size if first else None,

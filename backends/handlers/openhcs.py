@@ -10,7 +10,8 @@ from pathlib import Path
 
 from ..errors import PlateFormatError
 from ..naming import try_parse_virtual_name
-from .base import TIFF_SUFFIXES, ImageSet, MicroscopeHandler, PlateScan, scandir_sorted
+from ..layout import is_tiff_name
+from .base import ScannedSet, MicroscopeHandler, PlateScan, scandir_sorted
 
 
 class OpenHCSHandler(MicroscopeHandler):
@@ -20,15 +21,15 @@ class OpenHCSHandler(MicroscopeHandler):
     @classmethod
     def detect(cls, plate: Path) -> bool:
         _dirs, files = scandir_sorted(str(plate))
-        tiffs = [f.name for f in files if f.name.endswith(TIFF_SUFFIXES)]
+        tiffs = [f.name for f in files if is_tiff_name(f.name)]
         return bool(tiffs) and all(try_parse_virtual_name(n) for n in tiffs)
 
     def scan(self, plate: Path) -> PlateScan:
-        images = ImageSet(".", "disk")
+        images = ScannedSet(".", "disk")
         scan = PlateScan(self, [images])
         _dirs, files = scandir_sorted(str(plate))
         for f in files:
-            if not f.name.endswith(TIFF_SUFFIXES):
+            if not is_tiff_name(f.name):
                 continue
             parsed = try_parse_virtual_name(f.name)
             if parsed is None:

@@ -15,7 +15,8 @@ from pathlib import Path
 from ..errors import MetadataError, PlateFormatError
 from ..naming import ParsedName, row_letters
 from ..physics import ChannelInfo, PlatePhysics, median_step, to_micrometers
-from .base import TIFF_SUFFIXES, ImageSet, MicroscopeHandler, PlateScan, scandir_sorted
+from ..layout import is_tiff_name
+from .base import ScannedSet, MicroscopeHandler, PlateScan, scandir_sorted
 
 NAME = re.compile(r"^r(?P<row>\d+)c(?P<col>\d+)f(?P<field>\d+)p(?P<plane>\d+)-ch(?P<channel>\d+)"
                   r"sk(?P<sk>\d+)fk\d+fl\d+(?P<ext>\.tiff?)$", re.IGNORECASE)
@@ -137,7 +138,7 @@ class OperaPhenixHandler(MicroscopeHandler):
             raise PlateFormatError("no Index.idx.xml / Index.xml found", path=plate)
         index, images_dir = found
         info = parse_index(index)
-        images = ImageSet("workspace", "virtual_workspace")
+        images = ScannedSet("workspace", "virtual_workspace")
         scan = PlateScan(self, [images], grid_dimensions=info["grid"], pixel_size=info["pixel_size"],
                          channel_names=info["channels"], physics=info["physics"])
         prefix = "" if images_dir == plate else images_dir.relative_to(plate).as_posix() + "/"
@@ -146,7 +147,7 @@ class OperaPhenixHandler(MicroscopeHandler):
         except OSError as e:
             raise PlateFormatError("cannot read image directory", path=images_dir, cause=e) from e
         for f in files:
-            if not f.name.endswith(TIFF_SUFFIXES):
+            if not is_tiff_name(f.name):
                 continue
             parsed = parse_name(f.name)
             if parsed is None:
