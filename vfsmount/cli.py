@@ -10,9 +10,11 @@ command line); a traceback is printed only with ``--log-level debug``.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -461,7 +463,26 @@ COMMANDS: dict[str, Command] = {
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):   # one line, not argparse's usage block
+        choice = re.match(r"argument .*: invalid choice: '(.*)' \(choose from (.*)\)$", message)
+        if choice:   # a misspelt command or choice: name the closest one
+            message += did_you_mean(choice[1], re.findall(r"'([^']*)'", choice[2]))
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def did_you_mean(word: str, candidates) -> str:
+    """`` (did you mean `--writable`?)`` for the closest candidate, or nothing (Python 3.11's
+    argparse has no suggest_on_error)."""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _refuse_unknown_options(parser: argparse.ArgumentParser, args, extras: list[str]) -> None:
+    """What argparse left unparsed, each with the closest option of its command."""
+    sub = parser.commands.get(getattr(args, "command", None)) or parser
+    options = {s for p in {parser, sub} for a in p._actions for s in a.option_strings}
+    first = extras[0]
+    hint = did_you_mean(first.split("=", 1)[0], options) if first.startswith("-") else ""
+    sub.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
 
 
 def _log_level(text: str) -> str:
@@ -510,7 +531,9 @@ def _check_dependent_options(parser: argparse.ArgumentParser, args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _refuse_unknown_options(parser, args, extras)
     _check_dependent_options(parser, args)
     logging.basicConfig(level=(args.log_level or "warning").upper(),
                         format="%(levelname)s %(name)s: %(message)s")

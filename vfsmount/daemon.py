@@ -82,8 +82,12 @@ def _build(cfg: MountConfig) -> tuple[object, VfsOperations]:
     remote.set_default_chunk_cache_bytes(cfg.chunk_cache_mb << 20)
     plate = Plate.open(cfg.plate)
     if cfg.writable and plate.url is not None:
-        raise ValueError("a remote plate cannot be mounted --writable; write results with "
-                         "`vfsmount run PIPELINE " + plate.url + "` instead")
+        from compute.output_sink import remote_outputs_root   # where `run` puts its results
+        raise ValueError(f"{plate.url} is an OME-Zarr store given directly, and a store is "
+                         "only mounted read-only (nothing is ever written into it): mount it "
+                         "without --writable, and write results with `vfsmount run PIPELINE "
+                         f"{plate.url}` (results go beside the store, to "
+                         f"{remote_outputs_root(plate.url)}/)")
     if cfg.subdir is not None:
         plate.entry(cfg.subdir)   # raises with the list of subdirectories
         plate.metadata = {**plate.metadata, "subdirectories": {

@@ -1,0 +1,98 @@
+"""What a user reads must be true (issue 31): error words, stale mounts after convert, `info FILE`,
+a hands-off mode for instrument shares, packaged examples, measurement CSV columns, option
+suggestions, and logs without false alarms. Everything through the command line as typed.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from backends.sample_plates import PlateSpec, make_imagexpress_plate
+from vfsmount.control import is_mounted, unmount
+
+from .conftest import run_cli
+
+SPEC = PlateSpec(wells=("A01", "B02"), sites=1, channels=2, z=2, t=1, shape=(32, 48))
+
+
+@pytest.fixture(scope="module")
+def plate_template(tmp_path_factory) -> Path:
+    return make_imagexpress_plate(tmp_path_factory.mktemp("tpl") / "plate", SPEC)
+
+
+@pytest.fixture
+def plate(plate_template, tmp_path) -> Path:
+    dest = tmp_path / "plate"
+    shutil.copytree(plate_template, dest)
+    return dest
+
+
+@pytest.fixture
+def cli_mounts():
+    made: list[Path] = []
+    yield made
+    for mnt in made:
+        if is_mounted(mnt):
+            unmount(mnt)
+
+
+def cli_mount(cli_mounts: list[Path], plate: Path, mnt: Path, *extra: str,
+              check: bool = True) -> subprocess.CompletedProcess:
+    mnt.mkdir(exist_ok=True)
+    cli_mounts.append(mnt)
+    return run_cli("mount", str(plate), str(mnt), *extra, check=check)
+
+
+def error_line(res: subprocess.CompletedProcess, code: int = 1) -> str:
+    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    return lines[0]
+
+
+# -- 3: wrong words ---------------------------------------------------------------------------
+
+def test_a_store_given_directly_is_read_only_in_true_words(plate, tmp_path, cli_mounts):
+    store = tmp_path / "local.zarr"
+    run_cli("convert", str(plate), "--output", str(store), "--no-progress")
+    line = error_line(cli_mount(cli_mounts, store, tmp_path / "mnt", "--writable", check=False))
+    assert "remote" not in line, line
+    assert "given directly" in line and "read-only" in line and "without --writable" in line
+    assert f"vfsmount run PIPELINE {store}" in line and str(tmp_path / "local.outputs") in line
+
+
+def test_a_missing_mount_point_is_said_to_be_missing(plate, tmp_path):
+    line = error_line(run_cli("mount", str(plate), str(tmp_path / "nowhere"), check=False))
+    assert "does not exist" in line and "not a directory" not in line, line
+    (tmp_path / "afile").write_text("x")
+    line = error_line(run_cli("mount", str(plate), str(tmp_path / "afile"), check=False))
+    assert "is not a directory" in line, line
+
+
+# -- 12: near-miss options --------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, suggestion", [
+    (["mount", "P", "M", "--writeable"], "`--writable`"),
+    (["mount", "P", "M", "--materialise", "zarr"], "`--materialize`"),
+    (["info", "P", "--jsno"], "`--json`"),
+    (["convert", "P", "--compressor", "zstdd"], "`zstd`"),
+    (["mout", "P", "M"], "`mount`"),
+])
+def test_near_miss_options_get_a_suggestion(argv, suggestion):
+    line = error_line(run_cli(*argv, check=False), code=2)
+    assert f"did you mean {suggestion}?" in line, line
+
+
+def test_a_far_miss_gets_no_suggestion():
+    line = error_line(run_cli("mount", "P", "M", "--xyzzy", check=False), code=2)
+    assert "unrecognized arguments: --xyzzy" in line and "did you mean" not in line, line
