@@ -96,3 +96,33 @@ def test_near_miss_options_get_a_suggestion(argv, suggestion):
 def test_a_far_miss_gets_no_suggestion():
     line = error_line(run_cli("mount", "P", "M", "--xyzzy", check=False), code=2)
     assert "unrecognized arguments: --xyzzy" in line and "did you mean" not in line, line
+
+
+# -- 4: convert under a mount; `info FILE` names the real plate --------------------------------
+
+def test_convert_of_a_mounted_plate_is_refused_and_info_file_names_the_plate(plate, tmp_path,
+                                                                             cli_mounts):
+    mnt = tmp_path / "mnt"
+    cli_mount(cli_mounts, plate, mnt)
+    line = error_line(run_cli("convert", str(plate), "--no-progress", check=False))
+    assert f"mounted on {mnt}" in line and f"vfsmount umount {mnt}" in line, line
+    assert not (plate / "zarr").exists()
+    name = sorted(os.listdir(mnt / "images"))[0]          # A01_s001_w1_z001_t001.tif
+    facts = json.loads(run_cli("info", str(mnt / "images" / name), "--json").stdout)
+    real = os.path.realpath(plate)
+    assert facts["plate"] == real
+    assert facts["source"].startswith(real + "/") and str(mnt) not in facts["source"]
+    assert os.path.isfile(facts["source"])
+    channel_names = json.loads((plate / "openhcs_metadata.json").read_text())[
+        "subdirectories"]["workspace"]["channel_names"]
+    assert facts["channel"] == 1 and facts["channel_name"] == channel_names["1"]
+    text = run_cli("info", str(mnt / "images" / name)).stdout
+    assert re.search(rf"^channel: 1 \({re.escape(channel_names['1'])}\)$", text, re.M), text
+
+    # unmounted, convert goes ahead; remounted, info names the store in the plate
+    run_cli("umount", str(mnt))
+    run_cli("convert", str(plate), "--no-progress")
+    cli_mount(cli_mounts, plate, mnt)
+    facts = json.loads(run_cli("info", str(mnt / "images" / name), "--json").stdout)
+    assert facts["source"].startswith(os.path.join(real, "zarr") + "/"), facts
+    assert facts["channel_name"] == channel_names["1"]

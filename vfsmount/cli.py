@@ -173,6 +173,7 @@ def _cmd_convert(args) -> int:
     from backends.zarr_config import ZarrConfig
     if args.output is None:
         _refuse_read_only(args.plate, "give --output DIR for the OME-Zarr store")
+    _refuse_mounted(args.plate)
     config = ZarrConfig(chunk_strategy=args.chunk_strategy, compressor=args.compressor,
                         compression_level=args.level, ngff_version=args.ngff_version,
                         pyramid_levels=args.levels)
@@ -289,6 +290,21 @@ def _refuse_read_only(plate: str, how: str) -> None:
     from backends.remote import is_url
     if not is_url(plate) and Path(plate).is_dir() and not plate_is_writable(Path(plate)):
         raise UserError(f"{plate} is read-only and vfsmount never writes into it: {how}")
+
+
+def _refuse_mounted(plate: str) -> None:
+    """A mount shows the plate as it was when mounted: converting under it would leave it
+    serving the old view without a word, so convert waits until the plate is unmounted."""
+    from backends.remote import is_url
+    from .control import active_mounts
+    if is_url(plate):
+        return
+    real = os.path.realpath(plate)
+    for m in active_mounts():
+        if not is_url(m.plate) and os.path.realpath(m.plate) == real:
+            raise UserError(f"{plate} is mounted on {m.mountpoint}, and a mount keeps showing "
+                            "the plate as it was when mounted: unmount it (vfsmount umount "
+                            f"{m.mountpoint}), convert, then mount it again")
 
 
 def _load_pipeline(path: str):
