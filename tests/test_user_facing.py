@@ -126,3 +126,31 @@ def test_convert_of_a_mounted_plate_is_refused_and_info_file_names_the_plate(pla
     facts = json.loads(run_cli("info", str(mnt / "images" / name), "--json").stdout)
     assert facts["source"].startswith(os.path.join(real, "zarr") + "/"), facts
     assert facts["channel_name"] == channel_names["1"]
+
+
+# -- 7: the examples are installed with the package --------------------------------------------
+
+def test_packaged_examples_run_by_name_from_any_folder(plate, tmp_path, cli_mounts):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    listed = run_cli("examples", cwd=elsewhere).stdout
+    assert re.search(r"^cells\s+Three-step pipeline", listed, re.M), listed
+    res = run_cli("run", "cells", str(plate), "--no-progress", cwd=elsewhere)
+    assert "cells: 4 stacks, 8 images" in res.stdout and (plate / "outputs" / "cells").is_dir()
+    # as the README once wrote it, from a folder that has no examples/
+    res = run_cli("run", "examples/cells.py", str(plate), "--output", "again", "--no-progress",
+                  cwd=elsewhere)
+    assert (plate / "outputs" / "again").is_dir(), res.stdout
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cli_mounts.append(mnt)
+    run_cli("mount", str(plate), str(mnt), "--pipeline", "cells", cwd=elsewhere)
+    assert os.listdir(mnt / "processed" / "cells")
+    # copied out to edit, never over the user's own file
+    run_cli("examples", "--copy", "mine", cwd=elsewhere)
+    copied = elsewhere / "mine" / "cells.py"
+    assert "name=\"cells\"" in copied.read_text()
+    line = error_line(run_cli("examples", "--copy", "mine", cwd=elsewhere, check=False))
+    assert "exists" in line
+    line = error_line(run_cli("run", "cellz", str(plate), cwd=elsewhere, check=False))
+    assert "no such pipeline file" in line and "cells" in line

@@ -1,4 +1,4 @@
-"""The ``vfsmount`` command line: info, convert, mount, umount, list, run, demo.
+"""The ``vfsmount`` command line: info, convert, mount, umount, list, run, examples, demo.
 
 Each subcommand is a handler, ``_cmd_<name>``, and one row of COMMANDS: its help and the table
 of its arguments. An option that only makes sense with another says so in ``requires`` (or
@@ -196,6 +196,7 @@ def _cmd_mount(args) -> int:
     if args.writable:
         _refuse_read_only(args.plate, "mount it without --writable")
     if args.pipeline:
+        args.pipeline = _pipeline_path(args.pipeline)
         _load_pipeline(args.pipeline)   # its mistakes as file:line, before a daemon starts
     cfg = MountConfig.from_args(args)
     if args.foreground:
@@ -265,7 +266,7 @@ def _cmd_list(args) -> int:
 def _cmd_run(args) -> int:
     from backends.mountinfo import mount_type
     from compute.pipeline import VFSConfig, run_pipeline
-    pipeline = _load_pipeline(args.pipeline)
+    pipeline = _load_pipeline(_pipeline_path(args.pipeline))
     if mount_type(args.target) is None:
         _refuse_read_only(args.target, "run the pipeline on a writable copy of the plate")
     if args.materialize:
@@ -274,6 +275,26 @@ def _cmd_run(args) -> int:
                           progress=_progress(args), dask=args.dask)
     print(f"{pipeline.name}: {result.groups} stacks, {result.images_written} images and "
           f"{len(result.files_written)} files written to {result.output}")
+    return 0
+
+
+def _cmd_examples(args) -> int:
+    from .examples import example_files, summary
+    files = example_files()
+    if args.copy is None:
+        for name, path in files.items():
+            print(f"{name:12s}{summary(path)}")
+        print(f"\n(in {next(iter(files.values())).parent}; `vfsmount run NAME PLATE` runs one, "
+              "`vfsmount examples --copy DIR` copies them to edit)")
+        return 0
+    dest = Path(args.copy)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, path in files.items():
+        target = dest / path.name
+        if target.exists():
+            raise UserError(f"{target} exists: vfsmount never overwrites your files")
+        target.write_bytes(path.read_bytes())
+        print(f"copied {target}")
     return 0
 
 
@@ -307,12 +328,23 @@ def _refuse_mounted(plate: str) -> None:
                             f"{m.mountpoint}), convert, then mount it again")
 
 
+def _pipeline_path(text: str) -> str:
+    """A pipeline file as given, or else the packaged example it names (`cells`, or
+    `examples/cells.py` run outside the checkout)."""
+    from .examples import example_files, find_example
+    if Path(text).is_file():
+        return text
+    example = find_example(text)
+    if example is None:
+        raise UserError(f"{text}: no such pipeline file (packaged examples, by name: "
+                        f"{', '.join(example_files())}; `vfsmount examples` lists them)")
+    return str(example)
+
+
 def _load_pipeline(path: str):
     """A pipeline file; a mistake in it is reported as file:line, like a compiler would."""
     from compute.errors import PipelineError
     from compute.pipeline import load_pipeline_file
-    if not Path(path).is_file():
-        raise UserError(f"{path}: no such pipeline file")
     try:
         return load_pipeline_file(path)
     except SyntaxError as e:
@@ -433,7 +465,7 @@ COMMANDS: dict[str, Command] = {
             help="with --writable: plate images written to outputs/<dir>/ go to OME-Zarr "
                  "(zarr) or stay files (disk, the default)"),
         arg("--pipeline", metavar="FILE", help="add processed/<name>/: TIFFs this pipeline file "
-            "computes when they are first read"),
+            "(or packaged example, by name) computes when they are first read"),
         arg("--compute-cache-mb", type=int, requires="pipeline",
             default=MountConfig.compute_cache_mb,
             help="with --pipeline: memory for computed stacks (LRU; default 256 MiB)"),
@@ -459,7 +491,8 @@ COMMANDS: dict[str, Command] = {
     "list": Command(_cmd_list, "list active mounts: mount point, plate, pid, options, log", [
         arg("--json", action="store_true", help="machine-readable output")]),
     "run": Command(_cmd_run, "run a pipeline file over a plate or a --writable mountpoint", [
-        arg("pipeline", help="a Python file defining `pipeline`"),
+        arg("pipeline", help="a Python file defining `pipeline`, or the name of a packaged "
+            "example (`vfsmount examples`)"),
         arg("target", help="plate directory, s3://bucket/plate.zarr, or the mountpoint of a "
             "--writable mount"),
         arg("--output", metavar="NAME",
@@ -471,6 +504,9 @@ COMMANDS: dict[str, Command] = {
         arg("--dask", metavar="SCHEDULER", help="run wells as tasks on a Dask cluster: "
             "tcp://host:8786, or local:N for N local worker processes"),
         NO_PROGRESS, S3]),
+    "examples": Command(_cmd_examples, "list the pipeline files installed with vfsmount "
+                        "(`vfsmount run NAME PLATE` runs one), or copy them to edit", [
+        arg("--copy", metavar="DIR", help="copy them into DIR (never over an existing file)")]),
     "demo": Command(_cmd_demo, "generate a sample plate, convert part of it, mount it", [
         arg("--dir", help="where to put the sample plate (default: ~/.cache/vfsmount/demo)"),
         arg("--unmount", action="store_true", help="unmount at the end")]),
