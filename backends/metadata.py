@@ -28,8 +28,10 @@ inside their subdirectory.
 
 Writes are atomic (temporary file + fsync + rename) and serialized with an
 flock on the directory that holds the file, so the plate gains no lock file.
-If the plate cannot be written (read-only storage), the file goes to a per-user
-cache: ``$XDG_CACHE_HOME/vfsmount/metadata/<hash of the plate's real path>/``.
+If the plate is hands-off (read-only, owned by another account, or marked so: see
+:func:`hands_off`), the file goes to a per-user cache:
+``$XDG_CACHE_HOME/vfsmount/metadata/<name>-<hash of the plate's real path>/``, beside the
+plate's settings (``settings.json``: ``hands_off``, ``outputs_dir``) and staging folder.
 """
 from __future__ import annotations
 
@@ -79,12 +81,104 @@ def plate_is_writable(plate: Path) -> bool:
         return False
 
 
+# -- hands-off plates: nothing is ever written into them ------------------------------------------
+#
+# A plate is hands-off when it is read-only, when another account owns it (an instrument's
+# acquisition account, a facility share: vfsmount cannot tell a share the lab must not change
+# from a colleague's folder, and metadata in the cache costs nothing), or when the user said so
+# (`--hands-off`, kept in the cache). Its metadata lives in the user's cache, and its outputs in
+# a folder the user names (`--outputs-dir`), never in the plate.
+
+SETTINGS_FILENAME = "settings.json"
+
+
+def _settings_path(plate: str | os.PathLike) -> Path:
+    return cache_metadata_path(Path(plate)).parent / SETTINGS_FILENAME
+
+
+def plate_settings(plate: str | os.PathLike) -> dict:
+    """What the user chose for this plate: ``hands_off`` (bool), ``outputs_dir`` (a path)."""
+    try:
+        doc = json.loads(_settings_path(plate).read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise MetadataError("cannot read this plate's settings", path=_settings_path(plate),
+                            cause=e) from e
+    return doc if isinstance(doc, dict) else {}
+
+
+def save_plate_settings(plate: str | os.PathLike, **changes) -> None:
+    path = _settings_path(plate)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path.parent):
+        doc = {**plate_settings(plate), **changes}
+        atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
+
+
+def hands_off(plate: str | os.PathLike) -> str | None:
+    """Why nothing may be written into the plate folder, or None if vfsmount may write its
+    metadata (and, with --writable, outputs/) there."""
+    plate = Path(plate)
+    if not plate_is_writable(plate):
+        return "read-only"
+    try:
+        owner = os.stat(plate).st_uid
+    except OSError:
+        return "read-only"
+    if owner != os.geteuid():
+        return f"owned by {_user_name(owner)}, not by you"
+    if plate_settings(plate).get("hands_off"):
+        return "marked hands-off (--hands-off)"
+    return None
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def outputs_dir(plate: str | os.PathLike) -> tuple[Path, bool]:
+    """Where results written back go, and whether vfsmount may write there: the folder the
+    user named for the plate (``--outputs-dir``), else ``PLATE/outputs`` -- which a hands-off
+    plate only shows, read-only, as it is."""
+    from .layout import OUTPUTS_DIR
+    named = plate_settings(plate).get("outputs_dir")
+    if named:
+        return Path(named), True
+    return Path(plate).absolute() / OUTPUTS_DIR, hands_off(plate) is None
+
+
+def staging_dir(plate: str | os.PathLike, outputs: Path) -> Path:
+    """Where files written through a mount are staged until committed: on the outputs'
+    file system (a commit is one rename). ``PLATE/.vfsmount-staging`` for outputs in the plate;
+    for outputs elsewhere the user's cache, or, if that is another file system, a hidden
+    folder beside the outputs folder -- never in the plate."""
+    from .layout import STAGING_DIR
+    plate = Path(plate).absolute()
+    outputs = Path(os.path.realpath(outputs))
+    if outputs == Path(os.path.realpath(plate)) / "outputs":
+        return plate / STAGING_DIR
+    cache = cache_metadata_path(plate).parent / "staging"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        outputs.mkdir(parents=True, exist_ok=True)
+        if os.stat(cache).st_dev == os.stat(outputs).st_dev:
+            return cache
+    except OSError:
+        pass
+    return outputs.parent / f".{outputs.name}{STAGING_DIR}"
+
+
 def metadata_path(plate: str | os.PathLike, *, for_write: bool = False) -> Path:
     """Where the plate's metadata is read from (or written to)."""
     plate = Path(plate)
     in_plate, in_cache = plate / METADATA_FILENAME, cache_metadata_path(plate)
     if for_write:
-        return in_plate if plate_is_writable(plate) else in_cache
+        return in_cache if hands_off(plate) else in_plate
     candidates = [p for p in (in_plate, in_cache) if p.is_file()]
     if not candidates:
         return in_plate

@@ -94,8 +94,10 @@ class Plate:
             cls = get_backend_class(kind)
             where = entry.get("path")
             return cls(where if is_url(where) else Path(where or self.path / key), mode="r")
-        if kind == "disk":
-            return DiskStorageBackend(root=self.path if key == "." else self.path / key)
+        if kind == "disk":   # "path": an output folder outside a hands-off plate
+            where = entry.get("path")
+            return DiskStorageBackend(root=Path(where) if where else
+                                      self.path if key == "." else self.path / key)
         raise MetadataError(f"subdirectory {key!r} names an unknown backend {kind!r}",
                             path=self.metadata_file)
 

@@ -88,8 +88,15 @@ class Target:
         self.names = self.plate.image_files()
         digest = hashlib.sha256(json.dumps(self.plate.entry(), sort_keys=True).encode())
         self.reader_spec = ReaderSpec(self.plate.location, self.plate.main, digest.hexdigest()[:16])
-        root = (remote_outputs_root(self.plate.url) if self.plate.url
-                else local_outputs_root(self.plate.path))
+        if self.plate.url:
+            root = remote_outputs_root(self.plate.url)
+        else:   # PLATE/outputs, or the folder named for a hands-off plate
+            from backends.metadata import hands_off, outputs_dir
+            where, may_write = outputs_dir(self.plate.path)
+            if not may_write:
+                raise PipelineError(f"{self.plate.path} is hands-off ({hands_off(self.plate.path)}):"
+                                    " name a folder for the results: --outputs-dir DIR")
+            root = str(where)
         self.sink = OutputSink(root, self.output, physics=output_physics(self.plate.entry()))
 
     def load(self, names: Sequence[str]) -> list[np.ndarray]:
@@ -100,7 +107,11 @@ class Target:
         if self.through_mount:
             return
         from backends.metadata import record_output_folder
-        extra = {"path": self.sink.zarr_location} if backend == "zarr" else {}
+        extra = {}
+        if backend == "zarr":
+            extra = {"path": self.sink.zarr_location}
+        elif not self.plate.url and self.sink.root != local_outputs_root(self.plate.path):
+            extra = {"path": self.sink.folder}   # a hands-off plate's, outside it
         record_output_folder(self.plate.path, self.output, sorted(set(images)), backend, **extra)
 
 

@@ -154,3 +154,88 @@ def test_packaged_examples_run_by_name_from_any_folder(plate, tmp_path, cli_moun
     assert "exists" in line
     line = error_line(run_cli("run", "cellz", str(plate), cwd=elsewhere, check=False))
     assert "no such pipeline file" in line and "cells" in line
+
+
+# -- 6: hands-off plates -----------------------------------------------------------------------
+
+def checksum(root: Path) -> dict[str, tuple]:
+    """Every entry under ``root``: its mode, size, mtime and (files) content hash."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [".", *dirnames, *filenames]:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+            out[str(p.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns, digest)
+    return out
+
+
+def test_a_plate_owned_by_another_account_is_never_written(plate, tmp_path, cli_mounts):
+    """An instrument share: info, a plain mount, a --writable session and a pipeline run
+    leave every byte, mode and mtime of the plate folder as it was; results land in the
+    folder the user named, metadata and staging in the user's cache."""
+    for p in [plate, *plate.rglob("*")]:
+        os.chown(p, 4242, 4242, follow_symlinks=False)   # the acquisition account's
+    results = tmp_path / "my results"
+    before = checksum(plate)
+
+    info = json.loads(run_cli("info", str(plate), "--json").stdout)
+    assert "owned by" in info["hands_off"] and info["outputs_dir"] is None
+    cache = Path(os.environ["XDG_CACHE_HOME"])
+    assert Path(info["metadata_file"]).is_relative_to(cache)
+    text = run_cli("info", str(plate)).stdout
+    assert "hands-off: owned by" in text and "--outputs-dir DIR" in text
+
+    mnt = tmp_path / "mnt"
+    cli_mount(cli_mounts, plate, mnt)
+    name = sorted(os.listdir(mnt / "images"))[0]
+    assert tifffile.imread(mnt / "images" / name).shape == (32, 48)
+    run_cli("umount", str(mnt))
+    line = error_line(cli_mount(cli_mounts, plate, mnt, "--writable", check=False))
+    assert "hands-off" in line and "--outputs-dir DIR" in line
+    line = error_line(cli_mount(cli_mounts, plate, mnt, "--writable", "--outputs-dir",
+                                str(plate / "outputs"), check=False))
+    assert "inside the plate" in line
+
+    cli_mount(cli_mounts, plate, mnt, "--writable", "--outputs-dir", str(results))
+    rows = json.loads(run_cli("list", "--json").stdout)
+    row = next(r for r in rows if r["mountpoint"] == str(mnt))
+    assert row["outputs_dir"] == str(results) and Path(row["metadata_file"]).is_relative_to(cache)
+    listed = run_cli("list").stdout
+    assert "OUTPUTS" in listed and str(results) in listed
+    (mnt / "outputs" / "masks").mkdir()
+    mask = np.arange(32 * 48, dtype=np.uint16).reshape(32, 48)
+    tifffile.imwrite(mnt / "outputs" / "masks" / name, mask)
+    (mnt / "outputs" / "table.csv").write_text("a,b\n1,2\n")
+    assert np.array_equal(tifffile.imread(mnt / "outputs" / "masks" / name), mask)
+    run_cli("umount", str(mnt))
+    assert np.array_equal(tifffile.imread(results / "masks" / name), mask)
+    assert (results / "table.csv").read_text() == "a,b\n1,2\n"
+    assert not [p for p in results.rglob("*") if "staging" in p.name]
+
+    # the folder is kept for the plate: a pipeline run and a later mount use it
+    run_cli("run", "cells", str(plate), "--no-progress")
+    assert (results / "cells").is_dir()
+    cli_mount(cli_mounts, plate, mnt)
+    assert sorted(os.listdir(mnt / "outputs")) == ["cells", "masks", "table.csv"]
+    info = json.loads(run_cli("info", str(plate), "--json").stdout)
+    assert info["subdirectories"]["outputs/masks"]["images"] == 1
+    run_cli("umount", str(mnt))
+    assert checksum(plate) == before
+
+
+def test_hands_off_by_choice_for_a_plate_of_ones_own(plate, tmp_path):
+    before = checksum(plate)
+    info = json.loads(run_cli("info", str(plate), "--hands-off", "--json").stdout)
+    assert info["hands_off"].startswith("marked hands-off")
+    line = error_line(run_cli("convert", str(plate), "--no-progress", check=False))
+    assert "hands-off" in line and "--output DIR" in line
+    line = error_line(run_cli("run", "cells", str(plate), check=False))
+    assert "--outputs-dir DIR" in line
+    assert checksum(plate) == before
+    # a plate of one's own, not marked: metadata and outputs in the plate, as before
+    other = tmp_path / "other"
+    shutil.copytree(plate, other)
+    info = json.loads(run_cli("info", str(other), "--json").stdout)
+    assert info["hands_off"] is None and info["outputs_dir"] == str(other / "outputs")
+    assert info["metadata_file"] == str(other / "openhcs_metadata.json")

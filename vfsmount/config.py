@@ -59,6 +59,27 @@ class MountConfig:
         return argv
 
 
+def outputs_folders(plate, *, writable: bool) -> dict | None:
+    """The outputs area of a mount of ``plate`` (an opened Plate), as OutputsArea's keyword
+    arguments: {} for ``PLATE/outputs`` itself, the named folder and its staging folder for a
+    hands-off plate; None for no outputs area (a read-only mount whose outputs folder does
+    not exist, a store given directly). Raises ValueError for a --writable mount of a
+    hands-off plate with no outputs folder named."""
+    from backends.layout import OUTPUTS_DIR
+    from backends.metadata import hands_off, outputs_dir, staging_dir
+    if plate.url is not None:
+        return None
+    root, may_write = outputs_dir(plate.path)
+    if writable and not may_write:
+        raise ValueError(f"{plate.location} is hands-off ({hands_off(plate.path)}): nothing "
+                         "is written into it; name a folder for the results: --outputs-dir DIR")
+    if not writable and not root.is_dir():
+        return None
+    if root == plate.path.absolute() / OUTPUTS_DIR:
+        return {}
+    return {"root": root, "staging": staging_dir(plate.path, root) if writable else None}
+
+
 def parse_daemon_argv(argv: list[str] | None) -> tuple[MountConfig, argparse.Namespace]:
     """Read back what :meth:`MountConfig.to_argv` wrote (plus the daemon's own options)."""
     p = argparse.ArgumentParser(prog="python -m vfsmount.daemon")
@@ -82,4 +103,4 @@ def parse_daemon_argv(argv: list[str] | None) -> tuple[MountConfig, argparse.Nam
     return MountConfig(**values), args
 
 
-__all__ = ["MountConfig", "parse_daemon_argv", "DEFAULT_THREADS"]
+__all__ = ["MountConfig", "parse_daemon_argv", "outputs_folders", "DEFAULT_THREADS"]

@@ -17,9 +17,9 @@ from urllib.parse import quote
 import pyfuse3
 import trio
 
-from backends.layout import FS_SUBTYPE, OUTPUTS_DIR
+from backends.layout import FS_SUBTYPE
 
-from .config import MountConfig, parse_daemon_argv
+from .config import MountConfig, outputs_folders, parse_daemon_argv
 from .fs import VfsOperations
 from .tree import build_tree
 
@@ -93,9 +93,10 @@ def _build(cfg: MountConfig) -> tuple[object, VfsOperations]:
         plate.metadata = {**plate.metadata, "subdirectories": {
             k: {**v, "main": k == cfg.subdir} for k, v in plate.subdirectories.items()}}
     outputs = None
-    if cfg.writable or (plate.url is None and (plate.path / OUTPUTS_DIR).is_dir()):
+    folders = outputs_folders(plate, writable=cfg.writable)   # a hands-off plate's: elsewhere
+    if folders is not None:
         outputs = OutputsArea(plate, writable=cfg.writable, materialize=cfg.materialize,
-                              sync_on_close=cfg.sync_on_close)
+                              sync_on_close=cfg.sync_on_close, **folders)
         if cfg.writable:
             outputs.write_metadata(force=True)   # reconcile after a crash
         if cfg.writable and cfg.materialize == "zarr":

@@ -77,7 +77,10 @@ def check_name(name: bytes) -> str:
 
 class OutputsArea:
     def __init__(self, plate, *, writable: bool, materialize: str = "disk",
-                 sync_on_close: bool = False) -> None:
+                 sync_on_close: bool = False, root: str | os.PathLike | None = None,
+                 staging: str | os.PathLike | None = None) -> None:
+        """``root``/``staging``: the outputs and staging folders (default ``PLATE/outputs``,
+        ``PLATE/.vfsmount-staging``); a hands-off plate's are outside it."""
         if materialize not in ("disk", "zarr"):
             raise ValueError(f"--materialize must be disk or zarr, not {materialize!r}")
         self.plate = plate
@@ -86,16 +89,29 @@ class OutputsArea:
         self._stores: dict[str, object] = {}
         self.stores_dirty: set[str] = set()       # zarr stores whose metadata awaits a flush
         self._metadata_dirty = False
-        plate_fd = containment.open_root(plate.path)
-        try:
-            self.root_fd = containment.open_dir_beneath(plate_fd, OUTPUTS_DIR, create=writable)
-            self.staging_fd = (containment.open_dir_beneath(plate_fd, STAGING_DIR, create=True)
-                               if writable else None)
-        except OSError as e:
-            raise StorageError("cannot open the outputs area (is the plate writable? is "
-                               f"{OUTPUTS_DIR}/ a symlink?)", path=plate.path, cause=e) from e
-        finally:
-            os.close(plate_fd)
+        self.root_path = os.path.realpath(root) if root is not None else \
+            os.path.join(os.path.realpath(plate.path), OUTPUTS_DIR)
+        if root is None:
+            plate_fd = containment.open_root(plate.path)
+            try:
+                self.root_fd = containment.open_dir_beneath(plate_fd, OUTPUTS_DIR, create=writable)
+                self.staging_fd = (containment.open_dir_beneath(plate_fd, STAGING_DIR, create=True)
+                                   if writable else None)
+            except OSError as e:
+                raise StorageError("cannot open the outputs area (is the plate writable? is "
+                                   f"{OUTPUTS_DIR}/ a symlink?)", path=plate.path, cause=e) from e
+            finally:
+                os.close(plate_fd)
+        else:
+            try:
+                if writable:
+                    os.makedirs(self.root_path, exist_ok=True)
+                    os.makedirs(staging, exist_ok=True)
+                self.root_fd = containment.open_root(self.root_path)
+                self.staging_fd = containment.open_root(staging) if writable else None
+            except OSError as e:
+                raise StorageError("cannot open the outputs folder", path=self.root_path,
+                                   cause=e) from e
         # On a local disk, lookups, creates and closes with nothing to commit cost a few
         # system calls: they run on the daemon's loop (see inline_ok) rather than pay a
         # worker thread's hand-off (as much again as the calls themselves).
@@ -210,7 +226,7 @@ class OutputsArea:
             if st is None and (create or self.has_store(sub)):
                 from backends.zarr_ngff import output_physics, output_store
                 # the path is only used once containment says the store is a real folder
-                path = os.path.join(os.path.realpath(self.plate.path), OUTPUTS_DIR, sub + ZARR_SUFFIX)
+                path = os.path.join(self.root_path, sub + ZARR_SUFFIX)
                 # FILE chunks (a committed plane rewrites only its own chunk), the plate's physics
                 st = output_store(path, output_physics(self.plate.entry()))
                 self._stores[sub] = st
@@ -269,8 +285,10 @@ class OutputsArea:
         files = [n for n, is_dir in self.scandir(sub) if is_dir is False]
         zarr_names = self.store_names(sub) if sub else []
         if not zarr_names:
-            return record_output_folder(self.plate.path, sub, files, "disk")
-        path = os.path.join(os.path.realpath(self.plate.path), OUTPUTS_DIR, sub + ZARR_SUFFIX)
+            outside = self.root_path != os.path.join(os.path.realpath(self.plate.path), OUTPUTS_DIR)
+            where = {"path": os.path.join(self.root_path, sub)} if outside else {}
+            return record_output_folder(self.plate.path, sub, files, "disk", **where)
+        path = os.path.join(self.root_path, sub + ZARR_SUFFIX)
         return record_output_folder(self.plate.path, sub, zarr_names, "zarr",
                                     files=natsorted(files), path=path)
 
