@@ -19,12 +19,12 @@ from natsort import natsorted
 
 from backends.disk import DiskStorageBackend
 from backends.layout import FS_TYPE, MAIN_ALIAS, OUTPUTS_DIR
-from backends.mountinfo import mount_type
+from backends.mountinfo import mount_type, vfsmount_plate_name
 from backends.remote import is_url
 
 from .errors import PipelineError
-from .output_sink import (OutputSink, local_outputs_root, mount_physics, output_physics,
-                          remote_outputs_root)
+from .output_sink import (OutputSink, image_numbers, local_outputs_root, mount_physics,
+                          output_physics, remote_outputs_root)
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,9 @@ class Target:
                                if n.lower().endswith((".tif", ".tiff")))
         self.reader_spec = ReaderSpec(str(self.path / MAIN_ALIAS))
         self.sink = OutputSink(str(self.path / OUTPUTS_DIR), self.output, through_mount=True,
-                               physics=mount_physics(self.path))
+                               physics=mount_physics(self.path),
+                               plate_name=vfsmount_plate_name(self.path) or self.path.name,
+                               image_numbers=image_numbers(self.names))
         if not os.access(self.path / OUTPUTS_DIR, os.W_OK):
             raise PipelineError(f"{self.path} is a read-only mount: mount it with --writable")
 
@@ -97,7 +99,8 @@ class Target:
                 raise PipelineError(f"{self.plate.path} is hands-off ({hands_off(self.plate.path)}):"
                                     " name a folder for the results: --outputs-dir DIR")
             root = str(where)
-        self.sink = OutputSink(root, self.output, physics=output_physics(self.plate.entry()))
+        self.sink = OutputSink(root, self.output, physics=output_physics(self.plate.entry()),
+                               plate_name=self.plate.name, image_numbers=image_numbers(self.names))
 
     def load(self, names: Sequence[str]) -> list[np.ndarray]:
         return self.reader.load_batch(list(names))

@@ -239,3 +239,45 @@ def test_hands_off_by_choice_for_a_plate_of_ones_own(plate, tmp_path):
     info = json.loads(run_cli("info", str(other), "--json").stdout)
     assert info["hands_off"] is None and info["outputs_dir"] == str(other / "outputs")
     assert info["metadata_file"] == str(other / "openhcs_metadata.json")
+
+
+# -- 11: measurement tables carry the image's columns ------------------------------------------
+
+LEADING = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Channel",
+           "Metadata_Timepoint", "ImageNumber", "ObjectNumber"]
+
+
+def read_tables(folder: Path) -> dict[str, list[dict]]:
+    tables = {}
+    for p in sorted(folder.glob("*_measurements.csv")):
+        with open(p, newline="") as f:
+            reader = csv.DictReader(f)
+            assert reader.fieldnames[:len(LEADING)] == LEADING, (p.name, reader.fieldnames)
+            tables[p.name] = list(reader)
+    return tables
+
+
+def test_measurement_tables_have_plate_well_site_and_numbers(plate, tmp_path, cli_mounts):
+    run_cli("run", "cells", str(plate), "--no-progress")
+    tables = read_tables(plate / "outputs" / "cells")
+    assert len(tables) == 4          # 2 wells x 2 channels, one site and time point
+    numbers = {}
+    for name, rows in tables.items():
+        well, site, channel, t = re.match(r"([A-Z]+\d+)_s(\d+)_w(\d+)_t(\d+)_", name).groups()
+        assert rows, name
+        for r in rows:
+            assert (r["Metadata_Plate"], r["Metadata_Well"], r["Metadata_Site"],
+                    r["Metadata_Channel"], r["Metadata_Timepoint"]) == \
+                ("plate", well, str(int(site)), str(int(channel)), str(int(t)))
+            assert r["ObjectNumber"] == r["label"]
+        numbers.setdefault(well, set()).update(r["ImageNumber"] for r in rows)
+    # one ImageNumber per image set (well, site, t), shared by its channels, in plate order
+    assert numbers == {"A01": {"1"}, "B02": {"2"}}
+    # through a --writable mount the same columns, the plate named by its folder
+    mnt = tmp_path / "mnt"
+    cli_mount(cli_mounts, plate, mnt, "--writable")
+    run_cli("run", "cells", str(mnt), "--output", "viamount", "--no-progress")
+    run_cli("umount", str(mnt))
+    rows = read_tables(plate / "outputs" / "viamount")["B02_s001_w2_t001_measurements.csv"]
+    assert {(r["Metadata_Plate"], r["Metadata_Well"], r["ImageNumber"]) for r in rows} == \
+        {("plate", "B02", "2")}

@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from urllib.parse import unquote
 
 from backends.layout import FS_TYPE, MAIN_ALIAS, ORIGINAL_DIR, OUTPUTS_DIR, PROCESSED_DIR
 from backends.metadata import METADATA_FILENAME, main_subdirectory
-from backends.mountinfo import mount_type, unescape
+from backends.mountinfo import mount_type, vfsmount_plate_name
 from backends.naming import try_parse_virtual_name
 
 
@@ -77,7 +76,7 @@ def _source(root: Path, plate: str | None, folder: str, name: str, key: str,
             entry: dict | None) -> str:
     """Where the bytes come from, named by the plate's real path (never a path through the
     mount); a mount this user did not start names its plate by the folder name only."""
-    base = plate or _plate_name(root)
+    base = plate or vfsmount_plate_name(root) or "PLATE"
     top = folder.split("/", 1)[0]
     if top == ORIGINAL_DIR:
         return os.path.join(base, folder[len(ORIGINAL_DIR) + 1:], name).replace("//", "/")
@@ -95,17 +94,6 @@ def _source(root: Path, plate: str | None, folder: str, name: str, key: str,
         where = entry.get("path") or os.path.join(base, key)
         return ZarrStorageBackend(where, mode="r").plane(name).source
     return os.path.join(base, name) if key == "." else os.path.join(base, key, name)
-
-
-def _plate_name(root: Path) -> str:
-    """The plate's folder name, as the mount's fsname carries it (another user's mount)."""
-    real = os.path.realpath(root)
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        sep = fields.index("-")
-        if fields[sep + 1] == FS_TYPE and unescape(fields[4]) == real:
-            return unquote(fields[sep + 2].partition(":")[2])
-    return "PLATE"
 
 
 def print_facts(facts: dict) -> None:
