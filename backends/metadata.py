@@ -346,19 +346,26 @@ def image_set_entry(names, backend: str, **extra) -> dict:
     }
 
 
-def record_output_folder(plate: str | os.PathLike, folder: str, images, backend: str,
+def record_output_folder(plate: str | os.PathLike, folder: str, files, backend: str,
                          **extra) -> dict:
     """Record one output folder (``outputs/<folder>``) in the plate's metadata.
 
-    The one place that does it: used by the mount's outputs area and by pipelines alike.
-    ``images`` are the flat normalized names stored there; names that do not parse are left
-    out. Returns the entry written (nothing is written when no image parses).
+    The one place that does it, and the one rule: used by the mount's outputs area and by
+    pipelines alike. Every output folder that holds a file is recorded; its images are the
+    files named like plate images (``A01_s001_w1_z001_t001.tif``: wells, sites, channels, z
+    and t are theirs, and ``Plate.backend("outputs/<folder>")`` reads them); every other file
+    (``A01_s001_w4_smooth.tif``, tables, ROI zips) is counted in ``other_files``. ``files``:
+    every file of the folder (a zarr folder: the store's planes, its other files in
+    ``extra["files"]``). Returns the entry written (nothing for a folder without files).
     """
     from .layout import output_key
     from .naming import try_parse_virtual_name
-    names = [n for n in images if try_parse_virtual_name(n)]
-    if not names:
+    files = list(files)
+    if not files:
         return {}
-    entry = image_set_entry(names, backend, **extra)
+    names = [n for n in files if try_parse_virtual_name(n)]
+    # a zarr folder's images are the store's planes; its other files come as ``files``
+    others = len(extra["files"]) if "files" in extra else len(files) - len(names)
+    entry = image_set_entry(names, backend, other_files=others, **extra)
     update_metadata(plate, {output_key(folder): entry})
     return entry

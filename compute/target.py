@@ -105,17 +105,19 @@ class Target:
     def load(self, names: Sequence[str]) -> list[np.ndarray]:
         return self.reader.load_batch(list(names))
 
-    def record(self, backend: str, images: Iterable[str]) -> None:
-        """Add the output folder to the plate's metadata (a mount does this itself)."""
+    def record(self, backend: str, images: Iterable[str], files: Iterable[str] = ()) -> None:
+        """Add the output folder to the plate's metadata, by the rule every output folder
+        follows (``record_output_folder``; a mount does this itself)."""
         if self.through_mount:
             return
         from backends.metadata import record_output_folder
         extra = {}
         if backend == "zarr":
-            extra = {"path": self.sink.zarr_location}
+            extra = {"path": self.sink.zarr_location, "files": natsorted(set(files))}
         elif not self.plate.url and self.sink.root != local_outputs_root(self.plate.path):
             extra = {"path": self.sink.folder}   # a hands-off plate's, outside it
-        record_output_folder(self.plate.path, self.output, sorted(set(images)), backend, **extra)
+        everything = set(images) if backend == "zarr" else set(images) | set(files)
+        record_output_folder(self.plate.path, self.output, sorted(everything), backend, **extra)
 
 
 def is_vfsmount(path: Path) -> bool:

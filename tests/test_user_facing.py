@@ -281,3 +281,24 @@ def test_measurement_tables_have_plate_well_site_and_numbers(plate, tmp_path, cl
     rows = read_tables(plate / "outputs" / "viamount")["B02_s001_w2_t001_measurements.csv"]
     assert {(r["Metadata_Plate"], r["Metadata_Well"], r["ImageNumber"]) for r in rows} == \
         {("plate", "B02", "2")}
+
+
+# -- 10: one rule for recording output folders -------------------------------------------------
+
+def test_every_output_folder_is_recorded_by_one_rule(plate, tmp_path, cli_mounts):
+    mnt = tmp_path / "mnt"
+    cli_mount(cli_mounts, plate, mnt, "--writable")
+    plane = np.ones((32, 48), np.uint16)
+    for rel in ("masks/A01_s001_w1_z001_t001.tif", "smoothed/A01_s001_w4_smooth.tif"):
+        (mnt / "outputs" / rel).parent.mkdir(exist_ok=True)
+        tifffile.imwrite(mnt / "outputs" / rel, plane)
+    run_cli("umount", str(mnt))
+    run_cli("run", "cells", str(plate), "--no-progress")
+    subdirs = json.loads(run_cli("info", str(plate), "--json").stdout)["subdirectories"]
+    assert (subdirs["outputs/masks"]["images"], subdirs["outputs/masks"]["other_files"]) == (1, 0)
+    assert (subdirs["outputs/smoothed"]["images"], subdirs["outputs/smoothed"]["other_files"]) \
+        == (0, 1)
+    # a pipeline's folder by the same rule: its images, and its tables and ROI zips
+    assert (subdirs["outputs/cells"]["images"], subdirs["outputs/cells"]["other_files"]) == (8, 8)
+    text = run_cli("info", str(plate), "--no-rescan").stdout
+    assert "[outputs/smoothed]  0 images" in text and "1 file not named like a plate image" in text

@@ -104,7 +104,7 @@ def _subdirectory_report(plate, key: str, e: dict) -> dict:
         "grid_dimensions": e.get("grid_dimensions"),
         "z_spacing_um": e.get("z_spacing"), "time_interval_s": e.get("time_interval"),
         "unknown": e.get("physics_unknown", {}), "unit": e.get("unit"),
-        "problems": e.get("problems", []),
+        "problems": e.get("problems", []), "other_files": e.get("other_files"),
         **_plane_format(plate, key, e),
         "available_backends": [k for k, v in e.get("available_backends", {}).items() if v],
         "main": e.get("main", False),
@@ -154,6 +154,9 @@ def _print_info(report: dict) -> None:
         pixel = "unknown" if s["pixel_size_um"] is None else f"{s['pixel_size_um']} um"
         grid = f", grid {s['grid_dimensions']}" if s["grid_dimensions"] else ""
         print(f"  pixel:     {pixel}{grid}" + (f" (stored in {s['unit']})" if s["unit"] else ""))
+        if s["other_files"]:
+            n = s["other_files"]
+            print(f"  other:     {n} file{'s' if n > 1 else ''} not named like a plate image")
         for problem in s["problems"]:
             print(f"  problem:   {problem}")
     if report["unparsed_tiffs"]:
