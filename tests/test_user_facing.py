@@ -302,3 +302,67 @@ def test_every_output_folder_is_recorded_by_one_rule(plate, tmp_path, cli_mounts
     assert (subdirs["outputs/cells"]["images"], subdirs["outputs/cells"]["other_files"]) == (8, 8)
     text = run_cli("info", str(plate), "--no-rescan").stdout
     assert "[outputs/smoothed]  0 images" in text and "1 file not named like a plate image" in text
+
+
+# -- log levels: no false alarms in the demo and the README's examples -------------------------
+
+ALARM = re.compile(r"\b(ERROR|WARNING|CRITICAL)\b")
+
+
+def alarms(text: str) -> list[str]:
+    return [line for line in text.splitlines() if ALARM.search(line)]
+
+
+def test_demo_and_readme_examples_log_no_error_or_warning(tmp_path, cli_mounts):
+    """`vfsmount demo` (what `make demo` runs), then the README's first steps on its plate:
+    every command's output and every daemon log free of ERROR and WARNING lines."""
+    said = []
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        res = run_cli(*args, cwd=tmp_path)
+        said.extend([res.stdout, res.stderr])
+        return res
+
+    demo = cli("demo", "--dir", str(tmp_path / "demo"), "--unmount")
+    demo_log = Path(re.search(r"log (\S+)\)", demo.stdout)[1])
+    plate, mnt = tmp_path / "demo" / "SamplePlate", tmp_path / "demo" / "mnt"
+    log = tmp_path / "readme.log"
+    cli_mounts.append(mnt)
+    cli("mount", str(plate), str(mnt), "--writable", "--pipeline", "cells", "--log-file", str(log))
+    cli("run", "cells", str(mnt), "--no-progress")
+    name = sorted(os.listdir(mnt / "images"))[0]
+    cli("info", str(mnt / "images" / name))
+    cli("info", str(plate))
+    cli("list")
+    tifffile.imread(mnt / "hyperstacks" / sorted(os.listdir(mnt / "hyperstacks"))[0])
+    processed = sorted(os.listdir(mnt / "processed" / "cells"))
+    assert tifffile.imread(mnt / "processed" / "cells" / processed[0]).shape == (256, 256)
+    shutil.copytree(mnt / "images", tmp_path / "copied")     # cp -r MNT/images/ here/
+    cli("umount", str(mnt))
+    assert (plate / "outputs" / "cells").is_dir()
+    logs = demo_log.read_text() + log.read_text()
+    assert "mounted" in logs and "unmounted" in logs
+    assert alarms(logs) == [] and alarms("\n".join(said)) == []
+
+
+def test_saving_a_tiff_back_logs_no_error(tmp_path, plate, cli_mounts):
+    """The README's "Save a result back" (ImageJ, tifffile): a flush of a TIFF still being
+    written is normal, not an ERROR (issue 31 #1, fixed in vfsmount/outfile.py)."""
+    mnt, log = tmp_path / "mnt", tmp_path / "save.log"
+    cli_mount(cli_mounts, plate, mnt, "--writable", "--log-file", str(log))
+    (mnt / "outputs" / "smoothed").mkdir()
+    tifffile.imwrite(mnt / "outputs" / "smoothed" / "A01_s001_w4_smooth.tif",
+                     np.ones((32, 48), np.uint16))
+    run_cli("umount", str(mnt))
+    assert (plate / "outputs" / "smoothed" / "A01_s001_w4_smooth.tif").is_file()
+    assert alarms(log.read_text()) == []
+
+
+def test_an_error_line_names_the_file_and_what_to_do(tmp_path, plate, cli_mounts):
+    mnt, log = tmp_path / "mnt", tmp_path / "ro.log"
+    cli_mount(cli_mounts, plate, mnt, "--log-file", str(log))
+    with pytest.raises(OSError):
+        (mnt / "images" / "mine.tif").write_bytes(b"x")
+    run_cli("umount", str(mnt))
+    errors = [line for line in log.read_text().splitlines() if " ERROR " in line]
+    assert errors and all("mine.tif" in e and "--writable" in e for e in errors), errors

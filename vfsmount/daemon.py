@@ -60,8 +60,10 @@ async def _record_outputs(ops: VfsOperations) -> None:
         await trio.sleep(1)
         try:
             await ops.workers.run(ops.outputs.write_metadata)
-        except Exception:
-            log.exception("cannot record outputs in the plate metadata")
+        except Exception:   # nothing is lost: the files stay, the next try records them
+            log.warning("cannot record outputs/ in %s yet (the files are kept; the next second, "
+                        "or the next mount, records them)", ops.outputs.plate.metadata_file,
+                        exc_info=True)
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:
