@@ -346,7 +346,7 @@ def image_set_entry(names, backend: str, **extra) -> dict:
     }
 
 
-def record_output_folder(plate: str | os.PathLike, folder: str, files, backend: str,
+def record_output_folder(plate: str | os.PathLike, folder: str, names, backend: str,
                          **extra) -> dict:
     """Record one output folder (``outputs/<folder>``) in the plate's metadata.
 
@@ -354,18 +354,18 @@ def record_output_folder(plate: str | os.PathLike, folder: str, files, backend: 
     pipelines alike. Every output folder that holds a file is recorded; its images are the
     files named like plate images (``A01_s001_w1_z001_t001.tif``: wells, sites, channels, z
     and t are theirs, and ``Plate.backend("outputs/<folder>")`` reads them); every other file
-    (``A01_s001_w4_smooth.tif``, tables, ROI zips) is counted in ``other_files``. ``files``:
+    (``A01_s001_w4_smooth.tif``, tables, ROI zips) is counted in ``other_files``. ``names``:
     every file of the folder (a zarr folder: the store's planes, its other files in
     ``extra["files"]``). Returns the entry written (nothing for a folder without files).
     """
     from .layout import output_key
     from .naming import try_parse_virtual_name
-    files = list(files)
-    if not files:
+    names = list(names)
+    if not names:
         return {}
-    names = [n for n in files if try_parse_virtual_name(n)]
+    images = [n for n in names if try_parse_virtual_name(n)]
     # a zarr folder's images are the store's planes; its other files come as ``files``
-    others = len(extra["files"]) if "files" in extra else len(files) - len(names)
-    entry = image_set_entry(names, backend, other_files=others, **extra)
+    others = len(extra["files"]) if "files" in extra else len(names) - len(images)
+    entry = image_set_entry(images, backend, other_files=others, **extra)
     update_metadata(plate, {output_key(folder): entry})
     return entry
