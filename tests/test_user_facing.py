@@ -208,6 +208,8 @@ def test_a_plate_owned_by_another_account_is_never_written(plate, tmp_path, cli_
     tifffile.imwrite(mnt / "outputs" / "masks" / name, mask)
     (mnt / "outputs" / "table.csv").write_text("a,b\n1,2\n")
     assert np.array_equal(tifffile.imread(mnt / "outputs" / "masks" / name), mask)
+    facts = json.loads(run_cli("info", str(mnt / "outputs" / "masks" / name), "--json").stdout)
+    assert facts["source"] == str(results / "masks" / name)
     run_cli("umount", str(mnt))
     assert np.array_equal(tifffile.imread(results / "masks" / name), mask)
     assert (results / "table.csv").read_text() == "a,b\n1,2\n"

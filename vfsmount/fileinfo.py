@@ -82,14 +82,18 @@ def _source(root: Path, plate: str | None, folder: str, name: str, key: str,
         return os.path.join(base, folder[len(ORIGINAL_DIR) + 1:], name).replace("//", "/")
     if top == PROCESSED_DIR:
         return f"computed by pipeline {folder.partition('/')[2]!r} when read"
+    zarr = entry is not None and entry.get("available_backends", {}).get("zarr")
+    if top == OUTPUTS_DIR and not zarr:   # a file in the outputs folder (a hands-off plate's
+        from backends.metadata import outputs_dir      # is outside the plate)
+        where = outputs_dir(plate)[0] if plate and os.path.isdir(plate) else \
+            os.path.join(base, OUTPUTS_DIR)
+        return os.path.join(where, folder.partition("/")[2], name)
     if entry is None:
-        if top == OUTPUTS_DIR:
-            return os.path.join(base, folder, name)
         raise ValueError(f"{root / folder} is not an image folder of the mount")
     rel = entry.get("workspace_mapping", {}).get(name)
     if rel is not None:
         return os.path.join(base, rel)
-    if entry.get("available_backends", {}).get("zarr"):
+    if zarr:
         from backends.zarr_backend import ZarrStorageBackend
         where = entry.get("path") or os.path.join(base, key)
         return ZarrStorageBackend(where, mode="r").plane(name).source
