@@ -358,12 +358,16 @@ def record_output_folder(plate: str | os.PathLike, folder: str, names, backend: 
     every file of the folder (a zarr folder: the store's planes, its other files in
     ``extra["files"]``). Returns the entry written (nothing for a folder without files).
     """
-    from .layout import output_key
+    from .layout import OUTPUTS_DIR, output_key
     from .naming import try_parse_virtual_name
     names = list(names)
     if not names:
         return {}
     images = [n for n in names if try_parse_virtual_name(n)]
+    if backend == "disk" and "path" not in extra:   # a hands-off plate's folder, outside it
+        root = outputs_dir(plate)[0]
+        if root != Path(plate).absolute() / OUTPUTS_DIR:
+            extra["path"] = str(root / folder)
     # a zarr folder's images are the store's planes; its other files come as ``files``
     others = len(extra["files"]) if "files" in extra else len(names) - len(images)
     entry = image_set_entry(images, backend, other_files=others, **extra)

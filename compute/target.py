@@ -23,8 +23,8 @@ from backends.mountinfo import mount_type, vfsmount_plate_name
 from backends.remote import is_url
 
 from .errors import PipelineError
-from .output_sink import (OutputSink, image_numbers, local_outputs_root, mount_physics,
-                          output_physics, remote_outputs_root)
+from .output_sink import (OutputSink, image_numbers, mount_physics, output_physics,
+                          remote_outputs_root)
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,6 @@ class Target:
         extra = {}
         if backend == "zarr":
             extra = {"path": self.sink.zarr_location, "files": natsorted(set(files))}
-        elif not self.plate.url and self.sink.root != local_outputs_root(self.plate.path):
-            extra = {"path": self.sink.folder}   # a hands-off plate's, outside it
         everything = set(images) if backend == "zarr" else set(images) | set(files)
         record_output_folder(self.plate.path, self.output, sorted(everything), backend, **extra)
 

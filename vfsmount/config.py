@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 DEFAULT_THREADS = 8
 
@@ -59,13 +60,12 @@ class MountConfig:
         return argv
 
 
-def outputs_folders(plate, *, writable: bool) -> dict | None:
-    """The outputs area of a mount of ``plate`` (an opened Plate), as OutputsArea's keyword
-    arguments: {} for ``PLATE/outputs`` itself, the named folder and its staging folder for a
-    hands-off plate; None for no outputs area (a read-only mount whose outputs folder does
-    not exist, a store given directly). Raises ValueError for a --writable mount of a
-    hands-off plate with no outputs folder named."""
-    from backends.layout import OUTPUTS_DIR
+def outputs_folders(plate, *, writable: bool) -> tuple[Path, Path] | None:
+    """(outputs folder, staging folder) of a mount of ``plate`` (an opened Plate): ``PLATE/outputs``
+    and ``PLATE/.vfsmount-staging``, or for a hands-off plate the folder the user named and a
+    staging folder outside the plate; None for a store given directly (no outputs of its own).
+    Raises ValueError for a --writable mount of a hands-off plate with no folder named."""
+    from backends.layout import STAGING_DIR
     from backends.metadata import hands_off, outputs_dir, staging_dir
     if plate.url is not None:
         return None
@@ -73,11 +73,9 @@ def outputs_folders(plate, *, writable: bool) -> dict | None:
     if writable and not may_write:
         raise ValueError(f"{plate.location} is hands-off ({hands_off(plate.path)}): nothing "
                          "is written into it; name a folder for the results: --outputs-dir DIR")
-    if not writable and not root.is_dir():
-        return None
-    if root == plate.path.absolute() / OUTPUTS_DIR:
-        return {}
-    return {"root": root, "staging": staging_dir(plate.path, root) if writable else None}
+    # a read-only mount stages nothing: no folder is made for it
+    staging = staging_dir(plate.path, root) if writable else plate.path / STAGING_DIR
+    return root, staging
 
 
 def parse_daemon_argv(argv: list[str] | None) -> tuple[MountConfig, argparse.Namespace]:

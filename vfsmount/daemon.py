@@ -96,9 +96,9 @@ def _build(cfg: MountConfig) -> tuple[object, VfsOperations]:
             k: {**v, "main": k == cfg.subdir} for k, v in plate.subdirectories.items()}}
     outputs = None
     folders = outputs_folders(plate, writable=cfg.writable)   # a hands-off plate's: elsewhere
-    if folders is not None:
-        outputs = OutputsArea(plate, writable=cfg.writable, materialize=cfg.materialize,
-                              sync_on_close=cfg.sync_on_close, **folders)
+    if folders is not None and (cfg.writable or folders[0].is_dir()):
+        outputs = OutputsArea(plate, *folders, writable=cfg.writable,
+                              materialize=cfg.materialize, sync_on_close=cfg.sync_on_close)
         if cfg.writable:
             outputs.write_metadata(force=True)   # reconcile after a crash
         if cfg.writable and cfg.materialize == "zarr":

@@ -41,7 +41,7 @@ from backends import containment
 from backends.mountinfo import on_local_disk
 from backends.errors import PathEscapeError, StorageError
 from backends.handlers.imagexpress import parse_name as parse_imagexpress_name
-from backends.layout import OUTPUTS_DIR, STAGING_DIR, ZARR_SUFFIX
+from backends.layout import OUTPUTS_DIR, ZARR_SUFFIX
 from backends.metadata import record_output_folder
 from backends.naming import try_parse_virtual_name
 
@@ -75,12 +75,20 @@ def check_name(name: bytes) -> str:
     return text
 
 
+def _open_folder(path: str | os.PathLike, *, create: bool) -> int:
+    parent, name = os.path.split(os.path.abspath(path))
+    pfd = containment.open_root(parent)
+    try:
+        return containment.open_dir_beneath(pfd, name, create=create)
+    finally:
+        os.close(pfd)
+
+
 class OutputsArea:
-    def __init__(self, plate, *, writable: bool, materialize: str = "disk",
-                 sync_on_close: bool = False, root: str | os.PathLike | None = None,
-                 staging: str | os.PathLike | None = None) -> None:
-        """``root``/``staging``: the outputs and staging folders (default ``PLATE/outputs``,
-        ``PLATE/.vfsmount-staging``); a hands-off plate's are outside it."""
+    def __init__(self, plate, root: str | os.PathLike, staging: str | os.PathLike, *,
+                 writable: bool, materialize: str = "disk", sync_on_close: bool = False) -> None:
+        """``root``/``staging``: the outputs and staging folders (``PLATE/outputs``,
+        ``PLATE/.vfsmount-staging``; a hands-off plate's are outside it)."""
         if materialize not in ("disk", "zarr"):
             raise ValueError(f"--materialize must be disk or zarr, not {materialize!r}")
         self.plate = plate
@@ -89,29 +97,13 @@ class OutputsArea:
         self._stores: dict[str, object] = {}
         self.stores_dirty: set[str] = set()       # zarr stores whose metadata awaits a flush
         self._metadata_dirty = False
-        self.root_path = os.path.realpath(root) if root is not None else \
-            os.path.join(os.path.realpath(plate.path), OUTPUTS_DIR)
-        if root is None:
-            plate_fd = containment.open_root(plate.path)
-            try:
-                self.root_fd = containment.open_dir_beneath(plate_fd, OUTPUTS_DIR, create=writable)
-                self.staging_fd = (containment.open_dir_beneath(plate_fd, STAGING_DIR, create=True)
-                                   if writable else None)
-            except OSError as e:
-                raise StorageError("cannot open the outputs area (is the plate writable? is "
-                                   f"{OUTPUTS_DIR}/ a symlink?)", path=plate.path, cause=e) from e
-            finally:
-                os.close(plate_fd)
-        else:
-            try:
-                if writable:
-                    os.makedirs(self.root_path, exist_ok=True)
-                    os.makedirs(staging, exist_ok=True)
-                self.root_fd = containment.open_root(self.root_path)
-                self.staging_fd = containment.open_root(staging) if writable else None
-            except OSError as e:
-                raise StorageError("cannot open the outputs folder", path=self.root_path,
-                                   cause=e) from e
+        self.root_path = os.path.realpath(root)
+        try:    # each folder's last component is never a symlink
+            self.root_fd = _open_folder(root, create=writable)
+            self.staging_fd = _open_folder(staging, create=True) if writable else None
+        except OSError as e:
+            raise StorageError("cannot open the outputs area (is the folder writable? is it "
+                               "a symlink?)", path=root, cause=e) from e
         # On a local disk, lookups, creates and closes with nothing to commit cost a few
         # system calls: they run on the daemon's loop (see inline_ok) rather than pay a
         # worker thread's hand-off (as much again as the calls themselves).
@@ -285,9 +277,7 @@ class OutputsArea:
         files = [n for n, is_dir in self.scandir(sub) if is_dir is False]
         zarr_names = self.store_names(sub) if sub else []
         if not zarr_names:
-            outside = self.root_path != os.path.join(os.path.realpath(self.plate.path), OUTPUTS_DIR)
-            where = {"path": os.path.join(self.root_path, sub)} if outside else {}
-            return record_output_folder(self.plate.path, sub, files, "disk", **where)
+            return record_output_folder(self.plate.path, sub, files, "disk")
         path = os.path.join(self.root_path, sub + ZARR_SUFFIX)
         return record_output_folder(self.plate.path, sub, zarr_names, "zarr",
                                     files=natsorted(files), path=path)
