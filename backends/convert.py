@@ -65,7 +65,8 @@ def convert_plate(plate_path: str | os.PathLike, output: str | os.PathLike | Non
         raise StorageExistsError("output store exists (use --overwrite to replace it)", path=out)
     partial = out.parent / f".{out.name}.partial"
     if partial.exists():
-        log.warning("removing incomplete conversion left by an earlier run: %s", partial)
+        # an interrupted run's leftovers: nothing of the plate is lost, so not a warning
+        log.info("removing incomplete conversion left by an earlier run: %s", partial)
         shutil.rmtree(partial)
     out.parent.mkdir(parents=True, exist_ok=True)
 

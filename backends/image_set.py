@@ -122,9 +122,9 @@ class ImageSet:
         if self._kind == "zarr":
             from .zarr_backend import ZarrStorageBackend    # (zarr is imported on first use)
             return ZarrStorageBackend(where or self.plate.path / self.key, mode="r")
-        if self._kind == "disk":
-            return DiskStorageBackend(root=self.plate.path if self.key == "." else
-                                      self.plate.path / self.key)
+        if self._kind == "disk":   # "path": an output folder outside a hands-off plate
+            return DiskStorageBackend(root=Path(where) if where else self.plate.path
+                                      if self.key == "." else self.plate.path / self.key)
         if self._kind == "virtual_workspace":
             return VirtualWorkspaceBackend(self.plate.path, self.entry.get("workspace_mapping", {}))
         raise MetadataError(f"subdirectory {self.key!r} names an unknown backend {self._kind!r}",

@@ -28,8 +28,10 @@ inside their subdirectory.
 
 Writes are atomic (temporary file + fsync + rename) and serialized with an
 flock on the directory that holds the file, so the plate gains no lock file.
-If the plate cannot be written (read-only storage), the file goes to a per-user
-cache: ``$XDG_CACHE_HOME/vfsmount/metadata/<hash of the plate's real path>/``.
+If the plate is hands-off (read-only, owned by another account, or marked so: see
+:func:`hands_off`), the file goes to a per-user cache:
+``$XDG_CACHE_HOME/vfsmount/metadata/<name>-<hash of the plate's real path>/``, beside the
+plate's settings (``settings.json``: ``hands_off``, ``outputs_dir``) and staging folder.
 """
 from __future__ import annotations
 
@@ -80,12 +82,104 @@ def plate_is_writable(plate: Path) -> bool:
         return False
 
 
+# -- hands-off plates: nothing is ever written into them ------------------------------------------
+#
+# A plate is hands-off when it is read-only, when another account owns it (an instrument's
+# acquisition account, a facility share: vfsmount cannot tell a share the lab must not change
+# from a colleague's folder, and metadata in the cache costs nothing), or when the user said so
+# (`--hands-off`, kept in the cache). Its metadata lives in the user's cache, and its outputs in
+# a folder the user names (`--outputs-dir`), never in the plate.
+
+SETTINGS_FILENAME = "settings.json"
+
+
+def _settings_path(plate: str | os.PathLike) -> Path:
+    return cache_metadata_path(Path(plate)).parent / SETTINGS_FILENAME
+
+
+def plate_settings(plate: str | os.PathLike) -> dict:
+    """What the user chose for this plate: ``hands_off`` (bool), ``outputs_dir`` (a path)."""
+    try:
+        doc = json.loads(_settings_path(plate).read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise MetadataError("cannot read this plate's settings", path=_settings_path(plate),
+                            cause=e) from e
+    return doc if isinstance(doc, dict) else {}
+
+
+def save_plate_settings(plate: str | os.PathLike, **changes) -> None:
+    path = _settings_path(plate)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path.parent):
+        doc = {**plate_settings(plate), **changes}
+        atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
+
+
+def hands_off(plate: str | os.PathLike) -> str | None:
+    """Why nothing may be written into the plate folder, or None if vfsmount may write its
+    metadata (and, with --writable, outputs/) there."""
+    plate = Path(plate)
+    if not plate_is_writable(plate):
+        return "read-only"
+    try:
+        owner = os.stat(plate).st_uid
+    except OSError:
+        return "read-only"
+    if owner != os.geteuid():
+        return f"owned by {_user_name(owner)}, not by you"
+    if plate_settings(plate).get("hands_off"):
+        return "marked hands-off (--hands-off)"
+    return None
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def outputs_dir(plate: str | os.PathLike) -> tuple[Path, bool]:
+    """Where results written back go, and whether vfsmount may write there: the folder the
+    user named for the plate (``--outputs-dir``), else ``PLATE/outputs`` -- which a hands-off
+    plate only shows, read-only, as it is."""
+    from .layout import OUTPUTS_DIR
+    named = plate_settings(plate).get("outputs_dir")
+    if named:
+        return Path(named), True
+    return Path(plate).absolute() / OUTPUTS_DIR, hands_off(plate) is None
+
+
+def staging_dir(plate: str | os.PathLike, outputs: Path) -> Path:
+    """Where files written through a mount are staged until committed: on the outputs'
+    file system (a commit is one rename). ``PLATE/.vfsmount-staging`` for outputs in the plate;
+    for outputs elsewhere the user's cache, or, if that is another file system, a hidden
+    folder beside the outputs folder -- never in the plate."""
+    from .layout import STAGING_DIR
+    plate = Path(plate).absolute()
+    outputs = Path(os.path.realpath(outputs))
+    if outputs == Path(os.path.realpath(plate)) / "outputs":
+        return plate / STAGING_DIR
+    cache = cache_metadata_path(plate).parent / "staging"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        outputs.mkdir(parents=True, exist_ok=True)
+        if os.stat(cache).st_dev == os.stat(outputs).st_dev:
+            return cache
+    except OSError:
+        pass
+    return outputs.parent / f".{outputs.name}{STAGING_DIR}"
+
+
 def metadata_path(plate: str | os.PathLike, *, for_write: bool = False) -> Path:
     """Where the plate's metadata is read from (or written to)."""
     plate = Path(plate)
     in_plate, in_cache = plate / METADATA_FILENAME, cache_metadata_path(plate)
     if for_write:
-        return in_plate if plate_is_writable(plate) else in_cache
+        return in_cache if hands_off(plate) else in_plate
     candidates = [p for p in (in_plate, in_cache) if p.is_file()]
     if not candidates:
         return in_plate
@@ -253,19 +347,30 @@ def image_set_entry(names, backend: str, **extra) -> dict:
     }
 
 
-def record_output_folder(plate: str | os.PathLike, folder: str, images, backend: str,
+def record_output_folder(plate: str | os.PathLike, folder: str, names, backend: str,
                          **extra) -> dict:
     """Record one output folder (``outputs/<folder>``) in the plate's metadata.
 
-    The one place that does it: used by the mount's outputs area and by pipelines alike.
-    ``images`` are the flat normalized names stored there; names that do not parse are left
-    out. Returns the entry written (nothing is written when no image parses).
+    The one place that does it, and the one rule: used by the mount's outputs area and by
+    pipelines alike. Every output folder that holds a file is recorded; its images are the
+    files named like plate images (``A01_s001_w1_z001_t001.tif``: wells, sites, channels, z
+    and t are theirs, and ``Plate.backend("outputs/<folder>")`` reads them); every other file
+    (``A01_s001_w4_smooth.tif``, tables, ROI zips) is counted in ``other_files``. ``names``:
+    every file of the folder (a zarr folder: the store's planes, its other files in
+    ``extra["files"]``). Returns the entry written (nothing for a folder without files).
     """
-    from .layout import output_key
+    from .layout import OUTPUTS_DIR, output_key
     from .naming import try_parse_virtual_name
-    names = [n for n in images if try_parse_virtual_name(n)]
+    names = list(names)
     if not names:
         return {}
-    entry = image_set_entry(names, backend, **extra)
+    images = [n for n in names if try_parse_virtual_name(n)]
+    if backend == "disk" and "path" not in extra:   # a hands-off plate's folder, outside it
+        root = outputs_dir(plate)[0]
+        if root != Path(plate).absolute() / OUTPUTS_DIR:
+            extra["path"] = str(root / folder)
+    # a zarr folder's images are the store's planes; its other files come as ``files``
+    others = len(extra["files"]) if "files" in extra else len(names) - len(images)
+    entry = image_set_entry(images, backend, other_files=others, **extra)
     update_metadata(plate, {output_key(folder): entry})
     return entry

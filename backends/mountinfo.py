@@ -29,6 +29,27 @@ def mount_type(path: str | os.PathLike) -> str | None:
     return found[-1] if found else None
 
 
+def mount_source(path: str | os.PathLike) -> str | None:
+    """The source ("fsname") of the mount exactly at ``path``: ``vfsmount:<plate name,
+    percent-encoded>`` for ours; None if nothing is mounted there."""
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            rows = [line.split() for line in f]
+    except OSError:
+        return None
+    found = [unescape(r[r.index("-", 5) + 2]) for r in rows
+             if len(r) > 4 and "-" in r[5:] and unescape(r[4]) == real]
+    return found[-1] if found else None
+
+
+def vfsmount_plate_name(path: str | os.PathLike) -> str | None:
+    """The plate's folder name a vfsmount mount at ``path`` serves (from its fsname)."""
+    from urllib.parse import unquote
+    source = mount_source(path) or ""
+    return unquote(source.partition(":")[2]) if source.startswith("vfsmount:") else None
+
+
 #: File systems where a metadata call (stat, open, rename) may wait on a network.
 NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "lustre",
               "gpfs", "beegfs", "afs", "davfs", "fuse", "fuseblk")

@@ -37,6 +37,11 @@ class CsvOptions(WriterOptions):
     fields: Sequence[str] | None = None      # column subset and order; None: every field
     physical: tuple[tuple[str, str, int], ...] = ()
     pixel_size: float | None = None          # um; filled in from the plate when written
+    # the image's columns first in every row (Metadata_Plate, Metadata_Well, Metadata_Site, ...,
+    # ImageNumber), filled in when written; a row with ``object_column`` is an object's row and
+    # gets ObjectNumber = its value -- the columns CellProfiler and pycytominer join on
+    image_columns: tuple[tuple[str, Any], ...] = ()
+    object_column: str | None = "label"
 
 
 @dataclass(frozen=True)
@@ -174,9 +179,17 @@ def _in_micrometers(rows: list[dict], options: CsvOptions) -> list[dict]:
     return out
 
 
+def _with_image_columns(rows: list[dict], options: CsvOptions) -> list[dict]:
+    if not options.image_columns:
+        return rows
+    lead, obj = dict(options.image_columns), options.object_column
+    return [{**lead, **({"ObjectNumber": r[obj]} if obj in r else {}), **r} for r in rows]
+
+
 def _csv(value: Any, options: CsvOptions) -> str:
     import csv
     rows = _in_micrometers(_rows(_select(value, options.source), options.fields), options)
+    rows = _with_image_columns(rows, options)
     out = io.StringIO()
     if rows:
         w = csv.DictWriter(out, fieldnames=list(dict.fromkeys(k for r in rows for k in r)),
@@ -208,13 +221,17 @@ OPTION_TYPES = tuple(WRITERS)   # the writer is chosen by the options' type
 
 
 def materialize(value: Any, spec: MaterializationSpec, stem: str, write: Callable[[str, bytes], None],
-                *, pixel_size: float | None = None) -> list[str]:
+                *, pixel_size: float | None = None,
+                image_columns: dict[str, Any] | None = None) -> list[str]:
     """Encode ``value`` once per option and hand (file name, bytes) to ``write``; return names,
-    the primary one first. ``pixel_size`` (um) adds micrometre columns to CSV tables."""
+    the primary one first. ``pixel_size`` (um) adds micrometre columns to CSV tables;
+    ``image_columns`` (Metadata_Plate, ..., ImageNumber) lead every row of them."""
     names = []
     for options in spec.options:
         if isinstance(options, CsvOptions) and pixel_size and not options.pixel_size:
             options = replace(options, pixel_size=pixel_size)
+        if isinstance(options, CsvOptions) and image_columns and not options.image_columns:
+            options = replace(options, image_columns=tuple(image_columns.items()))
         name = stem + options.filename_suffix
         write(name, WRITERS[type(options)](value, options))
         names.append(name)

@@ -28,6 +28,10 @@ class OutputSink:
     # the source plate's physics (backends.zarr_ngff.physics_of): outputs keep its pixel size,
     # z spacing and channel names -- a result is measured in the same micrometres as its source
     physics: dict | None = field(default=None, compare=False)
+    # for the measurement tables' leading columns: the plate's name, and ImageNumber of each
+    # image set (well, site, t), 1-based in plate order (see image_numbers)
+    plate_name: str = ""
+    image_numbers: dict | None = field(default=None, compare=False, repr=False)
 
     @property
     def pixel_size(self) -> float | None:
@@ -73,13 +77,27 @@ class OutputSink:
         """A special output's files (CSV tables get micrometre columns); a label image also
         becomes NGFF ``labels/<output>`` of its field in the zarr store, when there is one."""
         from .materialization import ROIOptions, _select, materialize
-        names = materialize(value, spec, group.stem, self.write_file, pixel_size=self.pixel_size)
+        names = materialize(value, spec, group.stem, self.write_file, pixel_size=self.pixel_size,
+                            image_columns=self.image_columns(group.components))
         for options in spec.options:
             labels = _select(value, options.source)
             if zarr_store is not None and isinstance(options, ROIOptions) \
                     and isinstance(labels, np.ndarray) and labels.dtype.kind in "ui":
                 self.write_labels(zarr_store, group.coords[0], output or "labels", labels)
         return names
+
+    def image_columns(self, components: dict) -> dict:
+        """The columns CellProfiler and pycytominer join tables on, for one stack: plate,
+        well, site (and channel, time point), and ImageNumber of its image set."""
+        names = {"well": "Metadata_Well", "site": "Metadata_Site", "channel": "Metadata_Channel",
+                 "t": "Metadata_Timepoint"}
+        columns = {"Metadata_Plate": self.plate_name}
+        columns.update({col: components[key] for key, col in names.items() if key in components})
+        number = (self.image_numbers or {}).get(
+            (components.get("well"), components.get("site"), components.get("t")))
+        if number is not None:
+            columns["ImageNumber"] = number
+        return columns
 
     def write_labels(self, store, where, name: str, labels: np.ndarray) -> None:
         from backends.naming import split_well
@@ -103,6 +121,17 @@ class OutputSink:
             return []
         return sorted(str(p.relative_to(base)) for p in base.rglob("*")
                       if p.is_file() and not p.name.startswith(".vfsmount"))
+
+
+def image_numbers(names) -> dict[tuple[str, int, int], int]:
+    """(well, site, t) -> ImageNumber, 1-based in plate order (wells as natsort orders them,
+    then sites, then time points): one number per image set, shared by its channels and
+    z-planes, as in CellProfiler."""
+    from natsort import natsorted
+    from backends.naming import try_parse_virtual_name
+    sets = {(p.well, p.site, p.t) for p in map(try_parse_virtual_name, names) if p is not None}
+    ordered = natsorted(sets, key=lambda k: (k[0], k[1], k[2]))
+    return {k: i for i, k in enumerate(ordered, start=1)}
 
 
 def mount_physics(mountpoint: str | os.PathLike) -> dict:

@@ -60,7 +60,7 @@ def run_pipeline(pipeline: Pipeline | Sequence[FunctionStep], target: str | os.P
         bar.close()
     result = _collect(well_results, zarr_store, RunResult(groups=len(groups),
                                                           output=out.sink.folder), out.sink)
-    out.record(pipeline.backend_for(pipeline.steps[-1]), result.images)
+    out.record(pipeline.backend_for(pipeline.steps[-1]), result.images, result.files_written)
     if result.failures:
         raise PipelineError(f"{len(result.failures)} stack(s) failed (outputs of the others are "
                             "kept):\n" + "\n".join(result.failures))

@@ -19,11 +19,11 @@ from natsort import natsorted
 
 from backends.disk import DiskStorageBackend
 from backends.layout import FS_TYPE, MAIN_ALIAS, OUTPUTS_DIR
-from backends.mountinfo import mount_type
+from backends.mountinfo import mount_type, vfsmount_plate_name
 from backends.remote import is_url
 
 from .errors import PipelineError
-from .output_sink import (OutputSink, local_outputs_root, mount_physics, output_physics,
+from .output_sink import (OutputSink, image_numbers, mount_physics, output_physics,
                           remote_outputs_root)
 
 
@@ -78,7 +78,9 @@ class Target:
                                if n.lower().endswith((".tif", ".tiff")))
         self.reader_spec = ReaderSpec(str(self.path / MAIN_ALIAS))
         self.sink = OutputSink(str(self.path / OUTPUTS_DIR), self.output, through_mount=True,
-                               physics=mount_physics(self.path))
+                               physics=mount_physics(self.path),
+                               plate_name=vfsmount_plate_name(self.path) or self.path.name,
+                               image_numbers=image_numbers(self.names))
         if not os.access(self.path / OUTPUTS_DIR, os.W_OK):
             raise PipelineError(f"{self.path} is a read-only mount: mount it with --writable")
 
@@ -88,20 +90,32 @@ class Target:
         self.names = self.plate.image_files()
         digest = hashlib.sha256(json.dumps(self.plate.entry(), sort_keys=True).encode())
         self.reader_spec = ReaderSpec(self.plate.location, self.plate.main, digest.hexdigest()[:16])
-        root = (remote_outputs_root(self.plate.url) if self.plate.url
-                else local_outputs_root(self.plate.path))
-        self.sink = OutputSink(root, self.output, physics=output_physics(self.plate.entry()))
+        if self.plate.url:
+            root = remote_outputs_root(self.plate.url)
+        else:   # PLATE/outputs, or the folder named for a hands-off plate
+            from backends.metadata import hands_off, outputs_dir
+            where, may_write = outputs_dir(self.plate.path)
+            if not may_write:
+                raise PipelineError(f"{self.plate.path} is hands-off ({hands_off(self.plate.path)}):"
+                                    " name a folder for the results: --outputs-dir DIR")
+            root = str(where)
+        self.sink = OutputSink(root, self.output, physics=output_physics(self.plate.entry()),
+                               plate_name=self.plate.name, image_numbers=image_numbers(self.names))
 
     def load(self, names: Sequence[str]) -> list[np.ndarray]:
         return self.reader.load_batch(list(names))
 
-    def record(self, backend: str, images: Iterable[str]) -> None:
-        """Add the output folder to the plate's metadata (a mount does this itself)."""
+    def record(self, backend: str, images: Iterable[str], files: Iterable[str] = ()) -> None:
+        """Add the output folder to the plate's metadata, by the rule every output folder
+        follows (``record_output_folder``; a mount does this itself)."""
         if self.through_mount:
             return
         from backends.metadata import record_output_folder
-        extra = {"path": self.sink.zarr_location} if backend == "zarr" else {}
-        record_output_folder(self.plate.path, self.output, sorted(set(images)), backend, **extra)
+        extra = {}
+        if backend == "zarr":
+            extra = {"path": self.sink.zarr_location, "files": natsorted(set(files))}
+        everything = set(images) if backend == "zarr" else set(images) | set(files)
+        record_output_folder(self.plate.path, self.output, sorted(everything), backend, **extra)
 
 
 def is_vfsmount(path: Path) -> bool:

@@ -63,9 +63,11 @@ def test_info_of_one_file(plate, mounts):
         facts = json.loads(run_cli("info", str(mnt / folder / name), "--json").stdout)
         assert (facts["well"], facts["site"], facts["channel"], facts["z"], facts["t"]) == \
             ("B02", 2, 2, 2, 1)
-        assert facts["source"] == ws[name] and facts["mount"] == str(mnt)
+        # the plate's real path, never a path through the mount (issue 31)
+        assert facts["source"] == os.path.join(os.path.realpath(plate), ws[name])
+        assert facts["mount"] == str(mnt)
     text = run_cli("info", str(mnt / "original" / ws[name])).stdout
-    assert f"source:  {ws[name]}" in text
+    assert f"source:  {os.path.join(os.path.realpath(plate), ws[name])}" in text
     res = run_cli("info", str(plate / ws[name]), check=False)
     assert res.returncode == 1 and "not inside a vfsmount mount" in res.stderr
 

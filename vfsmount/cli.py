@@ -1,4 +1,4 @@
-"""The ``vfsmount`` command line: info, convert, mount, umount, list, run, demo.
+"""The ``vfsmount`` command line: info, convert, mount, umount, list, run, examples, demo.
 
 Each subcommand is a handler, ``_cmd_<name>``, and one row of COMMANDS: its help and the table
 of its arguments. An option that only makes sense with another says so in ``requires`` (or
@@ -10,9 +10,11 @@ command line); a traceback is printed only with ``--log-level debug``.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -48,6 +50,7 @@ def _cmd_info(args) -> int:
         raise UserError(f"{args.plate} is a file not inside a vfsmount mount: `info FILE` is "
                         "for files of a mount; for a plate, give its folder")
     from backends.plate import Plate
+    _apply_plate_settings(args, args.plate)
     return _report(args, info_report(Plate.open(args.plate, rescan=not args.no_rescan)),
                    _print_info)
 
@@ -69,6 +72,7 @@ def info_report(plate) -> dict:
         "plate": plate.location,
         "format": plate.handler_name,
         "metadata_file": str(plate.metadata_file),
+        **writes_of(plate),
         "main": plate.main,
         "primary_backend": plate.primary_backend(),
         "subdirectories": {key: _subdirectory_report(plate, key, e)
@@ -76,6 +80,19 @@ def info_report(plate) -> dict:
         "unparsed_tiffs": None if scan is None else scan.unparsed,
         "ignored_thumbnails": None if scan is None else scan.ignored,
     }
+
+
+def writes_of(plate) -> dict:
+    """Where vfsmount writes for this plate: ``hands_off`` (why nothing goes into the plate
+    folder, or null), ``outputs_dir`` (where results written back go; null where none may be
+    written yet) -- the metadata file is ``metadata_file``."""
+    from backends.metadata import hands_off, outputs_dir
+    if plate.url is not None:   # a store given directly: nothing is written into it
+        from compute.output_sink import remote_outputs_root
+        return {"hands_off": "a store given directly",
+                "outputs_dir": remote_outputs_root(plate.url)}
+    where, may_write = outputs_dir(plate.path)
+    return {"hands_off": hands_off(plate.path), "outputs_dir": str(where) if may_write else None}
 
 
 def _subdirectory_report(plate, key: str, e: dict) -> dict:
@@ -87,7 +104,7 @@ def _subdirectory_report(plate, key: str, e: dict) -> dict:
         "grid_dimensions": e.get("grid_dimensions"),
         "z_spacing_um": e.get("z_spacing"), "time_interval_s": e.get("time_interval"),
         "unknown": e.get("physics_unknown", {}), "unit": e.get("unit"),
-        "problems": e.get("problems", []),
+        "problems": e.get("problems", []), "other_files": e.get("other_files"),
         **_plane_format(plate, key, e),
         "available_backends": [k for k, v in e.get("available_backends", {}).items() if v],
         "main": e.get("main", False),
@@ -114,6 +131,9 @@ def _print_info(report: dict) -> None:
     print(f"plate:     {report['plate']}")
     print(f"format:    {report['format']}")
     print(f"metadata:  {report['metadata_file']}")
+    print(f"outputs:   {report['outputs_dir'] or 'none yet: name a folder with --outputs-dir DIR'}")
+    if report["hands_off"]:
+        print(f"hands-off: {report['hands_off']}: nothing is written into the plate folder")
     print(f"main:      {report['main']} (read through {report['primary_backend']})")
     for key, s in report["subdirectories"].items():
         star = " (main)" if s["main"] else ""
@@ -134,6 +154,9 @@ def _print_info(report: dict) -> None:
         pixel = "unknown" if s["pixel_size_um"] is None else f"{s['pixel_size_um']} um"
         grid = f", grid {s['grid_dimensions']}" if s["grid_dimensions"] else ""
         print(f"  pixel:     {pixel}{grid}" + (f" (stored in {s['unit']})" if s["unit"] else ""))
+        if s["other_files"]:
+            n = s["other_files"]
+            print(f"  other:     {n} file{'s' if n > 1 else ''} not named like a plate image")
         for problem in s["problems"]:
             print(f"  problem:   {problem}")
     if report["unparsed_tiffs"]:
@@ -170,7 +193,8 @@ def _cmd_convert(args) -> int:
     from backends.convert import convert_plate
     from backends.zarr_config import ZarrConfig
     if args.output is None:
-        _refuse_read_only(args.plate, "give --output DIR for the OME-Zarr store")
+        _refuse_hands_off(args.plate, "give --output DIR for the OME-Zarr store")
+    _refuse_mounted(args.plate)
     config = ZarrConfig(chunk_strategy=args.chunk_strategy, compressor=args.compressor,
                         compression_level=args.level, ngff_version=args.ngff_version,
                         pyramid_levels=args.levels)
@@ -191,9 +215,12 @@ def _cmd_mount(args) -> int:
         Plate.open(args.plate)   # says what is wrong with it (not there, an .nd2 file, ...)
     check_mountpoint(args.mountpoint, nonempty=args.nonempty)
     check_not_nested(args.plate, args.mountpoint)
+    _apply_plate_settings(args, args.plate)
     if args.writable:
-        _refuse_read_only(args.plate, "mount it without --writable")
+        _refuse_hands_off(args.plate, "mount it without --writable, or name a folder for the "
+                          "results: --outputs-dir DIR", outputs=True)
     if args.pipeline:
+        args.pipeline = _pipeline_path(args.pipeline)
         _load_pipeline(args.pipeline)   # its mistakes as file:line, before a daemon starts
     cfg = MountConfig.from_args(args)
     if args.foreground:
@@ -242,20 +269,37 @@ def _cmd_umount(args) -> int:
 
 def _cmd_list(args) -> int:
     from .control import active_mounts
-    rows = [{**asdict(m), "alive": m.alive} for m in active_mounts()]
+    rows = [{**asdict(m), "alive": m.alive, **_mount_writes(m.plate)} for m in active_mounts()]
     if args.json:
         _print_json(rows)
         return 0
     if not rows:
         print("no vfsmount mounts")
         return 0
-    table = [("MOUNTPOINT", "PLATE", "PID", "OPTIONS", "LOG")] + [
+    table = [("MOUNTPOINT", "PLATE", "PID", "OPTIONS", "METADATA", "OUTPUTS", "LOG")] + [
         (r["mountpoint"], r["plate"], str(r["pid"]) + ("" if r["alive"] else " (dead)"),
-         " ".join(r["options"]) or "-", r["log_file"] or "-") for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
+         " ".join(r["options"]) or "-", r["metadata_file"] or "-", r["outputs_dir"] or "-",
+         r["log_file"] or "-") for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(6)]
     for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[6])
     return 0
+
+
+def _mount_writes(plate: str) -> dict:
+    """For `list`: where a mounted plate's metadata and outputs go (as `info` says)."""
+    from backends.handlers.ome_zarr import is_zarr_store
+    from backends.metadata import METADATA_FILENAME, hands_off, metadata_path, outputs_dir
+    from backends.plate import store_plate_dir
+    from backends.remote import is_url
+    from compute.output_sink import remote_outputs_root
+    if is_url(plate) or is_zarr_store(plate):
+        where = plate if is_url(plate) else os.path.realpath(plate)
+        return {"metadata_file": str(store_plate_dir(where) / METADATA_FILENAME),
+                "hands_off": "a store given directly", "outputs_dir": remote_outputs_root(plate)}
+    where, may_write = outputs_dir(plate)
+    return {"metadata_file": str(metadata_path(plate)), "hands_off": hands_off(Path(plate)),
+            "outputs_dir": str(where) if may_write else None}
 
 
 # -- run, demo ---------------------------------------------------------------------------------
@@ -263,15 +307,37 @@ def _cmd_list(args) -> int:
 def _cmd_run(args) -> int:
     from backends.mountinfo import mount_type
     from compute.pipeline import VFSConfig, run_pipeline
-    pipeline = _load_pipeline(args.pipeline)
+    pipeline = _load_pipeline(_pipeline_path(args.pipeline))
     if mount_type(args.target) is None:
-        _refuse_read_only(args.target, "run the pipeline on a writable copy of the plate")
+        _apply_plate_settings(args, args.target)
+        _refuse_hands_off(args.target, "name a folder for the results: --outputs-dir DIR",
+                          outputs=True)
     if args.materialize:
         pipeline.config = VFSConfig(materialization_backend=args.materialize)
     result = run_pipeline(pipeline, args.target, output=args.output, workers=args.workers,
                           progress=_progress(args), dask=args.dask)
     print(f"{pipeline.name}: {result.groups} stacks, {result.images_written} images and "
           f"{len(result.files_written)} files written to {result.output}")
+    return 0
+
+
+def _cmd_examples(args) -> int:
+    from .examples import example_files, summary
+    files = example_files()
+    if args.copy is None:
+        for name, path in files.items():
+            print(f"{name:12s}{summary(path)}")
+        print(f"\n(in {next(iter(files.values())).parent}; `vfsmount run NAME PLATE` runs one, "
+              "`vfsmount examples --copy DIR` copies them to edit)")
+        return 0
+    dest = Path(args.copy)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, path in files.items():
+        target = dest / path.name
+        if target.exists():
+            raise UserError(f"{target} exists: vfsmount never overwrites your files")
+        target.write_bytes(path.read_bytes())
+        print(f"copied {target}")
     return 0
 
 
@@ -282,20 +348,68 @@ def _cmd_demo(args) -> int:
 
 # -- shared checks -----------------------------------------------------------------------------
 
-def _refuse_read_only(plate: str, how: str) -> None:
-    """Read-only plates are never written into, by any command (root included)."""
-    from backends.metadata import plate_is_writable
+def _refuse_hands_off(plate: str, how: str, *, outputs: bool = False) -> None:
+    """Hands-off plates (read-only, another account's, or marked) are never written into, by
+    any command (root included); with ``outputs``, a folder named for their results will do."""
+    from backends.metadata import hands_off, outputs_dir
     from backends.remote import is_url
-    if not is_url(plate) and Path(plate).is_dir() and not plate_is_writable(Path(plate)):
-        raise UserError(f"{plate} is read-only and vfsmount never writes into it: {how}")
+    if is_url(plate) or not Path(plate).is_dir():
+        return
+    why = hands_off(Path(plate))
+    if why and not (outputs and outputs_dir(Path(plate))[1]):
+        raise UserError(f"{plate} is hands-off ({why}) and vfsmount never writes into it: {how}")
+
+
+def _apply_plate_settings(args, plate: str) -> None:
+    """``--hands-off`` and ``--outputs-dir``, kept for the plate in the user's cache, so that
+    every later command (and the mount daemon) follows them."""
+    from backends.metadata import hands_off, save_plate_settings
+    from backends.remote import is_url
+    marked, named = getattr(args, "hands_off", False), getattr(args, "outputs_dir", None)
+    if is_url(plate) or not Path(plate).is_dir() or not (marked or named):
+        return
+    changes: dict = {"hands_off": True} if marked else {}
+    if named:
+        real, inside = os.path.realpath(named), os.path.realpath(plate)
+        if (marked or hands_off(Path(plate))) and (real + "/").startswith(inside + "/"):
+            raise UserError(f"--outputs-dir {named} is inside the plate, which is hands-off: "
+                            "name a folder outside it")
+        changes["outputs_dir"] = real
+    save_plate_settings(plate, **changes)
+
+
+def _refuse_mounted(plate: str) -> None:
+    """A mount shows the plate as it was when mounted: converting under it would leave it
+    serving the old view without a word, so convert waits until the plate is unmounted."""
+    from backends.remote import is_url
+    from .control import active_mounts
+    if is_url(plate):
+        return
+    real = os.path.realpath(plate)
+    for m in active_mounts():
+        if not is_url(m.plate) and os.path.realpath(m.plate) == real:
+            raise UserError(f"{plate} is mounted on {m.mountpoint}, and a mount keeps showing "
+                            "the plate as it was when mounted: unmount it (vfsmount umount "
+                            f"{m.mountpoint}), convert, then mount it again")
+
+
+def _pipeline_path(text: str) -> str:
+    """A pipeline file as given, or else the packaged example it names (`cells`, or
+    `examples/cells.py` run outside the checkout)."""
+    from .examples import example_files, find_example
+    if Path(text).is_file():
+        return text
+    example = find_example(text)
+    if example is None:
+        raise UserError(f"{text}: no such pipeline file (packaged examples, by name: "
+                        f"{', '.join(example_files())}; `vfsmount examples` lists them)")
+    return str(example)
 
 
 def _load_pipeline(path: str):
     """A pipeline file; a mistake in it is reported as file:line, like a compiler would."""
     from compute.errors import PipelineError
     from compute.pipeline import load_pipeline_file
-    if not Path(path).is_file():
-        raise UserError(f"{path}: no such pipeline file")
     try:
         return load_pipeline_file(path)
     except SyntaxError as e:
@@ -378,13 +492,20 @@ S3 = arg("--s3-endpoint", help="S3-compatible endpoint URL for s3:// locations (
 NO_PROGRESS = arg("--no-progress", action="store_true",
                   help="no progress bar (there is none anyway when stderr is not a terminal)")
 
+HANDS_OFF = arg("--hands-off", action="store_true",
+                help="never write into this plate folder (kept for the plate): metadata in your "
+                     "cache, results in --outputs-dir; the default for a plate you do not own")
+OUTPUTS_DIR_ARG = arg("--outputs-dir", metavar="DIR",
+                      help="where results written back go for this plate (kept for it; default "
+                           "PLATE/outputs, and required for a hands-off plate)")
+
 COMMANDS: dict[str, Command] = {
     "info": Command(_cmd_info, "detect a plate's format, map it, write its metadata, report; "
                     "or, given a file of a mount, its coordinates and source", [
         arg("plate", help="plate directory, s3://bucket/plate.zarr, or a file of a mount"),
         arg("--json", action="store_true", help="machine-readable output (\"schema\": 1)"),
         arg("--no-rescan", action="store_true", help="report the existing metadata as is"),
-        S3]),
+        HANDS_OFF, S3]),
     "convert": Command(_cmd_convert, "convert a plate to OME-Zarr (PLATE/zarr by default)", [
         arg("plate", help="plate directory"),
         arg("--output", metavar="DIR", help="store path or s3://bucket/key.zarr (default: "
@@ -410,13 +531,14 @@ COMMANDS: dict[str, Command] = {
         arg("--allow-other", action="store_true", help="let other users see the mount"),
         arg("--subdir", help="subdirectory shown as images/ (default: the main one)"),
         arg("--writable", action="store_true",
-            help="make outputs/ writable; what is written lands in the plate"),
+            help="make outputs/ writable; what is written lands in PLATE/outputs (or in "
+                 "--outputs-dir)"),
         arg("--materialize", choices=["disk", "zarr"], requires="writable",
             default=MountConfig.materialize,
             help="with --writable: plate images written to outputs/<dir>/ go to OME-Zarr "
                  "(zarr) or stay files (disk, the default)"),
         arg("--pipeline", metavar="FILE", help="add processed/<name>/: TIFFs this pipeline file "
-            "computes when they are first read"),
+            "(or packaged example, by name) computes when they are first read"),
         arg("--compute-cache-mb", type=int, requires="pipeline",
             default=MountConfig.compute_cache_mb,
             help="with --pipeline: memory for computed stacks (LRU; default 256 MiB)"),
@@ -433,7 +555,7 @@ COMMANDS: dict[str, Command] = {
             help="outputs/: close() waits until the file is on stable storage (fsync); by "
                  "default only fsync() does, as on ext4"),
         arg("--log-file", help="daemon log (default: ~/.cache/vfsmount/logs/)"),
-        S3]),
+        HANDS_OFF, OUTPUTS_DIR_ARG, S3]),
     "umount": Command(_cmd_umount, "unmount (also clears a dead mount)", [
         arg("mountpoint", nargs="?", help="the mount point (or --all)"),
         arg("--all", action="store_true", help="every mount `vfsmount list` shows"),
@@ -442,7 +564,8 @@ COMMANDS: dict[str, Command] = {
     "list": Command(_cmd_list, "list active mounts: mount point, plate, pid, options, log", [
         arg("--json", action="store_true", help="machine-readable output")]),
     "run": Command(_cmd_run, "run a pipeline file over a plate or a --writable mountpoint", [
-        arg("pipeline", help="a Python file defining `pipeline`"),
+        arg("pipeline", help="a Python file defining `pipeline`, or the name of a packaged "
+            "example (`vfsmount examples`)"),
         arg("target", help="plate directory, s3://bucket/plate.zarr, or the mountpoint of a "
             "--writable mount"),
         arg("--output", metavar="NAME",
@@ -453,7 +576,10 @@ COMMANDS: dict[str, Command] = {
             help="wells processed in parallel (threads; default 2)"),
         arg("--dask", metavar="SCHEDULER", help="run wells as tasks on a Dask cluster: "
             "tcp://host:8786, or local:N for N local worker processes"),
-        NO_PROGRESS, S3]),
+        OUTPUTS_DIR_ARG, NO_PROGRESS, S3]),
+    "examples": Command(_cmd_examples, "list the pipeline files installed with vfsmount "
+                        "(`vfsmount run NAME PLATE` runs one), or copy them to edit", [
+        arg("--copy", metavar="DIR", help="copy them into DIR (never over an existing file)")]),
     "demo": Command(_cmd_demo, "generate a sample plate, convert part of it, mount it", [
         arg("--dir", help="where to put the sample plate (default: ~/.cache/vfsmount/demo)"),
         arg("--unmount", action="store_true", help="unmount at the end")]),
@@ -462,7 +588,26 @@ COMMANDS: dict[str, Command] = {
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):   # one line, not argparse's usage block
+        choice = re.match(r"argument .*: invalid choice: '(.*)' \(choose from (.*)\)$", message)
+        if choice:   # a misspelt command or choice: name the closest one
+            message += did_you_mean(choice[1], re.findall(r"'([^']*)'", choice[2]))
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def did_you_mean(word: str, candidates) -> str:
+    """`` (did you mean `--writable`?)`` for the closest candidate, or nothing (Python 3.11's
+    argparse has no suggest_on_error)."""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _refuse_unknown_options(parser: argparse.ArgumentParser, args, extras: list[str]) -> None:
+    """What argparse left unparsed, each with the closest option of its command."""
+    sub = parser.commands.get(getattr(args, "command", None)) or parser
+    options = {s for p in {parser, sub} for a in p._actions for s in a.option_strings}
+    first = extras[0]
+    hint = did_you_mean(first.split("=", 1)[0], options) if first.startswith("-") else ""
+    sub.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
 
 
 def _log_level(text: str) -> str:
@@ -511,7 +656,9 @@ def _check_dependent_options(parser: argparse.ArgumentParser, args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _refuse_unknown_options(parser, args, extras)
     _check_dependent_options(parser, args)
     logging.basicConfig(level=(args.log_level or "warning").upper(),
                         format="%(levelname)s %(name)s: %(message)s")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 DEFAULT_THREADS = 8
 
@@ -59,6 +60,24 @@ class MountConfig:
         return argv
 
 
+def outputs_folders(plate, *, writable: bool) -> tuple[Path, Path] | None:
+    """(outputs folder, staging folder) of a mount of ``plate`` (an opened Plate): ``PLATE/outputs``
+    and ``PLATE/.vfsmount-staging``, or for a hands-off plate the folder the user named and a
+    staging folder outside the plate; None for a store given directly (no outputs of its own).
+    Raises ValueError for a --writable mount of a hands-off plate with no folder named."""
+    from backends.layout import STAGING_DIR
+    from backends.metadata import hands_off, outputs_dir, staging_dir
+    if plate.url is not None:
+        return None
+    root, may_write = outputs_dir(plate.path)
+    if writable and not may_write:
+        raise ValueError(f"{plate.location} is hands-off ({hands_off(plate.path)}): nothing "
+                         "is written into it; name a folder for the results: --outputs-dir DIR")
+    # a read-only mount stages nothing: no folder is made for it
+    staging = staging_dir(plate.path, root) if writable else plate.path / STAGING_DIR
+    return root, staging
+
+
 def parse_daemon_argv(argv: list[str] | None) -> tuple[MountConfig, argparse.Namespace]:
     """Read back what :meth:`MountConfig.to_argv` wrote (plus the daemon's own options)."""
     p = argparse.ArgumentParser(prog="python -m vfsmount.daemon")
@@ -82,4 +101,4 @@ def parse_daemon_argv(argv: list[str] | None) -> tuple[MountConfig, argparse.Nam
     return MountConfig(**values), args
 
 
-__all__ = ["MountConfig", "parse_daemon_argv", "DEFAULT_THREADS"]
+__all__ = ["MountConfig", "parse_daemon_argv", "outputs_folders", "DEFAULT_THREADS"]

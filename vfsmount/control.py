@@ -61,8 +61,7 @@ def start_daemon(plate: str | os.PathLike, mountpoint: str | os.PathLike, *,
     check_not_nested(plate, mnt)
     if is_mounted(mnt) and not clear_dead_mount(mnt):   # a dead one (daemon killed) is cleared
         raise MountError(f"{mnt} is already a mount point (vfsmount umount {mnt} first)")
-    if not mnt.is_dir():
-        raise MountError(f"mount point {mnt} is not a directory")
+    _require_directory(mnt)
     log_path = Path(log_file) if log_file else default_log_file(mnt)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     r, w = os.pipe()
@@ -162,11 +161,17 @@ class MountBusyError(MountError):
     pass
 
 
+def _require_directory(mnt: Path) -> None:
+    if not mnt.is_dir():
+        what = "is not a directory" if os.path.lexists(mnt) else \
+            f"does not exist (create it first: mkdir {mnt})"
+        raise MountError(f"mount point {mnt} {what}")
+
+
 def check_mountpoint(mountpoint: str | os.PathLike, *, nonempty: bool = False) -> None:
     """Refuse what fusermount refuses by default: mounting over files, which would hide them."""
     mnt = Path(mountpoint)
-    if not mnt.is_dir():
-        raise MountError(f"mount point {mnt} is not a directory")
+    _require_directory(mnt)
     if is_mounted(mnt):
         raise MountError(f"{mnt} is already a mount point (vfsmount umount {mnt} first)")
     if not nonempty:

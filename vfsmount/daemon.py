@@ -17,9 +17,9 @@ from urllib.parse import quote
 import pyfuse3
 import trio
 
-from backends.layout import FS_SUBTYPE, OUTPUTS_DIR, STAGING_DIR
+from backends.layout import FS_SUBTYPE
 
-from .config import MountConfig, parse_daemon_argv
+from .config import MountConfig, outputs_folders, parse_daemon_argv
 from .fs import VfsOperations
 from .tree import build_tree
 
@@ -60,8 +60,10 @@ async def _record_outputs(ops: VfsOperations) -> None:
         await trio.sleep(1)
         try:
             await ops.workers.run(ops.outputs.write_metadata)
-        except Exception:
-            log.exception("cannot record outputs in the plate metadata")
+        except Exception:   # nothing is lost: the files stay, the next try records them
+            log.warning("cannot record outputs/ in %s yet (the files are kept; the next second, "
+                        "or the next mount, records them)", ops.outputs.plate.metadata_file,
+                        exc_info=True)
 
 
 async def _stop_on_signal(scope: trio.CancelScope) -> None:
@@ -82,15 +84,19 @@ def _build(cfg: MountConfig) -> tuple[object, VfsOperations]:
     remote.set_default_chunk_cache_bytes(cfg.chunk_cache_mb << 20)
     plate = Plate.open(cfg.plate, lazy=True)        # a store: each well read on first use
     if cfg.writable and plate.url is not None:
-        raise ValueError("a remote plate cannot be mounted --writable; write results with "
-                         "`vfsmount run PIPELINE " + plate.url + "` instead")
+        from compute.output_sink import remote_outputs_root   # where `run` puts its results
+        raise ValueError(f"{plate.url} is an OME-Zarr store given directly, and a store is "
+                         "only mounted read-only (nothing is ever written into it): mount it "
+                         "without --writable, and write results with `vfsmount run PIPELINE "
+                         f"{plate.url}` (results go beside the store, to "
+                         f"{remote_outputs_root(plate.url)}/)")
     if cfg.subdir is not None:
         plate.choose_main(cfg.subdir)
     outputs = None
-    if plate.url is None:   # read-only: an empty folder until PLATE/outputs exists
-        outputs = OutputsArea(plate, plate.path / OUTPUTS_DIR, plate.path / STAGING_DIR,
-                              writable=cfg.writable, materialize=cfg.materialize,
-                              sync_on_close=cfg.sync_on_close)
+    folders = outputs_folders(plate, writable=cfg.writable)   # a hands-off plate's: elsewhere
+    if folders is not None:   # read-only: an empty folder until the outputs folder exists
+        outputs = OutputsArea(plate, *folders, writable=cfg.writable,
+                              materialize=cfg.materialize, sync_on_close=cfg.sync_on_close)
         if cfg.writable:
             outputs.write_metadata(force=True)   # reconcile after a crash
         if cfg.writable and cfg.materialize == "zarr":

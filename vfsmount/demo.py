@@ -58,7 +58,6 @@ def run_demo(base: Path | None = None, *, keep_mounted: bool = True) -> int:
           f"(workspace/), {n_proj} projections (projection/), the raw tree under original/.")
     if keep_mounted:
         exe = shutil.which("vfsmount") or str(Path(sys.executable).parent / "vfsmount")
-        example = Path(__file__).resolve().parents[1] / "examples" / "cells.py"
         print(f"""
 Try:
   tiffinfo {mnt}/images/{first}
@@ -66,8 +65,8 @@ Try:
   imagej {mnt}/images/{first}          # or Fiji: File > Open
   {exe} info {plate_dir}
 Write results back, and compute on read:
-  {exe} umount {mnt} && {exe} mount {plate_dir} {mnt} --writable --pipeline {example}
-  {exe} run {example} {mnt}            # -> {mnt}/outputs/cells/, stored in the plate
+  {exe} umount {mnt} && {exe} mount {plate_dir} {mnt} --writable --pipeline cells
+  {exe} run cells {mnt}               # -> {mnt}/outputs/cells/, stored in the plate
   ls {mnt}/processed/cells/            # computed when read
 Unmount with:
   {exe} umount {mnt}""")

@@ -27,6 +27,22 @@ _BY_TYPE: tuple[tuple[type[BaseException], int], ...] = (
     (UnsupportedFormatError, errno.EIO),
 )
 
+# An ERROR line means data was refused or lost: it names the file (``what``) and says what the
+# user can do -- this, for the refusals whose own message does not.
+_HINTS: dict[int, str] = {
+    errno.EROFS: "only outputs/ takes writes, on a mount made with --writable",
+    errno.EACCES: "vfsmount never follows a link or path leading outside the plate (or a "
+                  "symlink in outputs/): read the file on the plate itself",
+    errno.ENOSPC: "the disk holding the outputs is full: free space and write the file again",
+    errno.EIO: "the plate's file cannot be read: check it on the plate (`vfsmount info FILE` "
+               "names its source)",
+}
+_SOURCE_MISSING = "the plate changed since it was mounted: remount it to see it as it is now"
+
+
+def _hint(err: int) -> str:
+    return f" ({_HINTS[err]})" if err in _HINTS else ""
+
 
 class CommitError(OSError):
     """A commit of a file written into outputs/ failed; ``errno`` is what the writer's
@@ -74,13 +90,14 @@ def fuse_operation(fn):
             if not expected(exc):
                 log.exception("%s failed", what)
             elif err == errno.ENOENT and fn.__name__ in ("open", "read"):
-                log.error("%s: source missing: %s", what, exc)    # listed, but its file is gone
+                # listed, but its file is gone
+                log.error("%s: source missing: %s (%s)", what, exc, _SOURCE_MISSING)
             elif err in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENAMETOOLONG,
                          errno.ESTALE):     # (ESTALE: the kernel looks the name up again)
                 log.debug("%s: %s", what, exc)
             elif getattr(exc, "kept", False):     # not stored yet, nothing lost
                 log.info("%s: not committed yet (kept staged): %s", what, exc)
             else:
-                log.error("%s: %s: %s", what, type(exc).__name__, exc)
+                log.error("%s: %s: %s%s", what, type(exc).__name__, exc, _hint(err))
             raise pyfuse3.FUSEError(err) from None
     return op

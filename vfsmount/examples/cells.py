@@ -1,7 +1,10 @@
 """Three-step pipeline: blur, threshold, label with per-object measurements.
 
-    vfsmount run examples/cells.py PLATE            # results in PLATE/outputs/cells/
-    vfsmount run examples/cells.py MOUNTPOINT       # through a --writable mount
+    vfsmount run cells PLATE                 # results in PLATE/outputs/cells/
+    vfsmount run cells MOUNTPOINT            # through a --writable mount
+    vfsmount mount PLATE MNT --pipeline cells   # MNT/processed/cells/, computed on read
+
+(`cells` is this file, installed with vfsmount; `vfsmount examples --copy DIR` copies it to edit.)
 """
 from compute.functions import gaussian_filter, label_with_measurements, threshold_otsu
 from compute.pipeline import FunctionStep, Pipeline
