@@ -322,6 +322,9 @@ class Calibrated:
         layout = self._layout()
         return layout.size if layout else super().size
 
+    def bytes_are_source(self) -> bool:
+        return self._layout() is None          # past 4 GiB: the vendor's bytes as they are
+
     def read(self, handle, offset: int, length: int) -> bytes:
         layout = self._layout()
         if layout is None:

@@ -52,7 +52,10 @@ class _Version:
 class _Writer:
     """A handle opened for writing: it reads and writes the node's staging file."""
 
-    __slots__ = ()
+    __slots__ = ("backing",)
+
+    def __init__(self, backing: int | None = None) -> None:
+        self.backing = backing    # its own descriptor of the staging file, for passthrough
 
 
 class OutFile(FileNode):
@@ -174,7 +177,8 @@ class OutFile(FileNode):
                 except BaseException:
                     self.writers -= 1
                     raise
-            return OpenFile(_Writer(), keep_cache=False)
+            writer = _Writer(self.passthrough_fd())
+            return OpenFile(writer, keep_cache=False, backing_fd=writer.backing)
         with self.area.lock:
             version = self.committed_version()
             if version is None and self.visible:     # not committed yet: the staged bytes
@@ -184,6 +188,20 @@ class OutFile(FileNode):
         # written through this mount: the size may change under an open reader, and only
         # direct I/O keeps the kernel from cutting this reader's version to the new size
         return OpenFile(version, keep_cache=False, direct_io=self.written)
+
+    def passthrough_fd(self) -> int | None:
+        """The staging file, for the kernel to write into directly (FUSE passthrough): only
+        for a plain file (a zarr plane is decoded at commit) while it stays staged."""
+        with self.area.lock:
+            if self.area.zarr_target(self.rel) is not None or self.staging_fd is None:
+                return None
+            return os.dup(self.staging_fd)      # a commit may close staging_fd meanwhile
+
+    def passthrough_started(self, handle) -> None:
+        # the writes will not pass through _pwrite: the staged content is what to commit
+        if isinstance(handle, _Writer):
+            with self.area.lock:
+                self.dirty, self.refused, self.written = True, False, True
 
     def read(self, handle, offset: int, length: int) -> bytes:
         if isinstance(handle, _Version):
@@ -276,6 +294,8 @@ class OutFile(FileNode):
         if isinstance(handle, _Version):
             handle.close()
             return False
+        if handle.backing is not None:
+            os.close(handle.backing)
         with self.area.lock:
             self.writers -= 1
             if self.writers > 0:
