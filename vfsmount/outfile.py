@@ -190,10 +190,13 @@ class OutFile(FileNode):
         return OpenFile(version, keep_cache=False, direct_io=self.written)
 
     def passthrough_fd(self) -> int | None:
-        """The staging file, for the kernel to write into directly (FUSE passthrough): only
-        for a plain file (a zarr plane is decoded at commit) while it stays staged."""
+        """The staging file of a new file, for the kernel to write into directly (FUSE
+        passthrough); a zarr plane is decoded at commit: not that."""
         with self.area.lock:
-            if self.area.zarr_target(self.rel) is not None or self.staging_fd is None:
+            # a file with committed content: its readers must keep seeing that until the
+            # commit, and every open of a file in passthrough reads the backing (staged) file
+            if (self.area.zarr_target(self.rel) is not None or self.staging_fd is None
+                    or self.exists()):
                 return None
             return os.dup(self.staging_fd)      # a commit may close staging_fd meanwhile
 

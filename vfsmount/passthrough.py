@@ -14,7 +14,9 @@ The decisions, once per mount and once per open, live here (``fs.py`` only asks)
 - per open: one backing id per inode (registered at its first passthrough open, released at
   its last release, as libfuse's example/passthrough_hp does); the kernel refuses (EIO) an
   open whose io mode contradicts the inode's other opens, so an inode with page-cached opens
-  gets no passthrough, and a daemon-path open of an inode in passthrough gets direct I/O.
+  gets no passthrough, and every open of an inode in passthrough shares its backing file.
+  The daemon's view lags the kernel's (it hears of a release after the kernel has done it),
+  never leads it, so these rules never ask the kernel for a mode it refuses.
   A registration the kernel refuses (a backing file system it cannot stack on, ...) falls
   back to the daemon for that open, with one log line per kind of error.
 """
@@ -39,6 +41,11 @@ DAEMON = "daemon"
 def supported() -> bool:
     """This pyfuse3 can register backing files (built with the patch against libfuse >= 3.17.1)."""
     return hasattr(pyfuse3, "passthrough_open")
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 def _has_cap_sys_admin() -> bool:
@@ -66,6 +73,7 @@ class Counters:
 @dataclass
 class _Backing:
     backing_id: int
+    file: tuple[int, int]         # (st_dev, st_ino) of the backing file
     opens: int = 1
 
 
@@ -119,21 +127,26 @@ class DataPath:
     def open(self, inode: int, backing_fd: int | None, direct_io: bool, label: str) -> tuple[int, bool]:
         """(backing id or 0, direct_io) for one open; call ``release`` with the same inode
         and the id returned when the handle is released."""
+        backing = self._backing.get(inode)
+        if backing is not None:
+            # The kernel refuses (EIO) any open of an inode in passthrough that is not a
+            # passthrough open of the same backing file: share it, even if the node now has
+            # another file (a source replaced while a file opened before still reads it;
+            # this open sees that version, the next one after it closes the new one).
+            if backing_fd is not None and _identity(backing_fd) != backing.file:
+                log.info("%s: source replaced while open; shares the open version until "
+                         "it is closed", label)
+            backing.opens += 1
+            self.counters.passthrough_opens += 1
+            return backing.backing_id, False
         if backing_fd is not None and self.mode == PASSTHROUGH and not self._cached.get(inode):
-            backing = self._backing.get(inode)
-            if backing is not None:
-                backing.opens += 1
-                self.counters.passthrough_opens += 1
-                return backing.backing_id, False
             backing_id = self._register(backing_fd, label)
             if backing_id:
-                self._backing[inode] = _Backing(backing_id)
+                self._backing[inode] = _Backing(backing_id, _identity(backing_fd))
                 self.counters.passthrough_opens += 1
                 self.counters.backing_ids += 1
                 return backing_id, False
         self.counters.daemon_opens += 1
-        if inode in self._backing:
-            return 0, True            # the inode is in passthrough: only direct I/O may join
         if not direct_io:
             self._cached[inode] = self._cached.get(inode, 0) + 1
         return 0, direct_io
