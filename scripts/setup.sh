@@ -76,10 +76,15 @@ SRC
         return 1
     [ -x "$tools/bin/meson" ] || { "$PYTHON" -m venv "$tools" &&
                                    "$tools/bin/python" -m pip install -q meson ninja; } || return 1
+    # utils: a root daemon's libfuse 3.17 mounts itself and spawns `fusermount3 --auto-unmount`
+    # (3.17's option, unknown to Debian 12's 3.14) from build/libfuse/bin, before PATH. Installed
+    # with the runtime/devel tags only: no setuid bit, no udev rule, nothing outside the prefix.
     (cd "$src/fuse3" && rm -rf _build &&
      PATH="$tools/bin:$PATH" meson setup _build --prefix="$prefix" --libdir=lib \
-         -Dbuildtype=release -Dutils=false -Dexamples=false -Dtests=false &&
-     PATH="$tools/bin:$PATH" ninja -C _build install)
+         -Dbuildtype=release -Dutils=true -Dexamples=false -Dtests=false \
+         -Dudevrulesdir="$prefix/udev" -Dinitscriptdir="" &&
+     PATH="$tools/bin:$PATH" ninja -C _build &&
+     PATH="$tools/bin:$PATH" meson install -C _build --tags runtime,devel)
 }
 
 _pt_setup() {
@@ -89,7 +94,8 @@ _pt_setup() {
     else
         local prefix="$BUILD/libfuse"
         pc_path="$prefix/lib/pkgconfig"
-        if ! PKG_CONFIG_PATH="$pc_path" pkg-config --atleast-version="$FUSE_MIN" fuse3 2>/dev/null; then
+        if ! PKG_CONFIG_PATH="$pc_path" pkg-config --atleast-version="$FUSE_MIN" fuse3 2>/dev/null ||
+           [ ! -x "$prefix/bin/fusermount3" ]; then
             echo "setup: building libfuse >= $FUSE_MIN from Debian's fuse3 source package into build/libfuse (log: $PT_LOG)"
             _pt_build_libfuse "$prefix" >>"$PT_LOG" 2>&1 || return 1
             PKG_CONFIG_PATH="$pc_path" pkg-config --atleast-version="$FUSE_MIN" fuse3 || return 1
