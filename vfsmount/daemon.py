@@ -165,6 +165,9 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
             os.write(ready_fd, (message.rstrip("\n") + "\n").encode())
             os.close(ready_fd)
 
+    from .control import state_path
+    state = state_path(mountpoint)
+    state.unlink(missing_ok=True)       # a former mount's: `vfsmount list` waits for ours
     try:
         plate, ops = _build(cfg)
         pyfuse3.init(ops, mountpoint, fuse_options(allow_other=cfg.allow_other,
@@ -186,6 +189,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         pyfuse3.close(unmount=unmount)
         if ops.outputs is not None and ops.outputs.writable:
             ops.outputs.write_metadata(force=True)
+        state.unlink(missing_ok=True)
         log.info("unmounted %s", mountpoint)
     return 0
 
