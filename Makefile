@@ -18,4 +18,4 @@ bench: setup
 	$(PY) -m benchmarks all
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info build

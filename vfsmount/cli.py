@@ -269,20 +269,25 @@ def _cmd_umount(args) -> int:
 
 def _cmd_list(args) -> int:
     from .control import active_mounts
-    rows = [{**asdict(m), "alive": m.alive, **_mount_writes(m.plate)} for m in active_mounts()]
+    rows = [{**asdict(m), "alive": m.alive, "state": m.state(), **_mount_writes(m.plate)}
+            for m in active_mounts()]
     if args.json:
         _print_json(rows)
         return 0
     if not rows:
         print("no vfsmount mounts")
         return 0
-    table = [("MOUNTPOINT", "PLATE", "PID", "OPTIONS", "METADATA", "OUTPUTS", "LOG")] + [
+    table = [("MOUNTPOINT", "PLATE", "PID", "DATA PATH", "OPTIONS", "METADATA", "OUTPUTS", "LOG")] + [
         (r["mountpoint"], r["plate"], str(r["pid"]) + ("" if r["alive"] else " (dead)"),
-         " ".join(r["options"]) or "-", r["metadata_file"] or "-", r["outputs_dir"] or "-",
-         r["log_file"] or "-") for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(6)]
+         (r["state"] or {}).get("data_path", "?"), " ".join(r["options"]) or "-",
+         r["metadata_file"] or "-", r["outputs_dir"] or "-", r["log_file"] or "-") for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(7)]
     for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[6])
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[7])
+    for r in rows:      # why each mount has the data path it has
+        state = r["state"] or {}
+        print(f"{r['mountpoint']}: data path {state.get('data_path', '?')}: "
+              f"{state.get('reason', 'unknown (daemon from before data paths were recorded)')}")
     return 0
 
 
@@ -551,6 +556,9 @@ COMMANDS: dict[str, Command] = {
                  "`vfsmount info FILE` gives the same facts"),
         arg("--no-xattrs", action="store_false", dest="xattrs",
             help="the default (kept for old scripts)"),
+        arg("--no-passthrough", action="store_false", dest="passthrough", default=None,
+            help="serve every read and write through the daemon, not kernel FUSE passthrough "
+                 "(also VFSMOUNT_PASSTHROUGH=0; `vfsmount list` shows each mount's data path)"),
         arg("--sync-on-close", action="store_true",
             help="outputs/: close() waits until the file is on stable storage (fsync); by "
                  "default only fsync() does, as on ext4"),

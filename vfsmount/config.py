@@ -25,6 +25,7 @@ class MountConfig:
     writable: bool = False
     materialize: str = "disk"            # "disk" or "zarr": where images written to outputs/ go
     sync_on_close: bool = False          # every commit durable (fsync) before close() returns
+    passthrough: bool = True             # kernel FUSE passthrough where available (passthrough.py)
     pipeline_file: str | None = None
     compute_cache_mb: int = 256
     chunk_cache_mb: int = 1024

@@ -247,6 +247,13 @@ class MountRecord:
     options: list[str]
     log_file: str | None
 
+    def state(self) -> dict | None:
+        """What the daemon says of itself (data path and why, request counters), or None."""
+        try:
+            return json.loads(state_path(self.mountpoint).read_text())
+        except (OSError, ValueError):
+            return None
+
     @property
     def alive(self) -> bool:
         try:
@@ -274,6 +281,19 @@ def _record_path(mountpoint: str | os.PathLike) -> Path:
     return registry_dir() / f"{hashlib.sha256(real.encode()).hexdigest()[:16]}.json"
 
 
+def state_path(mountpoint: str | os.PathLike) -> Path:
+    """The daemon's own state file (written by the daemon, beside its mount's record)."""
+    return _record_path(mountpoint).with_suffix(".state")
+
+
+def write_state(mountpoint: str | os.PathLike, state: dict) -> None:
+    path = state_path(mountpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
+
+
 def record_mount(record: MountRecord) -> None:
     record.mountpoint = os.path.realpath(record.mountpoint)
     path = _record_path(record.mountpoint)
@@ -285,6 +305,7 @@ def record_mount(record: MountRecord) -> None:
 
 def forget_mount(mountpoint: str | os.PathLike) -> None:
     _record_path(mountpoint).unlink(missing_ok=True)
+    state_path(mountpoint).unlink(missing_ok=True)
 
 
 def active_mounts() -> list[MountRecord]:
@@ -301,4 +322,5 @@ def active_mounts() -> list[MountRecord]:
             found.append(record)
         else:
             path.unlink(missing_ok=True)
+            path.with_suffix(".state").unlink(missing_ok=True)
     return sorted(found, key=lambda r: r.mountpoint)

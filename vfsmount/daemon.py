@@ -21,6 +21,7 @@ from backends.layout import FS_SUBTYPE
 
 from .config import MountConfig, outputs_folders, parse_daemon_argv
 from .fs import VfsOperations
+from .passthrough import DataPath
 from .tree import build_tree
 
 log = logging.getLogger("vfsmount")
@@ -44,14 +45,60 @@ def fuse_options(*, allow_other: bool, plate_name: str) -> set[str]:
 # time costs a task start and end per request.
 MAIN_TASKS = 16
 
-async def _serve(ops: VfsOperations) -> None:
+# Kernel readahead of the mount (KiB). FUSE's default is 128 KiB: a synthesized TIFF read
+# cold then costs one daemon round trip (and a chunk lookup) per 128 KiB; 1 MiB matches the
+# largest FUSE request (libfuse's buffer) and the daemon's own READ_AHEAD of vendor files.
+READ_AHEAD_KB = 1024
+
+
+def set_readahead(mountpoint: str, kib: int = READ_AHEAD_KB) -> str:
+    """Raise the mount's readahead through its bdi in sysfs (root only; the FUSE INIT reply can
+    only lower it). Finds the device in mountinfo: a stat of our own mount point from the
+    daemon would wait on the daemon itself."""
+    from backends.mountinfo import unescape
+    real = os.path.realpath(mountpoint)       # (in a thread: the loop answers its stat)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            devs = [row[2] for row in map(str.split, f) if unescape(row[4]) == real]
+        if not devs:
+            return "mount not found in mountinfo"
+        with open(f"/sys/class/bdi/{devs[-1]}/read_ahead_kb", "w") as f:
+            f.write(str(kib))
+        return f"{kib} KiB"
+    except OSError as e:
+        return f"left at the default ({e.strerror})"
+
+
+async def _keep_state(ops: VfsOperations, mountpoint: str) -> None:
+    """The daemon's state file (`vfsmount list`: data path and why; request counters for
+    the tests): written once the kernel's INIT is answered, then when it changes."""
+    from .control import write_state
+    last = None
+    while True:
+        state = ops.data_path.state()
+        if state != last and state["reason"] != "waiting for the kernel's answer at init":
+            try:
+                await ops.workers.run(write_state, mountpoint, state)
+                last = state
+            except OSError as e:
+                log.warning("cannot write the mount's state file: %s", e)
+        await trio.sleep(0.2)
+
+
+async def _serve(ops: VfsOperations, mountpoint: str) -> None:
     async with trio.open_nursery() as nursery:
         ops.nursery = nursery
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        nursery.start_soon(_keep_state, ops, mountpoint)
+        nursery.start_soon(_tune_readahead, mountpoint)
         if ops.outputs is not None and ops.outputs.writable:
             nursery.start_soon(_record_outputs, ops)
         await pyfuse3.main(min_tasks=MAIN_TASKS)
         nursery.cancel_scope.cancel()   # unmounted from outside: stop the signal watcher
+
+
+async def _tune_readahead(mountpoint: str) -> None:
+    log.info("readahead: %s", await trio.to_thread.run_sync(set_readahead, mountpoint))
 
 
 async def _record_outputs(ops: VfsOperations) -> None:
@@ -110,8 +157,9 @@ def _build(cfg: MountConfig) -> tuple[object, VfsOperations]:
         computed.append(ComputedPlanes(load_pipeline_file(cfg.pipeline_file), main.backend,
                                        list(main.names), cache_bytes=cfg.compute_cache_mb << 20,
                                        pixel_size=main.physics.pixel_size))
+    data_path = DataPath.for_mount(cfg.passthrough, local=plate.url is None)
     ops = VfsOperations(build_tree(plate, outputs, computed), threads=cfg.threads,
-                        xattrs=cfg.xattrs, outputs=outputs)
+                        xattrs=cfg.xattrs, outputs=outputs, data_path=data_path)
     return plate, ops
 
 
@@ -123,6 +171,9 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
             os.write(ready_fd, (message.rstrip("\n") + "\n").encode())
             os.close(ready_fd)
 
+    from .control import state_path
+    state = state_path(mountpoint)
+    state.unlink(missing_ok=True)       # a former mount's: `vfsmount list` waits for ours
     try:
         plate, ops = _build(cfg)
         pyfuse3.init(ops, mountpoint, fuse_options(allow_other=cfg.allow_other,
@@ -135,7 +186,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     ready("ok")
     unmount = True
     try:
-        trio.run(_serve, ops)
+        trio.run(_serve, ops, mountpoint)
         unmount = False   # pyfuse3.main returned: the kernel side is already gone
     except BaseException:
         log.exception("daemon stopped by an error")
@@ -144,6 +195,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
         pyfuse3.close(unmount=unmount)
         if ops.outputs is not None and ops.outputs.writable:
             ops.outputs.write_metadata(force=True)
+        state.unlink(missing_ok=True)
         log.info("unmounted %s", mountpoint)
     return 0
 

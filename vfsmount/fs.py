@@ -3,7 +3,10 @@
 This module knows nodes only through the protocol of ``nodes.py`` (no node classes, no
 paths) and errors only through ``errors.py``. Decisions made here, once:
 - caching: entries and attributes live for the node's ``entry_timeout``; the kernel keeps a
-  file's page cache across opens when ``open_file`` says so, and drops it after a commit;
+  file's page cache across opens when ``open_file`` says so, and drops it after a commit; a
+  folder with a timeout (it cannot change while mounted) has its listing cached too;
+- the data path of each open (``passthrough.DataPath``): the kernel reads and writes the
+  node's ``backing_fd`` itself where it may, else the daemon serves ``read``/``write``;
 - threads: anything that may read the disk (first listing, ``read`` of bytes not in memory,
   outputs/ lookups, opens, commits) runs in one of the daemon's worker threads (workers.py);
   lookups and attributes of populated directories stay on the trio loop;
@@ -26,7 +29,8 @@ from backends.containment import NAME_MAX
 from .config import DEFAULT_THREADS
 from .errors import fuse_operation
 from .listing import LISTED_INODES, find_listed
-from .nodes import DirNode, Node
+from .nodes import DirNode, Node, OpenFile
+from .passthrough import DataPath
 from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,9 @@ BLOCK_SIZE = 1 << 20           # st_blksize: cp/cat size their reads from it
 XATTR_PREFIX = layout.XATTR_PREFIX.encode()
 READDIR_CHUNK = 4096           # rows of a columnar folder sliced at once for one readdir reply
 DIR_HANDLES = 1 << 40          # snapshot directory handles live above every inode number
+# pyfuse3 built with patches/pyfuse3-passthrough.patch takes a FileInfo from opendir
+# (noflush, backing ids, and a FileInfo from opendir for cache_readdir); plain pyfuse3 has none
+PATCHED = "backing_id" in dir(pyfuse3.FileInfo)
 
 
 class VfsOperations(pyfuse3.Operations):
@@ -43,8 +50,11 @@ class VfsOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, root: DirNode, *, threads: int = DEFAULT_THREADS, xattrs: bool = False,
-                 outputs=None) -> None:
+                 outputs=None, data_path: DataPath | None = None) -> None:
         super().__init__()
+        self.data_path = data_path or DataPath.for_mount(False)
+        self.enable_passthrough = self.data_path.wanted     # asked of the kernel at init
+        self.on_init = None               # called once the kernel's INIT is answered
         self.outputs = outputs            # the OutputsArea, for statfs and the metadata task
         # Without xattrs, getxattr answers ENOSYS once and the kernel stops asking: `ls -l`
         # then costs no round trip per file for security.selinux/ACL probes.
@@ -55,6 +65,7 @@ class VfsOperations(pyfuse3.Operations):
         self._nodes: dict[int, Node] = {root.inode: root}
         self._labels: dict[int, bytes] = {root.inode: b"/"}
         self._handles: dict[int, tuple[Node, object]] = {}
+        self._paths: dict[int, tuple[int, int, bool]] = {}   # fh -> (inode, backing id, direct)
         self._listings: dict[int, object] = {}
         self._fh = itertools.count(1)
         self.nursery: trio.Nursery | None = None
@@ -156,6 +167,32 @@ class VfsOperations(pyfuse3.Operations):
         self._handles[fh] = (node, handle)
         return fh
 
+    def _file_info(self, node: Node, opened: OpenFile) -> pyfuse3.FileInfo:
+        """The reply to open/create: the data path of this open, decided here once (passthrough
+        where the node offers a backing file and the kernel takes it, else the daemon)."""
+        fh = self._new_handle(node, opened.handle)
+        backing_id, direct_io = self.data_path.open(node.inode, opened.backing_fd,
+                                                    opened.direct_io, self._label(node.inode))
+        self._paths[fh] = (node.inode, backing_id, direct_io)
+        if backing_id:
+            node.passthrough_started(opened.handle)
+        # keep_cache on a passthrough open would make the kernel refuse it
+        info = pyfuse3.FileInfo(fh=fh, keep_cache=opened.keep_cache and not backing_id,
+                                direct_io=direct_io)
+        if PATCHED:
+            info.noflush, info.backing_id = opened.noflush, backing_id
+        return info
+
+    def _forget_handle(self, fh: int) -> None:
+        inode, backing_id, direct_io = self._paths.pop(fh, (0, 0, True))
+        self.data_path.release(inode, backing_id, direct_io)
+
+    def init(self) -> None:
+        # Called by pyfuse3 once the kernel's INIT is answered (on the loop: no I/O here).
+        self.data_path.at_init()
+        if self.on_init is not None:
+            self.on_init()
+
     # -- lookups and attributes ---------------------------------------------------
     @fuse_operation
     async def lookup(self, parent_inode, name, ctx=None):
@@ -200,7 +237,10 @@ class VfsOperations(pyfuse3.Operations):
         listing = await self._work(node, "listing")
         fh = DIR_HANDLES + next(self._fh)
         self._listings[fh] = (node, listing)
-        return fh
+        if not PATCHED or node.entry_timeout <= 0:
+            return fh
+        # cannot change while mounted: the kernel keeps the listing across opendirs
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, cache_readdir=True)
 
     @fuse_operation
     async def readdir(self, fh, start_id, token):
@@ -270,11 +310,11 @@ class VfsOperations(pyfuse3.Operations):
             log.info("%s: source changed since last opened; dropping cached pages",
                      self._label(inode))
             self._invalidate_later(inode)
-        return pyfuse3.FileInfo(fh=self._new_handle(node, opened.handle),
-                                keep_cache=opened.keep_cache, direct_io=opened.direct_io)
+        return self._file_info(node, opened)
 
     @fuse_operation
     async def read(self, fh, off, size):
+        self.data_path.counters.read_requests += 1
         node, handle = self._handle(fh)
         data = node.read_nowait(handle, off, size)
         if data is not None:
@@ -283,6 +323,7 @@ class VfsOperations(pyfuse3.Operations):
 
     @fuse_operation
     async def write(self, fh, off, buf):
+        self.data_path.counters.write_requests += 1
         node, handle = self._handle(fh)
         written = node.write_nowait(handle, off, buf)
         if written is None:
@@ -306,6 +347,7 @@ class VfsOperations(pyfuse3.Operations):
     @fuse_operation
     async def release(self, fh):
         node, handle = self._handles.pop(fh)
+        self._forget_handle(fh)
         await self._committing(node, "release", handle)
 
     # -- extended attributes ----------------------------------------------------------
@@ -346,8 +388,7 @@ class VfsOperations(pyfuse3.Operations):
             node = await self._in_worker(parent.create, name)
             opened = await self._in_worker(node.open_file, flags | os.O_WRONLY | os.O_TRUNC)
         self._remember(name, node)
-        return (pyfuse3.FileInfo(fh=self._new_handle(node, opened.handle), keep_cache=False),
-                self._attr(node))
+        return self._file_info(node, opened), self._attr(node)
 
     @fuse_operation
     async def setattr(self, inode, attr, fields, fh, ctx):

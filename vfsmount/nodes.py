@@ -22,7 +22,12 @@ answers the right errno (EROFS for writes, ENOTDIR/EISDIR for the wrong kind):
 
 - attributes: ``size``, ``mtime_ns``, ``mode``, ``nlink``, ``get_xattrs()``;
 - cache policy: ``entry_timeout`` (entries and attributes; the read-only tree keeps them an
-  hour, outputs/ not at all) and, per open, ``OpenFile.keep_cache``/``direct_io``;
+  hour, outputs/ not at all; a folder with a timeout may also have its listing cached by the
+  kernel) and, per open, ``OpenFile.keep_cache``/``direct_io``/``noflush``;
+- data path: per open, ``OpenFile.backing_fd`` -- a descriptor of a real file holding exactly
+  this file's bytes, so the kernel may serve reads (and writes) from it without the daemon
+  (FUSE passthrough; ``fs.py`` decides, and falls back to ``read``/``write``); and
+  ``passthrough_started(handle)``, told when it did;
 - directories: ``lookup(name)``, ``listing()`` (names by offset, and their nodes);
   ``needs_worker()``/``prepare()`` when the first listing must read the disk;
 - threads: ``inline(op)`` says whether a call may run on the trio loop (cheap, no lock a
@@ -88,6 +93,10 @@ class OpenFile:
     keep_cache: bool = False       # keep the page cache from earlier opens
     direct_io: bool = False        # bypass the page cache (the size may change while open)
     invalidate: bool = False       # the source changed: drop what the kernel cached
+    noflush: bool = False          # close() needs no FLUSH request (nothing to commit)
+    # A real file with exactly this open file's bytes (for writers: where writes belong),
+    # open for as long as the handle is: the kernel may use it instead of read()/write().
+    backing_fd: int | None = None
 
 
 class Node:
@@ -180,6 +189,10 @@ class Node:
 
     def release(self, handle: object) -> bool:
         return False
+
+    def passthrough_started(self, handle: object) -> None:
+        """The kernel reads and writes this handle's ``backing_fd`` directly from now on:
+        ``read``/``write`` will not see its bytes."""
 
 
 class PathSource(Protocol):
@@ -295,7 +308,14 @@ class FileNode(Node):
         if flags & WRITE_FLAGS:
             raise _read_only()
         changed = self.source_changed()
-        return OpenFile(self.open(), keep_cache=self.immutable and not changed, invalidate=changed)
+        handle = self.open()
+        # read-only: a flush has nothing to do
+        return OpenFile(handle, keep_cache=self.immutable and not changed, invalidate=changed,
+                        noflush=True, backing_fd=self.backing_fd(handle))
+
+    def backing_fd(self, handle: object) -> int | None:
+        """A descriptor of a real file whose bytes are exactly this file's (see OpenFile)."""
+        return None
 
     def source_changed(self) -> bool:
         """True if the bytes behind this file changed since it was last opened."""
@@ -391,6 +411,14 @@ class PassthroughFile(FileNode):
         opener = getattr(self._source, "open_fd", None)
         fd = opener(self.name) if opener else os.open(self.path(), os.O_RDONLY | os.O_CLOEXEC)
         return _ReadAhead(fd)
+
+    def bytes_are_source(self) -> bool:
+        """True if this file serves its source's bytes unchanged (views that patch a header
+        say no)."""
+        return True
+
+    def backing_fd(self, handle: "_ReadAhead") -> int | None:
+        return handle.fd if self.bytes_are_source() else None
 
     def read(self, handle: "_ReadAhead", offset: int, length: int) -> bytes:
         # A worker reads READ_AHEAD bytes at once, so the kernel's next 128 KiB requests

@@ -101,11 +101,12 @@ class _Version:
 class _Writer:
     """A handle opened for writing: it reads and writes its node's staging file."""
 
-    __slots__ = ("node",)
+    __slots__ = ("node", "backing")
     writes = True
 
-    def __init__(self, node: "WritableOutFile") -> None:
+    def __init__(self, node: "WritableOutFile", backing: int | None = None) -> None:
         self.node = node
+        self.backing = backing    # its own descriptor of the staging file, for passthrough
 
     def read(self, offset: int, length: int) -> bytes:
         return self.node.read_own(offset, length)
@@ -412,7 +413,25 @@ class WritableOutFile(OutFile):
             except BaseException:
                 self.writers -= 1
                 raise
-        return OpenFile(_Writer(self), keep_cache=False)
+            writer = _Writer(self, self._passthrough_fd())
+        return OpenFile(writer, keep_cache=False, backing_fd=writer.backing)
+
+    def _passthrough_fd(self) -> int | None:
+        """The staging file of a new plain file, for the kernel to write into directly (FUSE
+        passthrough). Not for a file with committed content (every open of an inode in
+        passthrough reads the same backing file: its readers must keep the committed bytes
+        until the commit), nor a zarr plane (decoded at commit)."""
+        storage = self.storage()
+        if not storage.plain or storage.exists() or self.staging_fd is None:
+            return None
+        return os.dup(self.staging_fd)      # a commit may close staging_fd meanwhile
+
+    def passthrough_started(self, handle) -> None:
+        # the writes will not pass through _pwrite: the staged content is what to commit
+        if handle.writes:
+            with self.area.lock:
+                if self.state is not State.DISPLACED:
+                    self._changed()
 
     def read_own(self, offset: int, length: int) -> bytes:
         """A writer reads its own staged bytes (or, between commits, what is committed)."""
@@ -496,6 +515,8 @@ class WritableOutFile(OutFile):
     def release(self, handle) -> bool:
         if not handle.writes:
             return super().release(handle)
+        if handle.backing is not None:
+            os.close(handle.backing)
         with self.area.lock:
             self.writers -= 1
             if self.writers > 0:

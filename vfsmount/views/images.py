@@ -124,6 +124,9 @@ class CalibratedTiff(PassthroughFile):
             self.calibration.patch = None
         return changed
 
+    def bytes_are_source(self) -> bool:
+        return self.calibration.layout(super().size) is None    # past 4 GiB: vendor bytes as they are
+
     def read(self, handle, offset: int, length: int) -> bytes:
         return self.calibration.read(self, super().size, handle, offset, length, super().read)
 
@@ -151,6 +154,9 @@ class CalibratedListedFile(ListedFile):
         if changed:
             self.calibration.patch = None
         return changed
+
+    def bytes_are_source(self) -> bool:
+        return self.calibration.layout(super().size) is None    # past 4 GiB: vendor bytes as they are
 
     def read(self, handle, offset: int, length: int) -> bytes:
         return self.calibration.read(self, super().size, handle, offset, length, super().read)

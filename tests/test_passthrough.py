@@ -1,0 +1,191 @@
+"""Kernel FUSE passthrough (issue 29), on real mounts.
+
+The daemon counts the READ and WRITE requests it serves, and writes them with its data path
+to its state file (`vfsmount list --json` shows it): a file served by passthrough is read
+and written without one request reaching the daemon. Where passthrough is not available
+(plain pyfuse3, an old kernel, no CAP_SYS_ADMIN) the passthrough tests skip with the reason
+the mount gives, and the fallback tests still run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from backends.sample_plates import PlateSpec, make_imagexpress_plate
+from vfsmount.control import state_path
+from vfsmount.passthrough import DataPath
+
+from .conftest import run_cli
+
+
+def _state(mnt: Path, *, until=lambda s: True, timeout: float = 10.0) -> dict:
+    """The daemon's state file once ``until(state)`` holds (it is rewritten within 0.2 s of a
+    change), else the last one read."""
+    deadline = time.monotonic() + timeout
+    state: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            state = json.loads(state_path(mnt).read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state and until(state):
+            return state
+        time.sleep(0.05)
+    return state
+
+
+def _require_passthrough(mnt: Path) -> dict:
+    state = _state(mnt)
+    assert state, f"no state file for {mnt}"
+    if state["data_path"] != "passthrough":
+        pytest.skip(f"passthrough unavailable here: {state['reason']}")
+    return state
+
+
+@pytest.fixture
+def plate(tmp_path) -> Path:
+    """A small generated ImageXpress plate of its own (sources get replaced in one test)."""
+    return make_imagexpress_plate(tmp_path / "plate", PlateSpec(
+        wells=("A01",), sites=1, channels=2, z=2, t=1, shape=(256, 384)))
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def _cat(path: Path) -> bytes:
+    res = subprocess.run(["cat", str(path)], capture_output=True)
+    assert res.returncode == 0, f"cat {path}: {res.stderr.decode()}"
+    return res.stdout
+
+
+def test_vendor_files_are_read_without_the_daemon(plate, mounts):
+    mnt = mounts.mount(plate)
+    before = _require_passthrough(mnt)
+    sources = {_md5(p.read_bytes()) for p in plate.rglob("*.tif") if p.is_file()}
+    names = sorted(os.listdir(mnt / "workspace"))
+    assert names
+    for name in names:
+        assert _md5(_cat(mnt / "workspace" / name)) in sources, name
+    state = _state(mnt, until=lambda s: s["passthrough_opens"] >= before["passthrough_opens"]
+                   + len(names))
+    assert state["passthrough_opens"] >= before["passthrough_opens"] + len(names), state
+    assert state["read_requests"] == before["read_requests"] == 0, state
+    # a second reader of an open file shares its inode's one backing id
+    with open(mnt / "workspace" / names[0], "rb") as a, open(mnt / "workspace" / names[0], "rb") as b:
+        assert a.read() == b.read()
+        assert _state(mnt, until=lambda s: s["backing_ids"] == 1)["backing_ids"] == 1
+    assert _state(mnt, until=lambda s: s["backing_ids"] == 0)["backing_ids"] == 0   # last release
+    # images/ is calibrated (a new first IFD): other bytes than the vendor's, so the daemon
+    calibrated = _cat(mnt / "images" / sorted(os.listdir(mnt / "images"))[0])
+    assert _md5(calibrated) not in sources
+    assert _state(mnt, until=lambda s: s["read_requests"] > 0)["read_requests"] > 0
+    listed = json.loads(run_cli("list", "--json").stdout)
+    row = next(r for r in listed if r["mountpoint"] == os.path.realpath(mnt))
+    assert row["state"]["data_path"] == "passthrough"
+    assert "data path: passthrough" in mounts.log(mnt)
+
+
+def test_forced_off_serves_through_the_daemon(plate, mounts, monkeypatch):
+    mnt = mounts.mount(plate, "--no-passthrough")
+    state = _state(mnt)
+    assert state["data_path"] == "daemon"
+    assert "forced off (--no-passthrough)" in state["reason"]
+    sources = {_md5(p.read_bytes()) for p in plate.rglob("*.tif") if p.is_file()}
+    names = sorted(os.listdir(mnt / "workspace"))
+    for name in names:
+        assert _md5(_cat(mnt / "workspace" / name)) in sources
+    state = _state(mnt, until=lambda s: s["read_requests"] >= len(names))
+    assert state["read_requests"] >= len(names) and state["passthrough_opens"] == 0, state
+    out = run_cli("list").stdout
+    assert "forced off (--no-passthrough)" in out and " daemon " in out
+    # the environment switch, as the daemon reads it
+    monkeypatch.setenv("VFSMOUNT_PASSTHROUGH", "0")
+    forced = DataPath.for_mount(True)
+    assert not forced.wanted and "VFSMOUNT_PASSTHROUGH=0" in forced.reason
+
+
+def test_source_replaced_while_mounted(plate, mounts):
+    """The mount's rule: a source replaced while mounted is served new from the next open.
+    The kernel passes one backing file per inode through, so while a file opened before the
+    replacement is still open, new opens share the version it reads."""
+    mnt = mounts.mount(plate)
+    _require_passthrough(mnt)
+    name = sorted(os.listdir(mnt / "workspace"))[0]
+    source = plate / subprocess.run(
+        [sys.executable, "-m", "vfsmount", "info", str(mnt / "workspace" / name)],
+        capture_output=True, text=True, check=True).stdout.split("source:")[1].split()[0]
+    old = source.read_bytes()
+    new = b"II*\x00" + os.urandom(len(old) + 1000)
+    with open(mnt / "workspace" / name, "rb") as held:
+        assert held.read(64) == old[:64]
+        tmp = source.with_name("replacement.tmp")
+        tmp.write_bytes(new)
+        os.replace(tmp, source)
+        assert _cat(mnt / "workspace" / name)[:len(old)] == old     # the open version
+        held.seek(0)
+        assert held.read() == old
+    assert _state(mnt, until=lambda s: s["backing_ids"] == 0)["backing_ids"] == 0
+    assert _cat(mnt / "workspace" / name) == new                # next open: the new file
+    newer = os.urandom(4096)
+    source.write_bytes(newer)                                   # changed in place
+    assert _cat(mnt / "workspace" / name) == newer
+    assert "source replaced while open" in mounts.log(mnt)
+    assert _state(mnt)["read_requests"] == 0
+
+
+def test_outputs_writes_pass_through_and_commit_at_close(tmp_path, plate, mounts):
+    mnt = mounts.mount(plate, "--writable")
+    before = _require_passthrough(mnt)
+    data = os.urandom(3 << 20)
+    local = tmp_path / "local.bin"
+    local.write_bytes(data)
+    (mnt / "outputs" / "run").mkdir()
+    subprocess.run(["cp", str(local), str(mnt / "outputs" / "run" / "a.bin")], check=True)
+    assert (plate / "outputs" / "run" / "a.bin").read_bytes() == data     # committed at close
+    state = _state(mnt, until=lambda s: s["passthrough_opens"] > before["passthrough_opens"])
+    assert state["write_requests"] == 0, state
+    # rewriting part of a committed file in place (no O_TRUNC) is committed too
+    with open(mnt / "outputs" / "run" / "a.bin", "r+b") as f:
+        f.seek(100)
+        f.write(b"patched")
+    expect = data[:100] + b"patched" + data[107:]
+    assert (plate / "outputs" / "run" / "a.bin").read_bytes() == expect
+    assert (mnt / "outputs" / "run" / "a.bin").read_bytes() == expect
+    assert _state(mnt)["write_requests"] == 0
+    assert not list((plate / "outputs").rglob("*.part"))
+
+
+def test_kill9_during_passthrough_writes_commits_nothing_broken(plate, mounts):
+    mnt = mounts.mount(plate, "--writable")
+    _require_passthrough(mnt)
+    whole = os.urandom(1 << 20)
+    (mnt / "outputs" / "done.bin").write_bytes(whole)
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time\n"
+        "f = open(sys.argv[1], 'wb')\n"
+        "while True:\n"
+        "    f.write(os.urandom(1 << 16)); f.flush(); time.sleep(0.002)\n"),
+        str(mnt / "outputs" / "partial.bin")], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _state(mnt)["passthrough_opens"] < 2:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        os.kill(mounts.pids[mnt], signal.SIGKILL)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert (plate / "outputs" / "done.bin").read_bytes() == whole
+    assert not (plate / "outputs" / "partial.bin").exists()      # never committed
+    again = mounts.remount(plate, mnt, "--writable")
+    assert sorted(os.listdir(again / "outputs")) == ["done.bin"]
+    assert (again / "outputs" / "done.bin").read_bytes() == whole

@@ -1,0 +1,191 @@
+"""The data path of a mount: kernel FUSE passthrough where a file's bytes are a real file.
+
+With passthrough (Linux >= 6.9, libfuse >= 3.17.1, the patched pyfuse3 of
+``patches/pyfuse3-passthrough.patch``) the daemon registers an open file's ``backing_fd``
+with the kernel once, and the kernel then serves that file's reads and writes from it: no
+request reaches the daemon, no byte crosses the FUSE channel. Everything else (synthesized
+TIFFs, calibrated views, outputs/ readers, any open where passthrough is refused) goes
+through the daemon's ``read``/``write`` as before.
+
+The decisions, once per mount and once per open, live here (``fs.py`` only asks):
+- per mount: is passthrough wanted (``--no-passthrough``, ``VFSMOUNT_PASSTHROUGH=0``), does
+  this pyfuse3 have it, did the kernel grant it at init, may this process register backing
+  files (CAP_SYS_ADMIN). The answer and its reason are logged and shown by `vfsmount list`.
+- per open: one backing id per inode (registered at its first passthrough open, released at
+  its last release, as libfuse's example/passthrough_hp does); the kernel refuses (EIO) an
+  open whose io mode contradicts the inode's other opens, so an inode with page-cached opens
+  gets no passthrough, and every open of an inode in passthrough shares its backing file.
+  The daemon's view lags the kernel's (it hears of a release after the kernel has done it),
+  never leads it, so these rules never ask the kernel for a mode it refuses.
+  A registration the kernel refuses (a backing file system it cannot stack on, ...) falls
+  back to the daemon for that open, with one log line per kind of error.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from dataclasses import dataclass, field
+
+import pyfuse3
+
+log = logging.getLogger("vfsmount.passthrough")
+
+ENV_SWITCH = "VFSMOUNT_PASSTHROUGH"      # "0" forces the daemon data path (tests, benchmarks)
+CAP_SYS_ADMIN = 21
+
+PASSTHROUGH = "passthrough"
+DAEMON = "daemon"
+
+
+def supported() -> bool:
+    """This pyfuse3 can register backing files (built with the patch against libfuse >= 3.17.1)."""
+    return hasattr(pyfuse3, "passthrough_open")
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _has_cap_sys_admin() -> bool:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0
+
+
+@dataclass
+class Counters:
+    """What the daemon itself served: a passthrough file's reads never count here."""
+
+    read_requests: int = 0
+    write_requests: int = 0
+    passthrough_opens: int = 0
+    daemon_opens: int = 0
+    backing_ids: int = 0              # registered now
+
+
+@dataclass
+class _Backing:
+    backing_id: int
+    file: tuple[int, int]         # (st_dev, st_ino) of the backing file
+    opens: int = 1
+
+
+@dataclass
+class DataPath:
+    """The mount's data path; ``mode``/``reason`` say which one and why."""
+
+    wanted: bool = True
+    mode: str = DAEMON
+    reason: str = "not mounted yet"
+    counters: Counters = field(default_factory=Counters)
+    _backing: dict = field(default_factory=dict)         # inode -> _Backing
+    _cached: dict = field(default_factory=dict)          # inode -> opens in page-cache mode
+    _refusals: set = field(default_factory=set)          # errnos already logged
+
+    @classmethod
+    def for_mount(cls, option: bool, *, local: bool = True) -> "DataPath":
+        """Before init: what the mount will ask the kernel for."""
+        if not option:
+            return cls(False, DAEMON, "passthrough forced off (--no-passthrough)")
+        if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "no", "off", "false"):
+            return cls(False, DAEMON, f"passthrough forced off ({ENV_SWITCH}=0)")
+        if not supported():
+            return cls(False, DAEMON, "pyfuse3 without passthrough (built against libfuse "
+                                      "< 3.17.1 or without patches/pyfuse3-passthrough.patch; "
+                                      "run scripts/setup.sh)")
+        if not local:
+            return cls(False, DAEMON, "remote plate: no local file to pass through")
+        return cls(True, DAEMON, "waiting for the kernel's answer at init")
+
+    def at_init(self) -> None:
+        """After the kernel's INIT: the final answer for this mount."""
+        if not self.wanted:
+            pass
+        elif not pyfuse3.passthrough_enabled():
+            self.reason = ("kernel without FUSE passthrough (needs Linux >= 6.9 with "
+                           "CONFIG_FUSE_PASSTHROUGH)")
+        elif not _has_cap_sys_admin():
+            self.reason = "no CAP_SYS_ADMIN: the kernel lets only it register backing files"
+        else:
+            self.mode = PASSTHROUGH
+            self.reason = ("kernel FUSE passthrough for files whose bytes are a real file "
+                           "(vendor files, outputs/ writes); the daemon serves the rest")
+        log.info("data path: %s (%s)", self.mode, self.reason)
+
+    @property
+    def summary(self) -> str:
+        return f"{self.mode}: {self.reason}"
+
+    # -- per open --------------------------------------------------------------------
+    def open(self, inode: int, backing_fd: int | None, direct_io: bool, label: str) -> tuple[int, bool]:
+        """(backing id or 0, direct_io) for one open; call ``release`` with the same inode
+        and the id returned when the handle is released."""
+        backing = self._backing.get(inode)
+        if backing is not None:
+            # The kernel refuses (EIO) any open of an inode in passthrough that is not a
+            # passthrough open of the same backing file: share it, even if the node now has
+            # another file (a source replaced while a file opened before still reads it;
+            # this open sees that version, the next one after it closes the new one).
+            if backing_fd is not None and _identity(backing_fd) != backing.file:
+                log.info("%s: source replaced while open; shares the open version until "
+                         "it is closed", label)
+            backing.opens += 1
+            self.counters.passthrough_opens += 1
+            return backing.backing_id, False
+        if backing_fd is not None and self.mode == PASSTHROUGH and not self._cached.get(inode):
+            backing_id = self._register(backing_fd, label)
+            if backing_id:
+                self._backing[inode] = _Backing(backing_id, _identity(backing_fd))
+                self.counters.passthrough_opens += 1
+                self.counters.backing_ids += 1
+                return backing_id, False
+        self.counters.daemon_opens += 1
+        if not direct_io:
+            self._cached[inode] = self._cached.get(inode, 0) + 1
+        return 0, direct_io
+
+    def _register(self, fd: int, label: str) -> int:
+        try:
+            return pyfuse3.passthrough_open(fd)
+        except OSError as e:
+            if e.errno == errno.EPERM:
+                self.mode, self.reason = DAEMON, ("no CAP_SYS_ADMIN: the kernel refused to "
+                                                  "register a backing file (EPERM)")
+                log.warning("%s: data path now %s", label, self.summary)
+            elif e.errno not in self._refusals:
+                self._refusals.add(e.errno)
+                log.warning("%s: no passthrough (%s: %s); served by the daemon (further "
+                            "refusals of this kind are not logged)", label,
+                            errno.errorcode.get(e.errno, e.errno), e.strerror)
+            return 0
+
+    def release(self, inode: int, backing_id: int, direct_io: bool) -> None:
+        if backing_id:
+            backing = self._backing.get(inode)
+            if backing is None or backing.backing_id != backing_id:
+                return
+            backing.opens -= 1
+            if backing.opens == 0:
+                del self._backing[inode]
+                self.counters.backing_ids -= 1
+                try:
+                    pyfuse3.passthrough_close(backing_id)
+                except OSError as e:
+                    log.warning("inode %d: releasing backing id %d: %s", inode, backing_id, e)
+        elif not direct_io:
+            left = self._cached.get(inode, 0) - 1
+            if left > 0:
+                self._cached[inode] = left
+            else:
+                self._cached.pop(inode, None)
+
+    def state(self) -> dict:
+        """For `vfsmount list` and the tests (the mount's state file)."""
+        return {"data_path": self.mode, "reason": self.reason, **self.counters.__dict__}
