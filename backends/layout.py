@@ -29,3 +29,12 @@ def output_key(folder: str) -> str:
     """The metadata key of an output folder: ``outputs/<folder>`` (``outputs`` for the top)."""
     folder = folder.strip("/")
     return f"{OUTPUTS_DIR}/{folder}" if folder else OUTPUTS_DIR
+
+#: Plate views in the mount's root (and ``processed/<pipeline>/``): CellProfiler's LoadData
+#: CSVs (``backends/loaddata.py``) and the OME companion (``backends/companion.py``).
+LOADDATA_CSV = "load_data.csv"
+LOADDATA_ILLUM_CSV = "load_data_with_illum.csv"
+COMPANION_FILE = "plate.companion.ome"
+#: Where an illumination-correction pipeline writes its functions (pe2loaddata's convention):
+#: ``outputs/illum/<plate>_Illum<X>.npy``.
+ILLUM_DIR = "illum"

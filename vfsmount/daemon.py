@@ -104,7 +104,9 @@ def _build(cfg: MountConfig) -> tuple[object, VfsOperations]:
         computed.append(ComputedPlanes(load_pipeline_file(cfg.pipeline_file), plate.backend(),
                                        plate.image_files(), cache_bytes=cfg.compute_cache_mb << 20,
                                        pixel_size=plate.entry().get("pixel_size")))
-    ops = VfsOperations(build_tree(plate, outputs, computed), threads=cfg.threads,
+    from .plate_views import PlateViews
+    views = PlateViews(plate, cfg.mountpoint, cfg.loaddata_config)
+    ops = VfsOperations(build_tree(plate, outputs, computed, views), threads=cfg.threads,
                         xattrs=cfg.xattrs, outputs=outputs)
     return plate, ops
 

@@ -22,7 +22,8 @@ from natsort import natsorted
 
 from backends.containment import Anchor
 from backends.errors import PathEscapeError
-from backends.layout import MAIN_ALIAS, ORIGINAL_DIR, OUTPUTS_DIR, PROCESSED_DIR
+from backends.layout import (COMPANION_FILE, LOADDATA_CSV, LOADDATA_ILLUM_CSV, MAIN_ALIAS,
+                             ORIGINAL_DIR, OUTPUTS_DIR, PROCESSED_DIR)
 from backends.naming import try_parse_virtual_name
 from backends.paths import contained_path
 from backends.plate import Plate
@@ -201,10 +202,11 @@ def populate_original(plate_root: Path, rel: str = "", source: OriginalFiles | N
     return fill
 
 
-def build_tree(plate: Plate, outputs=None, computed=()) -> DirNode:
+def build_tree(plate: Plate, outputs=None, computed=(), views=None) -> DirNode:
     """The mount's tree; ``outputs`` (an OutputsArea) serves outputs/ and every
     ``outputs/...`` subdirectory of the metadata; each of ``computed`` (ComputedPlanes)
-    becomes ``processed/<pipeline name>/``."""
+    becomes ``processed/<pipeline name>/``; ``views`` (plate_views.PlateViews) adds the
+    LoadData CSVs and the OME companion."""
     root = DirNode(_mtime_ns(plate.metadata_file), inode=ROOT_INODE)
     dirs: dict[str, DirNode] = {}
     for key in plate.subdirectories:
@@ -227,7 +229,10 @@ def build_tree(plate: Plate, outputs=None, computed=()) -> DirNode:
     if computed:
         processed = root.add(PROCESSED_DIR, DirNode(_mtime_ns(plate.metadata_file)))
         for factory in computed:
-            processed.add(factory.pipeline.name, DirNode(time.time_ns(), populate_computed(factory)))
+            folder = processed.add(factory.pipeline.name,
+                                   DirNode(time.time_ns(), populate_computed(factory)))
+            if views is not None:
+                folder.add(LOADDATA_CSV, views.computed_loaddata(factory))
     if plate.main in dirs:    # images/ (calibrated) and hyperstacks/: see hyperstack.py
         shown = {display_name(k) for k in plate.subdirectories}
         add_fiji_folders(root, plate, dirs[plate.main],
@@ -237,6 +242,10 @@ def build_tree(plate: Plate, outputs=None, computed=()) -> DirNode:
             Path(os.path.realpath(plate.path)))))
     root.add("openhcs_metadata.json", PassthroughFile("openhcs_metadata.json",
                                                       MetadataFile(plate.metadata_file)))
+    if views is not None:
+        root.add(LOADDATA_CSV, views.loaddata())
+        root.add(LOADDATA_ILLUM_CSV, views.loaddata_with_illum())
+        root.add(COMPANION_FILE, views.companion())
     # Keep root entries in a stable, natural order.
     ordered = natsorted(root.children(), key=lambda kv: kv[0])
     root._children = dict(ordered)
