@@ -37,3 +37,8 @@ if [ ! -f "$stamp" ]; then
     rm -f "$VENV"/.vfsmount-setup-*
     touch "$stamp"
 fi
+
+# CellProfiler's own LoadData module for tests/test_plate_views.py, in an environment of its own
+# (built once per machine; the test skips with the reason where it cannot be built).
+bash scripts/cellprofiler-env.sh >/dev/null ||
+    echo "setup: CellProfiler's environment could not be built; its LoadData test will skip"
