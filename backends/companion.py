@@ -18,9 +18,11 @@ header): no plane is read.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import uuid
 from typing import TYPE_CHECKING, Sequence
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
@@ -33,12 +35,19 @@ if TYPE_CHECKING:
 OME_NS = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
 #: The namespace of every UUID a companion holds (uuid5 of plate and file names in it).
 UUID_NAMESPACE = uuid.UUID("6b1e7c52-3d0f-5a8e-9c41-0f2b8d7a6e15")
+_NAMESPACE_BYTES = UUID_NAMESPACE.bytes
 PIXEL_TYPES = {"uint8": "uint8", "int8": "int8", "uint16": "uint16", "int16": "int16",
                "uint32": "uint32", "int32": "int32", "float32": "float", "float64": "double"}
 
 
 def file_uuid(plate: str, name: str) -> str:
-    return "urn:uuid:" + str(uuid.uuid5(UUID_NAMESPACE, f"{plate}\x00{name}"))
+    """``urn:uuid:`` + uuid5(UUID_NAMESPACE, plate NUL name), the bytes ``uuid.uuid5`` gives,
+    made without a UUID object (a companion holds one per plane: 100,000s)."""
+    h = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{plate}\x00{name}".encode()).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50          # version 5
+    h[8] = (h[8] & 0x3F) | 0x80          # RFC 4122 variant
+    x = h.hex()
+    return f"urn:uuid:{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 def _a(**attrs) -> str:
@@ -100,42 +109,51 @@ def _image(index: int, f: "Field", image_set: "ImageSet", physics: "Physics", pl
         raise ValueError(f"{first}: {dtype.name} planes of shape {source.shape} have no OME "
                          "pixel type")
     height, width = source.shape
-    z_step = physics.z_spacing if len(f.zs) > 1 else None
-    t_step = physics.time_interval if len(f.ts) > 1 else None
-    pixels = _a(ID=f"Pixels:{index}", DimensionOrder="XYCZT", Type=kind, SizeX=width,
-                SizeY=height, SizeC=len(f.channels), SizeZ=len(f.zs), SizeT=len(f.ts),
-                PhysicalSizeX=_positive(physics.pixel_size),
-                PhysicalSizeXUnit="µm" if _positive(physics.pixel_size) else None,
-                PhysicalSizeY=_positive(physics.pixel_size),
-                PhysicalSizeYUnit="µm" if _positive(physics.pixel_size) else None,
-                PhysicalSizeZ=_positive(z_step), PhysicalSizeZUnit="µm" if _positive(z_step) else None,
-                TimeIncrement=_positive(t_step), TimeIncrementUnit="s" if _positive(t_step) else None,
-                SignificantBits=dtype.itemsize * 8)
-    out = [f'  <Image{_a(ID=f"Image:{index}", Name=f"{f.well}_s{f.site}")}>\n',
+    z_step = _positive(physics.z_spacing) if len(f.zs) > 1 else None
+    t_step = _positive(physics.time_interval) if len(f.ts) > 1 else None
+    xy = _positive(physics.pixel_size)
+    pixels = (f' ID="Pixels:{index}" DimensionOrder="XYCZT" Type="{kind}" SizeX="{width}" '
+              f'SizeY="{height}" SizeC="{len(f.channels)}" SizeZ="{len(f.zs)}" '
+              f'SizeT="{len(f.ts)}"' + _physical(xy, z_step, t_step) +
+              f' SignificantBits="{dtype.itemsize * 8}"')
+    out = [f'  <Image ID="Image:{index}" Name="{f.well}_s{f.site}">\n',   # parsed names: safe
            f"    <Pixels{pixels}>\n"]
-    for ci, c in enumerate(f.channels):
-        out.append(f'      <Channel{_channel(index, ci, c, physics)}/>\n')
-    for c, z, t in f.coordinates():
-        name = f.planes.get((c, z, t))
-        if name is None:                 # a plane this (ragged) field lacks
-            continue
-        tiff = _a(FirstC=f.channels.index(c), FirstZ=f.zs.index(z), FirstT=f.ts.index(t), IFD=0,
-                  PlaneCount=1)
-        out.append(f'      <TiffData{tiff}><UUID{_a(FileName=f"{image_dir}/{name}")}>'
-                   f'{file_uuid(plate, name)}</UUID></TiffData>\n')
+    out += [f'      <Channel ID="Channel:{index}:{ci}"{_channel(c, physics)}/>\n'
+            for ci, c in enumerate(f.channels)]
+    folder = escape(f"{image_dir}/", {'"': "&quot;"})   # flat names need no escaping
+    cs, zs, ts = ({v: i for i, v in enumerate(axis)} for axis in (f.channels, f.zs, f.ts))
+    for (c, z, t), name in sorted(f.planes.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+        out.append(f'      <TiffData FirstC="{cs[c]}" FirstZ="{zs[z]}" FirstT="{ts[t]}" IFD="0" '
+                   f'PlaneCount="1"><UUID FileName="{folder}{name}">{file_uuid(plate, name)}'
+                   '</UUID></TiffData>\n')
     out.append("    </Pixels>\n  </Image>\n")
     return out
 
 
-def _channel(image: int, ci: int, c: int, physics: "Physics") -> str:
+@functools.lru_cache(maxsize=64)
+def _physical(xy: str | None, z: str | None, t: str | None) -> str:
+    """The physical sizes that are known (made once per plate: the same for every image)."""
+    return _a(PhysicalSizeX=xy, PhysicalSizeXUnit="µm" if xy else None,
+              PhysicalSizeY=xy, PhysicalSizeYUnit="µm" if xy else None,
+              PhysicalSizeZ=z, PhysicalSizeZUnit="µm" if z else None,
+              TimeIncrement=t, TimeIncrementUnit="s" if t else None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _channel_attrs(name: str | None, color: str | None, excitation: float | None,
+                   emission: float | None) -> str:
+    return _a(Name=name, SamplesPerPixel=1, Color=_rgba(color) if color else None,
+              ExcitationWavelength=_positive(excitation),
+              ExcitationWavelengthUnit="nm" if _positive(excitation) else None,
+              EmissionWavelength=_positive(emission),
+              EmissionWavelengthUnit="nm" if _positive(emission) else None)
+
+
+def _channel(c: int, physics: "Physics") -> str:
+    """A channel's attributes but its ID (the same for every image: made once)."""
     info = physics.channel_info.get(c) or {}
-    color = info.get("color")
-    return _a(ID=f"Channel:{image}:{ci}", Name=physics.channel_names.get(c) or None,
-              SamplesPerPixel=1, Color=_rgba(color) if color else None,
-              ExcitationWavelength=_positive(info.get("excitation_wavelength")),
-              ExcitationWavelengthUnit="nm" if _positive(info.get("excitation_wavelength")) else None,
-              EmissionWavelength=_positive(info.get("emission_wavelength")),
-              EmissionWavelengthUnit="nm" if _positive(info.get("emission_wavelength")) else None)
+    return _channel_attrs(physics.channel_names.get(c) or None, info.get("color"),
+                          info.get("excitation_wavelength"), info.get("emission_wavelength"))
 
 
 def _rgba(hex_rgb: str) -> int:

@@ -170,12 +170,15 @@ class LoadDataTable:
     header: list[str]
     rows: list[list[str]] = field(default_factory=list)
     incomplete: int = 0
+    illum: int = 0                  # how many columns at the end are the illumination ones
 
-    def csv(self) -> bytes:
+    def csv(self, *, illum: bool = True) -> bytes:
+        """The CSV; ``illum=False`` leaves the illumination columns out."""
+        end = len(self.header) - (0 if illum else self.illum)
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")     # QUOTE_MINIMAL: only where needed
-        writer.writerow(self.header)
-        writer.writerows(self.rows)
+        writer.writerow(self.header[:end])
+        writer.writerows(row[:end] for row in self.rows)
         return out.getvalue().encode("utf-8")
 
 
@@ -195,7 +198,7 @@ def loaddata_table(fields: Sequence["Field"], physics: "Physics", *, plate: str,
             y = x[4:] if x.startswith("Orig") and len(x) > 4 else x
             header += [f"FileName_Illum{y}", f"PathName_Illum{y}"]
             illum += [f"{plate}_Illum{y}.npy", illum_dir]
-    table = LoadDataTable(header)
+    table = LoadDataTable(header, illum=len(illum))
     fact_values = list(facts.values())
     for f, z, t, names in image_sets(fields, columns):
         if names is None:
@@ -228,12 +231,3 @@ def _channel_facts(columns: dict[int, str], physics: "Physics") -> dict[str, str
 
 def _number(value) -> str:
     return "" if value is None else f"{float(value):g}"
-
-
-def image_set_loaddata(image_set: "ImageSet", images_dir: str, *,
-                       config: LoadDataConfig | None = None, illum_dir: str | None = None,
-                       fields: Sequence["Field"] | None = None) -> bytes:
-    """The CSV of a plate subdirectory served at ``images_dir``."""
-    return loaddata_csv(image_set.fields() if fields is None else fields, image_set.physics,
-                        plate=plate_label(image_set), images_dir=images_dir, config=config,
-                        illum_dir=illum_dir)

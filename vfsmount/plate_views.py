@@ -105,11 +105,16 @@ class PlateViews:
         return self._fields
 
     def _loaddata(self, *, illum: bool) -> bytes:
-        from backends.loaddata import image_set_loaddata
-        return image_set_loaddata(
-            self.image_set, os.path.join(self.mount, MAIN_ALIAS), config=self.config,
-            fields=self.fields(),
-            illum_dir=os.path.join(self.mount, OUTPUTS_DIR, ILLUM_DIR) if illum else None)
+        return self.table.csv(illum=illum)
+
+    @cached_property
+    def table(self):
+        """One table for both CSVs (with and without the illumination columns)."""
+        from backends.loaddata import loaddata_table, plate_label
+        return loaddata_table(self.fields(), self.image_set.physics,
+                              plate=plate_label(self.image_set),
+                              images_dir=os.path.join(self.mount, MAIN_ALIAS), config=self.config,
+                              illum_dir=os.path.join(self.mount, OUTPUTS_DIR, ILLUM_DIR))
 
     def _node(self, label: str, make: Callable[[], bytes]) -> GeneratedFile:
         future: Future = Future()
@@ -120,10 +125,11 @@ class PlateViews:
         """Make each view as it is asked for, in order, in this one thread."""
         while True:
             label, future, make = self._jobs.get()
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             try:
                 future.set_result(make())
-                log.info("%s ready in %.3f s", label, time.perf_counter() - started)
+                log.info("%s ready in %.3f s (%.3f s CPU)", label, time.perf_counter() - started,
+                         time.thread_time() - cpu)
             except Exception as e:
                 log.error("%s: cannot be made: %s", label, e)
                 future.set_exception(OSError(errno.EIO, f"{label}: {e}"))
