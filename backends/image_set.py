@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 from natsort import natsorted
@@ -249,12 +249,34 @@ class ImageSet:
     def fields(self) -> list[Field]:
         """Every field in natural (well, site) order, each over the set's channels, z-planes
         and time points."""
-        planes: dict[tuple[str, int], dict[tuple[int, int, int], str]] = {}
-        for name, p in self.parsed():
-            planes.setdefault((p.well, p.site), {})[(p.channel, p.z, p.t)] = name
-        axes = [tuple(sorted({k[i] for field_planes in planes.values() for k in field_planes}))
-                for i in range(3)]
-        return [Field(well, site, *axes, planes[(well, site)]) for well, site in natsorted(planes)]
+        return fields_of(self.parsed())
+
+    @property
+    def plate_id(self) -> str | None:
+        """The instrument's name or barcode of the plate (Harmony's ``PlateID``), where the
+        plate's metadata records one: this set's entry, else any entry of the plate (a store
+        converted from a Phenix export keeps the export's entry beside its own)."""
+        entries = [self.entry, *self.plate.subdirectories.values()]
+        return next((str(e["plate_id"]) for e in entries if e.get("plate_id")), None)
+
+    @property
+    def plate_format(self) -> tuple[int, int] | None:
+        """(rows, columns) of the plate's format where the instrument records it."""
+        entries = [self.entry, *self.plate.subdirectories.values()]
+        return next(((int(e["plate_rows"]), int(e["plate_columns"])) for e in entries
+                     if e.get("plate_rows") and e.get("plate_columns")), None)
+
+
+def fields_of(parsed: Iterable[tuple[str, ParsedName]]) -> list[Field]:
+    """(name, coordinates) pairs grouped by field, in natural (well, site) order, each field
+    over the channels, z-planes and time points of them all (also for names that are not a
+    plate subdirectory's, e.g. the planes a pipeline computes)."""
+    planes: dict[tuple[str, int], dict[tuple[int, int, int], str]] = {}
+    for name, p in parsed:
+        planes.setdefault((p.well, p.site), {})[(p.channel, p.z, p.t)] = name
+    axes = [tuple(sorted({k[i] for field_planes in planes.values() for k in field_planes}))
+            for i in range(3)]
+    return [Field(well, site, *axes, planes[(well, site)]) for well, site in natsorted(planes)]
 
 
 def _number(value) -> float | None:

@@ -49,3 +49,13 @@ def is_tiff_name(name: str) -> bool:
 def display_name(key: str) -> str:
     """The mounted folder of metadata subdirectory ``key`` ("." is ``root/``)."""
     return ROOT_ALIAS if key in (".", "") else key
+
+
+#: Plate views in the mount's root (and ``processed/<pipeline>/``): CellProfiler's LoadData
+#: CSVs (``backends/loaddata.py``) and the OME companion (``backends/companion.py``).
+LOADDATA_CSV = "load_data.csv"
+LOADDATA_ILLUM_CSV = "load_data_with_illum.csv"
+COMPANION_FILE = "plate.companion.ome"
+#: Where an illumination-correction pipeline writes its functions (pe2loaddata's convention):
+#: ``outputs/illum/<plate>_Illum<X>.npy``.
+ILLUM_DIR = "illum"

@@ -26,6 +26,8 @@ BENCHMARKS = {
               "Dask 2 workers vs 1 process",
     "foreign_zarr": "a foreign OME-Zarr plate (384 wells x 9 fields): plane index and mount + ls "
                     "vs zarr opening every field's array",
+    "plate_views": "load_data.csv and plate.companion.ome of 384 wells x 9 sites x 4 channels: "
+                   "ready after the mount, plane reads counted; vs ls images/",
 }
 
 

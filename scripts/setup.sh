@@ -144,3 +144,8 @@ elif ! _pt_setup; then
 else
     rm -f "$PT_FAILED"
 fi
+
+# CellProfiler's own LoadData module for tests/test_plate_views.py, in an environment of its own
+# (built once per machine; the test skips with the reason where it cannot be built).
+bash scripts/cellprofiler-env.sh >/dev/null ||
+    echo "setup: CellProfiler's environment could not be built; its LoadData test will skip"

@@ -106,6 +106,7 @@ def _subdirectory_report(plate, key: str, e: dict) -> dict:
         "unknown": e.get("physics_unknown", {}), "unit": e.get("unit"),
         "problems": e.get("problems", []), "other_files": e.get("other_files"),
         **_plane_format(plate, key, e),
+        "image_sets": _image_set_counts(plate, key),
         "available_backends": [k for k, v in e.get("available_backends", {}).items() if v],
         "main": e.get("main", False),
     }
@@ -125,6 +126,15 @@ def _plane_format(plate, key: str, e: dict) -> dict:
         else plane.shape[-2:]
     return {"width": int(width), "height": int(height), "dtype": str(plane.dtype),
             "bytes_per_plane": int(plane.nbytes)}
+
+
+def _image_set_counts(plate, key: str) -> dict:
+    """Complete image sets (well, site, z, t with every channel: a row of load_data.csv) and
+    the incomplete ones load_data.csv leaves out."""
+    from backends.loaddata import count_image_sets
+    image_set = plate.image_set(key)
+    complete, incomplete = count_image_sets(image_set.fields(), image_set.physics)
+    return {"complete": complete, "incomplete": incomplete}
 
 
 def _print_info(report: dict) -> None:
@@ -151,6 +161,10 @@ def _print_info(report: dict) -> None:
         plane = "unknown" if s["width"] is None else \
             f"{s['width']} x {s['height']} {s['dtype']}, {s['bytes_per_plane']} bytes"
         print(f"  plane:     {plane}")
+        sets = s["image_sets"]
+        print(f"  image sets: {sets['complete']} complete" + (
+            f", {sets['incomplete']} incomplete left out of load_data.csv"
+            if sets["incomplete"] else ""))
         pixel = "unknown" if s["pixel_size_um"] is None else f"{s['pixel_size_um']} um"
         grid = f", grid {s['grid_dimensions']}" if s["grid_dimensions"] else ""
         print(f"  pixel:     {pixel}{grid}" + (f" (stored in {s['unit']})" if s["unit"] else ""))
@@ -222,6 +236,9 @@ def _cmd_mount(args) -> int:
     if args.pipeline:
         args.pipeline = _pipeline_path(args.pipeline)
         _load_pipeline(args.pipeline)   # its mistakes as file:line, before a daemon starts
+    if args.loaddata_config:            # its mistakes before a daemon starts; the daemon's cwd
+        args.loaddata_config = os.path.abspath(args.loaddata_config)
+        _loaddata_config(args.plate, args.loaddata_config)
     cfg = MountConfig.from_args(args)
     if args.foreground:
         return _mount_foreground(args, cfg)
@@ -298,13 +315,77 @@ def _mount_writes(plate: str) -> dict:
     from backends.plate import store_plate_dir
     from backends.remote import is_url
     from compute.output_sink import remote_outputs_root
-    if is_url(plate) or is_zarr_store(plate):
-        where = plate if is_url(plate) else os.path.realpath(plate)
-        return {"metadata_file": str(store_plate_dir(where) / METADATA_FILENAME),
+    remote = is_url(plate)
+    if remote or is_zarr_store(plate):
+        where = plate if remote else os.path.realpath(plate)
+        return {"metadata_file": str(store_plate_dir(where, remote) / METADATA_FILENAME),
                 "hands_off": "a store given directly", "outputs_dir": remote_outputs_root(plate)}
     where, may_write = outputs_dir(plate)
     return {"metadata_file": str(metadata_path(plate)), "hands_off": hands_off(Path(plate)),
             "outputs_dir": str(where) if may_write else None}
+
+
+# -- plate views: loaddata, companion --------------------------------------------------------
+
+def _loaddata_config(plate: str, path: str):
+    """pe2loaddata's config.yml, checked against the plate's channels."""
+    from backends.loaddata import LoadDataConfig, count_image_sets
+    from backends.plate import Plate
+    config = LoadDataConfig.read(path)
+    image_set = Plate.open(plate).image_set()
+    count_image_sets(image_set.fields(), image_set.physics, config)   # names every channel?
+    return config
+
+
+def _absolute_mountpoint(path: str) -> str:
+    if not os.path.isabs(path):
+        raise UserError(f"--mountpoint {path}: give the absolute path where the plate is "
+                        "mounted (the file is read there, maybe on other machines)")
+    return os.path.normpath(path)
+
+
+def _write_output(data: bytes, output: str | None) -> None:
+    """To ``output`` atomically, or to stdout."""
+    if output is None:
+        sys.stdout.buffer.write(data)
+        return
+    from backends.atomic import atomic_write_bytes
+    atomic_write_bytes(output, data)
+
+
+def _cmd_loaddata(args) -> int:
+    from backends.layout import ILLUM_DIR, MAIN_ALIAS, OUTPUTS_DIR
+    from backends.loaddata import loaddata_table, plate_label
+    from backends.plate import Plate
+    mount = _absolute_mountpoint(args.mountpoint)
+    config = _loaddata_config(args.plate, args.config) if args.config else None
+    image_set = Plate.open(args.plate).image_set()
+    table = loaddata_table(image_set.fields(), image_set.physics, plate=plate_label(image_set),
+                           images_dir=os.path.join(mount, MAIN_ALIAS), config=config,
+                           illum_dir=os.path.join(mount, OUTPUTS_DIR, ILLUM_DIR)
+                           if args.illum else None)
+    _write_output(table.csv(), args.output)
+    if args.output:
+        print(f"wrote {args.output}: {len(table.rows)} image sets" +
+              (f" ({table.incomplete} incomplete left out)" if table.incomplete else ""))
+    return 0
+
+
+def _cmd_companion(args) -> int:
+    from backends.companion import companion_xml
+    from backends.layout import MAIN_ALIAS
+    from backends.plate import Plate
+    image_dir = MAIN_ALIAS
+    if args.mountpoint:
+        if not args.output:
+            raise UserError("--mountpoint needs -o FILE: file names are relative to the companion")
+        image_dir = os.path.relpath(os.path.join(_absolute_mountpoint(args.mountpoint), MAIN_ALIAS),
+                                    os.path.dirname(os.path.abspath(args.output)))
+    _write_output(companion_xml(Plate.open(args.plate).image_set(), image_dir=image_dir),
+                  args.output)
+    if args.output:
+        print(f"wrote {args.output}")
+    return 0
 
 
 # -- run, demo ---------------------------------------------------------------------------------
@@ -563,7 +644,27 @@ COMMANDS: dict[str, Command] = {
             help="outputs/: close() waits until the file is on stable storage (fsync); by "
                  "default only fsync() does, as on ext4"),
         arg("--log-file", help="daemon log (default: ~/.cache/vfsmount/logs/)"),
+        arg("--loaddata-config", metavar="FILE", help="pe2loaddata's config.yml (channels: "
+            "{HOECHST 33342: OrigDNA, ...}): the column names of MOUNT/load_data.csv"),
         HANDS_OFF, OUTPUTS_DIR_ARG, S3]),
+    "loaddata": Command(_cmd_loaddata, "write CellProfiler's LoadData CSV of a plate mounted "
+                        "at a known path (what MOUNT/load_data.csv holds)", [
+        PLATE,
+        arg("--mountpoint", metavar="PATH", required=True,
+            help="absolute path where the plate is (or will be) mounted: PathName_ columns"),
+        arg("--config", metavar="FILE", help="pe2loaddata's config.yml: column names "
+            "(channels: {HOECHST 33342: OrigDNA, ...}); default Orig<channel name>"),
+        arg("--illum", action="store_true", help="add pe2loaddata's illumination columns "
+            "(MOUNT/load_data_with_illum.csv)"),
+        arg("-o", "--output", metavar="FILE", help="write here (atomically); default stdout"),
+        S3]),
+    "companion": Command(_cmd_companion, "write the plate's OME companion file for Bio-Formats, "
+                         "OMERO and QuPath (what MOUNT/plate.companion.ome holds)", [
+        PLATE,
+        arg("-o", "--output", metavar="FILE", help="write here (atomically); default stdout"),
+        arg("--mountpoint", metavar="PATH", help="with -o: where the plate is mounted; file "
+            "names then lead from FILE's folder to PATH/images (default: images/ beside FILE)"),
+        S3]),
     "umount": Command(_cmd_umount, "unmount (also clears a dead mount)", [
         arg("mountpoint", nargs="?", help="the mount point (or --all)"),
         arg("--all", action="store_true", help="every mount `vfsmount list` shows"),

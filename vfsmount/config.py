@@ -30,6 +30,7 @@ class MountConfig:
     compute_cache_mb: int = 256
     chunk_cache_mb: int = 1024
     s3_endpoint: str | None = None
+    loaddata_config: str | None = None   # pe2loaddata's config.yml: LoadData column names
     extra: dict = field(default_factory=dict, compare=False, repr=False)   # unknown settings
 
     @classmethod

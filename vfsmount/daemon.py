@@ -157,8 +157,10 @@ def _build(cfg: MountConfig) -> tuple[object, VfsOperations]:
         computed.append(ComputedPlanes(load_pipeline_file(cfg.pipeline_file), main.backend,
                                        list(main.names), cache_bytes=cfg.compute_cache_mb << 20,
                                        pixel_size=main.physics.pixel_size))
+    from .views.documents import PlateViews
+    views = PlateViews(plate, cfg.mountpoint, cfg.loaddata_config)
     data_path = DataPath.for_mount(cfg.passthrough, local=plate.url is None)
-    ops = VfsOperations(build_tree(plate, outputs, computed), threads=cfg.threads,
+    ops = VfsOperations(build_tree(plate, outputs, computed, views), threads=cfg.threads,
                         xattrs=cfg.xattrs, outputs=outputs, data_path=data_path)
     return plate, ops
 

@@ -24,6 +24,7 @@ from backends.plate import Plate
 from .listing import release_freed_memory
 from .nodes import DirNode
 from .views.base import Mount
+from .views.documents import plate_documents
 from .views.flat import flat_folders
 from .views.hyperstacks import hyperstacks_folder
 from .views.images import images_folder
@@ -44,14 +45,16 @@ VIEWS = (
     outputs_folder,
     processed_folder,
     metadata_file,
+    plate_documents,
 )
 
 
-def build_tree(plate: Plate, outputs=None, computed=()) -> DirNode:
+def build_tree(plate: Plate, outputs=None, computed=(), documents=None) -> DirNode:
     """The mount's root; ``outputs`` (an OutputsArea) serves outputs/ and every
     ``outputs/...`` image set of the metadata; each of ``computed`` (ComputedPlanes)
-    becomes ``processed/<pipeline name>/``."""
-    mount = Mount(plate, outputs, tuple(computed))
+    becomes ``processed/<pipeline name>/``; ``documents`` (views.documents.PlateViews) makes
+    the LoadData CSVs and the OME companion."""
+    mount = Mount(plate, outputs, tuple(computed), documents=documents)
     entries = [entry for view in VIEWS for entry in view(mount)]
     root = DirNode(mount.mtime_ns, inode=ROOT_INODE)
     for name, node in natsorted(entries, key=lambda e: e[0]):

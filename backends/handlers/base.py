@@ -53,6 +53,7 @@ class PlateScan:
     unparsed: list[str] = field(default_factory=list)   # TIFFs whose names did not parse
     ignored: int = 0                                      # thumbnails and the like
     physics: PlatePhysics = field(default_factory=PlatePhysics)   # z spacing, channels, ...
+    plate_facts: dict = field(default_factory=dict)   # plate_id, plate_rows, plate_columns
 
     def metadata_entries(self) -> dict[str, dict]:
         """One openhcs_metadata.json subdirectory entry per image set (the shared helper)."""
@@ -81,6 +82,7 @@ def subdirectory_entry(scan: PlateScan, s: ScannedSet) -> dict:
         "z_indexes": z_indexes,
         "timepoints": timepoints,
         **scan.physics.entry_fields(len(z_indexes), len(timepoints), labels),
+        **scan.plate_facts,
     }
     if s.backend == "virtual_workspace":
         entry["workspace_mapping"] = {n: s.sources[n] for n in names}

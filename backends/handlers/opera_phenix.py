@@ -50,14 +50,33 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def _images(path: Path) -> list[dict[str, ET.Element]]:
-    """Every ``<Image>`` record of a Harmony index as {child tag: element}."""
+def _parse(path: Path) -> ET.Element:
     try:
-        root = ET.parse(path).getroot()
+        return ET.parse(path).getroot()
     except (ET.ParseError, OSError) as e:
         raise MetadataError("malformed Harmony index XML", path=path, cause=e) from e
+
+
+def _images(root: ET.Element) -> list[dict[str, ET.Element]]:
+    """Every ``<Image>`` record of a Harmony index as {child tag: element}."""
     return [{_local(c.tag): c for c in image} for image in root.iter()
             if _local(image.tag) == "Image" and len(image)]
+
+
+def _plate_facts(root: ET.Element) -> dict:
+    """The first ``<Plate>``'s barcode (``PlateID``, what pe2loaddata writes as Metadata_Plate)
+    and its format (``PlateRows``, ``PlateColumns``), where the index records them."""
+    plate = next((e for e in root.iter() if _local(e.tag) == "Plate" and len(e)), None)
+    if plate is None:
+        return {}
+    text = {_local(c.tag): (c.text or "").strip() for c in plate}
+    facts: dict = {}
+    if text.get("PlateID"):
+        facts["plate_id"] = text["PlateID"]
+    for tag, key in (("PlateRows", "plate_rows"), ("PlateColumns", "plate_columns")):
+        if text.get(tag, "").isdigit() and int(text[tag]) > 0:
+            facts[key] = int(text[tag])
+    return facts
 
 
 def _um(element: ET.Element) -> float | None:
@@ -90,8 +109,9 @@ def _channel(f: dict[str, ET.Element]) -> ChannelInfo:
 def parse_index(path: Path) -> dict:
     """Pixel size (um), channels, the field grid, and z spacing / time interval from the
     per-plane positions (PositionZ) and times (AbsTime) of a Harmony index file."""
-    records = _images(path)
-    out: dict = {"channels": {}, "pixel_size": None, "grid": None}
+    root = _parse(path)
+    records = _images(root)
+    out: dict = {"channels": {}, "pixel_size": None, "grid": None, "plate": _plate_facts(root)}
     physics = PlatePhysics()
     positions: set[tuple[float, float]] = set()
     for f in records:
@@ -140,7 +160,8 @@ class OperaPhenixHandler(MicroscopeHandler):
         info = parse_index(index)
         images = ScannedSet("workspace", "virtual_workspace")
         scan = PlateScan(self, [images], grid_dimensions=info["grid"], pixel_size=info["pixel_size"],
-                         channel_names=info["channels"], physics=info["physics"])
+                         channel_names=info["channels"], physics=info["physics"],
+                         plate_facts=info["plate"])
         prefix = "" if images_dir == plate else images_dir.relative_to(plate).as_posix() + "/"
         try:
             _dirs, files = scandir_sorted(str(images_dir))

@@ -20,6 +20,7 @@ class Mount:
     plate: Plate
     outputs: object = None               # an outputs.OutputsArea, or None
     computed: tuple = ()                 # computed.ComputedPlanes, one per pipeline
+    documents: object = None             # documents.PlateViews: LoadData CSVs, OME companion
     folders: dict = field(default_factory=dict)     # key -> the set's folder, made once
 
     def __post_init__(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from backends.layout import PROCESSED_DIR
+from backends.layout import LOADDATA_CSV, PROCESSED_DIR
 
 from ..nodes import DirNode, SynthesizedTiff
 from .base import Mount
@@ -15,7 +15,9 @@ def processed_folder(mount: Mount):
         return ()
     processed = DirNode(mount.mtime_ns)
     for factory in mount.computed:
-        processed.add(factory.pipeline.name, DirNode(time.time_ns(), _populate(factory)))
+        folder = processed.add(factory.pipeline.name, DirNode(time.time_ns(), _populate(factory)))
+        if mount.documents is not None:
+            folder.add(LOADDATA_CSV, mount.documents.computed_loaddata(factory))
     return [(PROCESSED_DIR, processed)]
 
 

@@ -1,0 +1,145 @@
+"""The plate views in the mount (the view ``plate_documents``): ``load_data.csv``, ``load_data_with_illum.csv`` and
+``plate.companion.ome`` in the root, ``load_data.csv`` in each ``processed/<pipeline>/``.
+
+Their bytes come from ``backends/loaddata.py`` and ``backends/companion.py`` (the command
+line writes the same bytes without a mount). They are made once, from names and metadata only
+(no plane is read), in one background thread started when the tree is built, so mounting does
+not wait for them; a ``stat`` or read that comes first waits until they are ready (well under
+a second for 384 wells x 9 sites x 4 channels: ``python -m benchmarks plate_views``). One that
+cannot be made (a config naming a channel the plate lacks, a pixel type OME has no name for)
+is listed with size 0, reads fail with EIO, and the daemon logs why.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import queue
+import stat as stat_mod
+import threading
+import time
+from concurrent.futures import Future
+from functools import cached_property
+from typing import Callable
+
+from backends.layout import (COMPANION_FILE, ILLUM_DIR, LOADDATA_CSV, LOADDATA_ILLUM_CSV,
+                             MAIN_ALIAS, OUTPUTS_DIR, PROCESSED_DIR)
+
+from ..nodes import SYNTHESIZED_MODE, FileNode
+
+log = logging.getLogger(__name__)
+
+
+def plate_documents(mount) -> list:
+    """The root's plate views, where the mount has them (``processed/`` adds its own)."""
+    views = mount.documents
+    if views is None:
+        return []
+    return [(LOADDATA_CSV, views.loaddata()), (LOADDATA_ILLUM_CSV, views.loaddata_with_illum()),
+            (COMPANION_FILE, views.companion())]
+
+
+class GeneratedFile(FileNode):
+    """A read-only file whose bytes a background job makes once; ``size`` waits for them."""
+
+    __slots__ = ("label", "_future")
+    cheap = True          # once made, reads are slices of bytes in memory
+
+    def __init__(self, label: str, future: Future, mtime_ns: int) -> None:
+        super().__init__(stat_mod.S_IFREG | SYNTHESIZED_MODE, mtime_ns)
+        self.label, self._future = label, future
+
+    @property
+    def data(self) -> bytes:
+        return self._future.result()
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def read(self, handle, offset: int, length: int) -> bytes:
+        return self.data[offset:offset + length]
+
+
+class PlateViews:
+    """The plate views of one mount: the main image set served at ``MOUNT/images``."""
+
+    def __init__(self, plate, mountpoint: str, loaddata_config: str | None = None) -> None:
+        self.plate = plate
+        self.mount = os.path.abspath(mountpoint)
+        self.config_path = loaddata_config
+        self.mtime_ns = time.time_ns()
+        self._fields = None
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="plate-views", daemon=True).start()
+
+    # -- the nodes build_tree adds ------------------------------------------------------
+    def loaddata(self) -> GeneratedFile:
+        return self._node("load_data.csv", lambda: self._loaddata(illum=False))
+
+    def loaddata_with_illum(self) -> GeneratedFile:
+        return self._node("load_data_with_illum.csv", lambda: self._loaddata(illum=True))
+
+    def companion(self) -> GeneratedFile:
+        from backends.companion import companion_xml
+        return self._node("plate.companion.ome",
+                          lambda: companion_xml(self.image_set, fields=self.fields(),
+                                                image_dir=MAIN_ALIAS))
+
+    def computed_loaddata(self, factory) -> GeneratedFile:
+        """``processed/<pipeline>/load_data.csv``: the planes the pipeline computes on read."""
+        from backends.image_set import fields_of
+        from backends.loaddata import loaddata_csv, plate_label
+        from backends.naming import parse_virtual_name
+        folder = os.path.join(self.mount, PROCESSED_DIR, factory.pipeline.name)
+
+        def make() -> bytes:
+            fields = fields_of((n, parse_virtual_name(n)) for n in factory.names())
+            return loaddata_csv(fields, self.image_set.physics, plate=plate_label(self.image_set),
+                                images_dir=folder, config=self.config)
+        return self._node(f"{PROCESSED_DIR}/{factory.pipeline.name}/load_data.csv", make)
+
+    # -- making them --------------------------------------------------------------------
+    @property
+    def image_set(self):
+        return self.plate.image_set()
+
+    @cached_property
+    def config(self):
+        from backends.loaddata import LoadDataConfig
+        return LoadDataConfig.read(self.config_path) if self.config_path else None
+
+    def fields(self):
+        if self._fields is None:          # one parse of the names for every view
+            self._fields = self.image_set.fields()
+        return self._fields
+
+    def _loaddata(self, *, illum: bool) -> bytes:
+        return self.table.csv(illum=illum)
+
+    @cached_property
+    def table(self):
+        """One table for both CSVs (with and without the illumination columns)."""
+        from backends.loaddata import loaddata_table, plate_label
+        return loaddata_table(self.fields(), self.image_set.physics,
+                              plate=plate_label(self.image_set),
+                              images_dir=os.path.join(self.mount, MAIN_ALIAS), config=self.config,
+                              illum_dir=os.path.join(self.mount, OUTPUTS_DIR, ILLUM_DIR))
+
+    def _node(self, label: str, make: Callable[[], bytes]) -> GeneratedFile:
+        future: Future = Future()
+        self._jobs.put((label, future, make))
+        return GeneratedFile(label, future, self.mtime_ns)
+
+    def _run(self) -> None:
+        """Make each view as it is asked for, in order, in this one thread."""
+        while True:
+            label, future, make = self._jobs.get()
+            started, cpu = time.perf_counter(), time.thread_time()
+            try:
+                future.set_result(make())
+                log.info("%s ready in %.3f s (%.3f s CPU)", label, time.perf_counter() - started,
+                         time.thread_time() - cpu)
+            except Exception as e:
+                log.error("%s: cannot be made: %s", label, e)
+                future.set_exception(OSError(errno.EIO, f"{label}: {e}"))
