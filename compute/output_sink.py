@@ -28,6 +28,8 @@ class OutputSink:
     # the source plate's physics (backends.zarr_ngff.physics_of): outputs keep its pixel size,
     # z spacing and channel names -- a result is measured in the same micrometres as its source
     physics: dict | None = field(default=None, compare=False)
+    stream: str | None = None       # a viewer's address: written results also go there (streaming.py)
+    stream_steps: bool = False      # ... and every step's result, not only what is written
 
     @property
     def pixel_size(self) -> float | None:
