@@ -224,11 +224,13 @@ while got < expected and time.monotonic() < quiet_until:
     if message is not None:
         apply(viewer, *message)
         got += 1
-out = {}
+out, seen = {}, {}
 for i, layer in enumerate(viewer.layers):
     meta = layer.metadata["vfsmount"]
     for j, f in enumerate(meta["fields"]):
         for k, name in enumerate(f["names"]):
+            seen[name] = seen.get(name, 0) + 1
+            out[name + ":count"] = np.array(seen[name])
             out[name] = np.asarray(layer.data[j, k])
             out[name + ":scale"] = np.asarray(layer.scale)
             out[name + ":layer"] = np.array(layer.name)
@@ -266,12 +268,16 @@ def test_run_streams_every_output_once(tmp_path, small_spec):
     outputs = sorted((plate / "outputs" / "inverted").glob("*.tif"))
     assert len(outputs) == small_spec.n_images
     planes = sorted(k for k in got.files if ":" not in k)
-    assert planes == sorted(p.name for p in outputs)           # each one, once (names are keys)
-    px = 0.65
+    assert planes == sorted(p.name for p in outputs)
+    from backends.naming import parse_virtual_name
+    from backends.plate import Plate
+    physics = Plate.open(plate).image_set().physics
     for p in outputs:
+        assert int(got[p.name + ":count"]) == 1                   # each one, once
         np.testing.assert_array_equal(got[p.name], tifffile.imread(p))
-        assert tuple(got[p.name + ":scale"]) == pytest.approx((1.0, 2.5, px, px))
-        assert str(got[p.name + ":layer"]) == f"inverted w{p.name.split('_w')[1][0]}"
+        assert tuple(got[p.name + ":scale"]) == pytest.approx((1.0, 2.5, 0.65, 0.65))
+        channel = parse_virtual_name(p.name).channel
+        assert str(got[p.name + ":layer"]) == f"inverted {physics.label(channel)}"
 
 
 def test_run_with_no_viewer_finishes_and_says_so_once(tmp_path, small_spec):
@@ -298,50 +304,29 @@ def test_stream_address_forms():
 
 # -- a real viewer, offscreen -------------------------------------------------------------------
 
-def _qt_problem() -> str | None:
-    """Why a Qt viewer cannot start here (checked in a child: a missing platform aborts)."""
-    code = "from qtpy.QtWidgets import QApplication; QApplication([]); import napari.qt"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "QT_QPA_PLATFORM": "offscreen"}, timeout=120)
-    return None if res.returncode == 0 else (res.stderr.strip().splitlines() or ["?"])[-1]
-
-
-def test_widgets_in_a_real_viewer(tmp_path, plugin, monkeypatch):
+def test_widgets_in_a_real_viewer(tmp_path):
+    """tests/napari_qt_child.py (pytest-qt) in its own process under Xvfb: napari's canvas
+    needs OpenGL, which Qt's offscreen platform gets only from an X server; a process of its
+    own, so this session never holds a display that goes away."""
+    pytest.importorskip("pytestqt", reason="pytest-qt is not installed")
+    if shutil.which("xvfb-run") is None:
+        pytest.skip("no xvfb-run (apt install xvfb xauth): napari's canvas needs OpenGL, "
+                    "which Qt's offscreen platform gets only from an X server")
     problem = _qt_problem()
     if problem:
-        pytest.skip(f"no Qt viewer here (PyQt5 offscreen): {problem}")
-    pytest.importorskip("pytestqt", reason="pytest-qt is not installed")
-    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
-    import napari
-    from backends.sample_plates import PlateSpec, make_imagexpress_plate
-    from compute.streaming import StreamSender
-    from vfsmount.napari.widget import FieldWidget, StreamWidget
-    plate = make_imagexpress_plate(tmp_path / "P", PlateSpec(wells=("A01",), sites=2, channels=1,
-                                                             z=1, t=1, shape=(32, 48)))
-    viewer = napari.Viewer(show=False)
-    try:
-        viewer.open(str(plate), plugin="vfsmount")
-        widget = FieldWidget(viewer)
-        widget.well.setText("A01")
-        widget.site.setValue(2)
-        added = widget.open()
-        assert [l.name for l in added] == ["A01_s002 w1"] and added[0].data.shape == (1, 1, 32, 48)
-        address = f"tcp://127.0.0.1:{_free_port()}"
-        stream = StreamWidget(viewer, address)
-        stream.toggle()
-        sender = StreamSender(address)
-        header = {"output": "demo", "step": None, "stem": "A01_s001_w1", "names": ["x.tif"],
-                  "well": "A01", "site": 1, "planes": [[1, 1, 1]], "channel": 1,
-                  "pixel_size": 0.5, "z_spacing": None, "time_interval": None, "channel_info": {}}
-        sender.publish(header, np.arange(12, dtype=np.uint16).reshape(1, 3, 4))
-        deadline = time.monotonic() + 20
-        while "demo w1" not in by_name(viewer) and time.monotonic() < deadline:
-            stream.poll()
-            time.sleep(0.05)
-        assert sender.close().sent == 1
-        layer = by_name(viewer)["demo w1"]
-        np.testing.assert_array_equal(layer.data[0, 0], np.arange(12).reshape(3, 4))
-        assert tuple(layer.scale[-2:]) == (0.5, 0.5)
-        stream.toggle()
-    finally:
-        viewer.close()
+        pytest.skip(f"no Qt viewer here (PyQt5, offscreen platform under Xvfb): {problem}")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "QT_QPA_PLATFORM": "offscreen"}
+    res = subprocess.run(["xvfb-run", "-a", sys.executable, "-m", "pytest", "-q", "-x",
+                          "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "child"),
+                          str(REPO / "tests" / "napari_qt_child.py")],
+                         capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert res.returncode == 0 and " passed" in res.stdout, res.stdout[-3000:] + res.stderr[-2000:]
+
+
+def _qt_problem() -> str | None:
+    """Why a Qt application cannot start here (asked in a child: a missing platform aborts)."""
+    code = "from qtpy.QtWidgets import QApplication; QApplication([]); import napari.qt"
+    res = subprocess.run(["xvfb-run", "-a", sys.executable, "-c", code], capture_output=True,
+                         text=True, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+                         timeout=120)
+    return None if res.returncode == 0 else (res.stderr.strip().splitlines() or ["?"])[-1]

@@ -240,15 +240,15 @@ def plate_layers(image_set, max_side: int = MOSAIC_MAX) -> list[tuple]:
     names = [f"{d['name']} [plate]" for d in channel_display(image_set, some.channels)]
     kwargs = {**_channel_kwargs(image_set, some.channels, samples, names), "scale": scale,
               "units": units, "metadata": {"vfsmount": meta}}
-    return [(data, kwargs, "image"), _well_labels(grid, sorted(by_well), scale[2:])]
+    return [(data, kwargs, "image"), _well_labels(grid, sorted(by_well), scale[2:], units[2:])]
 
 
-def _well_labels(grid: Grid, wells: list[str], scale) -> tuple:
+def _well_labels(grid: Grid, wells: list[str], scale, units) -> tuple:
     """A Points layer: each well's name at the top left of its cell (2D: shown at every t, z)."""
     origin = [grid.slot(w, grid.sites[0]) for w in wells]
     points = np.array([[y * scale[0], x * scale[1]] for y, x in origin], float).reshape(-1, 2)
     size = max(grid.tile) * scale[1] * 0.05
-    return (points, {"name": "wells", "features": {"well": wells}, "size": size,
+    return (points, {"name": "wells", "features": {"well": wells}, "size": size, "units": units,
                      "face_color": "transparent", "border_width": 0,
                      "text": {"string": "{well}", "color": "white", "anchor": "upper_left",
                               "size": 10}}, "points")
