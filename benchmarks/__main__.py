@@ -26,6 +26,8 @@ BENCHMARKS = {
               "Dask 2 workers vs 1 process",
     "foreign_zarr": "a foreign OME-Zarr plate (384 wells x 9 fields): plane index and mount + ls "
                     "vs zarr opening every field's array",
+    "napari": "napari: a 384-well x 9-field plate to the first draw (every field) vs "
+              "napari-ome-zarr (first field per well); vfsmount run with and without --stream",
 }
 
 

@@ -22,11 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from backends.cache import ArrayCache
+
 from .levels import Reduced
 
 MOSAIC_MAX = 8192          # mosaic pixels along the plate's long side (one GL texture)
 GAP = 0.25                 # gap between wells, as a fraction of a field's tile
 
+BLOCKS = ArrayCache(256 << 20)   # mosaic blocks (one well of one channel at one t, z)
 _fields: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _reduced: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _opened: dict[tuple[str, str], Any] = {}       # (plate location, key) -> image set shown
@@ -194,9 +197,12 @@ def _mosaic(image_set, grid: Grid, by_well: dict, channel: int, zs, ts, dtype):
     import dask.array as da
     from backends.naming import row_letters
     small = reduced(image_set)
+    token = (image_set.plate.location, image_set.key, grid.factor, channel)
 
-    def block(block_id=None):
-        ti, zi, r, c = block_id
+    def block(block_id=None):       # napari slices a new layer two or three times: kept
+        return BLOCKS.get_or_load(token + tuple(block_id), lambda: read_block(*block_id))
+
+    def read_block(ti, zi, r, c):
         out = np.zeros((1, 1) + grid.cell, dtype)
         for f in by_well.get(f"{row_letters(r + 1)}{c + 1:02d}", ()):
             name = f.name(channel, zs[zi], ts[ti])

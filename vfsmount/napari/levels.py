@@ -15,7 +15,14 @@ from functools import cached_property
 
 import numpy as np
 
+from backends.cache import ArrayCache
+
 log = logging.getLogger(__name__)
+
+#: Small levels read whole (every channel, z and t of a field at once: one chunk read, not one
+#: per channel); a level array up to this size is kept whole.
+WHOLE = 8 << 20
+LEVELS = ArrayCache(256 << 20)
 
 
 def _ome(attrs: dict) -> dict:
@@ -86,7 +93,12 @@ class Reduced:
             step = factor // level[1]
             try:
                 arr = self._array(path)
-                return np.asarray(arr[tuple(ref.index) + (slice(None, None, step),) * 2])
+                strided = (slice(None, None, step),) * 2
+                if arr.nbytes <= WHOLE:
+                    whole = LEVELS.get_or_load((str(self.image_set.backend.root), path, step),
+                                               lambda: np.asarray(arr[(...,) + strided]))
+                    return whole[tuple(ref.index)]
+                return np.asarray(arr[tuple(ref.index) + strided])
             except Exception as e:          # a field without that level: read level 0
                 log.info("%s: level %s unreadable (%s); level 0 instead", name, path, e)
         return np.asarray(self.image_set.read(name)[::factor, ::factor])

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 KEEP = 256          # fields kept per streamed layer
+_stacks: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # layer -> its fields' arrays
 
 
 class StreamReceiver:
@@ -69,11 +71,13 @@ def apply(viewer, meta: dict, pixels: np.ndarray):
     stack = pixels[None] if pixels.ndim == 3 else pixels[None, None]
     layer = next((l for l in viewer.layers if l.name == name
                   and l.metadata.get("vfsmount", {}).get("kind") == "stream"), None)
-    if layer is not None and layer.data.shape[1:] == stack.shape[1:] \
+    if layer is not None and layer in _stacks and layer.data.shape[1:] == stack.shape[1:] \
             and layer.data.dtype == stack.dtype:
-        fields = layer.metadata["vfsmount"]["fields"][-(KEEP - 1):] + [record]
-        layer.metadata["vfsmount"]["fields"] = fields
-        layer.data = np.concatenate([layer.data[-(KEEP - 1):], stack])
+        import dask.array as da        # a lazy stack of what came: no copy of the older fields
+        arrays = _stacks[layer] = _stacks[layer][-(KEEP - 1):] + [stack[0]]
+        layer.metadata["vfsmount"]["fields"] = layer.metadata["vfsmount"]["fields"][
+            -(KEEP - 1):] + [record]
+        layer.data = da.stack(arrays)
     else:
         scale, units = _scale(meta)
         lo, hi = float(pixels.min()), float(pixels.max())
@@ -81,5 +85,6 @@ def apply(viewer, meta: dict, pixels: np.ndarray):
                                  contrast_limits=[lo, hi if hi > lo else lo + 1],
                                  metadata={"vfsmount": {"kind": "stream", "output": meta["output"],
                                                         "fields": [record]}})
+        _stacks[layer] = [stack[0]]
     viewer.dims.set_current_step(0, layer.data.shape[0] - 1)
     return layer
