@@ -325,7 +325,7 @@ def test_widgets_in_a_real_viewer(tmp_path):
 
 def _qt_problem() -> str | None:
     """Why a Qt application cannot start here (asked in a child: a missing platform aborts)."""
-    code = "from qtpy.QtWidgets import QApplication; QApplication([]); import napari.qt"
+    code = "from qtpy.QtWidgets import QApplication; QApplication([])"
     res = subprocess.run(["xvfb-run", "-a", sys.executable, "-c", code], capture_output=True,
                          text=True, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
                          timeout=120)
