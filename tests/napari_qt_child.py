@@ -70,3 +70,42 @@ def test_stream_widget_shows_what_a_run_sends(viewer, qtbot):
     assert tuple(layer.scale) == (1.0, 2.0, 0.5, 0.5)
     assert [f["site"] for f in layer.metadata["vfsmount"]["fields"]] == [1, 2]
     widget.toggle()
+
+
+PIPELINE = """
+from compute.pipeline import FunctionStep, Pipeline
+
+def invert(stack):
+    return stack.max() - stack
+
+pipeline = Pipeline([FunctionStep(invert)], name="inverted")
+"""
+
+
+def test_vfsmount_napari_listens_for_a_run(tmp_path):
+    """The one command: `vfsmount napari PLATE` opens the plate and takes a run's stream."""
+    import subprocess
+    import sys
+    from backends.sample_plates import PlateSpec, make_imagexpress_plate
+    spec = PlateSpec(wells=("A01",), sites=2, channels=1, z=2, t=1, shape=(32, 48))
+    plate = make_imagexpress_plate(tmp_path / "P", spec)
+    (tmp_path / "invert.py").write_text(PIPELINE)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    viewer = subprocess.Popen([sys.executable, "-m", "vfsmount", "napari", str(plate), "--listen",
+                               f"napari:{port}"], stdout=subprocess.PIPE, text=True)
+    try:
+        seen = []                                       # napari's own warnings come first
+        while not seen or "listening at" not in seen[-1] and len(seen) < 50 and seen[-1]:
+            seen.append(viewer.stdout.readline())
+        assert f"listening at tcp://127.0.0.1:{port}" in seen[-1], seen
+        res = subprocess.run([sys.executable, "-m", "vfsmount", "run", str(tmp_path / "invert.py"),
+                              str(plate), "--stream", f"napari:{port}", "--no-progress"],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert "2 of 2 results sent" in res.stdout, res.stdout + res.stderr
+        assert viewer.poll() is None                    # still showing them
+    finally:
+        viewer.terminate()
+        viewer.wait(timeout=30)
