@@ -114,6 +114,17 @@ def test_vendor_plate_through_its_mount(copy_real_plate, mounts, plugin):
     lo, hi = cy3.contrast_limits
     assert hi > lo
 
+    # a mount with no record here (another user's): read through its own images/ files
+    from napari.components import ViewerModel
+    from vfsmount.napari.layers import field_layers
+    from vfsmount.napari.reader import _mount_files
+    own = _mount_files(mnt)
+    files = ViewerModel()
+    for data, kwargs, kind in field_layers(own.plate.image_set(own.key), "C07", 1):
+        files.add_image(data, **kwargs)
+    _check_field(by_name(files), channels, own.plate.image_set(own.key), "C07", 1, mnt / "images")
+    assert tuple(by_name(files)["FITC"].scale) == pytest.approx((dt, 1.0, px, px))
+
     whole = by_name(open_in_model(mnt, plugin))
     assert list(whole) == [f"{c} [plate]" for c in channels] + ["wells"]
     assert list(whole["wells"].features["well"]) == ["C07"]
