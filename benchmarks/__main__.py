@@ -28,6 +28,8 @@ BENCHMARKS = {
                     "vs zarr opening every field's array",
     "plate_views": "load_data.csv and plate.companion.ome of 384 wells x 9 sites x 4 channels: "
                    "ready after the mount, plane reads counted; vs ls images/",
+    "napari": "napari: a 384-well x 9-field plate to the first draw (every field) vs "
+              "napari-ome-zarr (first field per well); vfsmount run with and without --stream",
 }
 
 

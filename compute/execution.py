@@ -60,6 +60,8 @@ class _Writer:
         if last or step.materialize:
             self.result.images += self.images(data, self.pipeline.backend_for(step),
                                               None if last else step.name)
+        elif self.sink.stream and self.sink.stream_steps:
+            self.stream(unstack_slices(data, "numpy"), step.name)
         specs = step.special_outputs()
         for name, value in produced.items():
             if specs.get(name) is not None:
@@ -80,7 +82,17 @@ class _Writer:
                 # through a mount, the mount's --materialize decides whether this becomes zarr
                 self.sink.write_image_file(name, plane)
             names.append(name)
+        if self.sink.stream:
+            self.stream(planes, suffix, names)
         return names
+
+    def stream(self, planes: list, step: str | None, names: list[str] | None = None) -> None:
+        """A stack of results to the viewer the run streams to (never waits on it)."""
+        from .streaming import publish
+        coords = self.group.plane_names(len(planes))
+        names = names or [p.virtual_name()[:-4] + f"_{step}.tif" for p in coords]
+        publish(self.sink, self.group, names, coords, np.stack([np.asarray(p) for p in planes]),
+                step)
 
 
 def process_well(pipeline: Pipeline, reader, sink, well: str, groups: Sequence[Group],

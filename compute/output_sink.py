@@ -32,6 +32,8 @@ class OutputSink:
     # image set (well, site, t), 1-based in plate order (see image_numbers)
     plate_name: str = ""
     image_numbers: dict | None = field(default=None, compare=False, repr=False)
+    stream: str | None = None       # a viewer's address: written results also go there (streaming.py)
+    stream_steps: bool = False      # ... and every step's result, not only what is written
 
     @property
     def pixel_size(self) -> float | None:

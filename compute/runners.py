@@ -30,13 +30,17 @@ class RunResult:
     files_written: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     output: str = ""                # where the results are
+    stream: str = ""                # what the stream to a viewer did (streaming.StreamReport)
 
 
 def run_pipeline(pipeline: Pipeline | Sequence[FunctionStep], target: str | os.PathLike, *,
                  output: str | None = None, workers: int = 2, progress: bool = True,
-                 dask: str | None = None) -> RunResult:
+                 dask: str | None = None, stream: str | None = None,
+                 stream_steps: bool = False) -> RunResult:
     """Run ``pipeline`` over every well of ``target``, in threads, or on a Dask cluster when
-    ``dask`` is a scheduler address or ``local:N`` (see compute.dask_runner)."""
+    ``dask`` is a scheduler address or ``local:N`` (see compute.dask_runner). ``stream``: a
+    viewer's ZeroMQ address (compute.streaming) that gets every written result as well (and
+    every step's, with ``stream_steps``), never waited on."""
     if not isinstance(pipeline, Pipeline):
         pipeline = Pipeline(list(pipeline))
     out = Target(target, output or pipeline.name)
@@ -46,6 +50,11 @@ def run_pipeline(pipeline: Pipeline | Sequence[FunctionStep], target: str | os.P
     first = out.load(groups[0].names[:1])[0]
     check_pipeline(pipeline, groups, first.dtype, first.shape)
     by_well = groups_by_well(groups)
+    if stream:
+        from dataclasses import replace
+        from .streaming import sender
+        out.sink = replace(out.sink, stream=stream, stream_steps=stream_steps)
+        sender(stream)                    # connects now: the viewer is found before results come
     uses_zarr = not out.sink.through_mount and any(
         pipeline.backend_for(s) == "zarr" for s in pipeline.steps)
     zarr_store = out.sink.open_zarr() if uses_zarr else None
@@ -58,13 +67,23 @@ def run_pipeline(pipeline: Pipeline | Sequence[FunctionStep], target: str | os.P
             well_results = _run_in_threads(pipeline, out, by_well, zarr_store, bar, workers)
     finally:
         bar.close()
+        report = _finish_stream(stream)
     result = _collect(well_results, zarr_store, RunResult(groups=len(groups),
                                                           output=out.sink.folder), out.sink)
+    result.stream = report
     out.record(pipeline.backend_for(pipeline.steps[-1]), result.images, result.files_written)
     if result.failures:
         raise PipelineError(f"{len(result.failures)} stack(s) failed (outputs of the others are "
                             "kept):\n" + "\n".join(result.failures))
     return result
+
+
+def _finish_stream(stream: str | None) -> str:
+    if not stream:
+        return ""
+    from .streaming import finish
+    report = finish(stream)
+    return report.line() if report is not None else ""
 
 
 def _run_in_threads(pipeline: Pipeline, out: Target, by_well: dict[str, list[Group]], zarr_store,

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config gcc libtiff-tools attr rsync
               imagej xvfb xauth pocl-opencl-icd ocl-icd-opencl-dev
-              systemd autoconf automake)
+              systemd autoconf automake
+              libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3)   # Qt (napari), offscreen
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -1,4 +1,5 @@
-"""The ``vfsmount`` command line: info, convert, mount, umount, list, run, examples, demo.
+"""The ``vfsmount`` command line: info, convert, mount, umount, list, run, examples, napari,
+loaddata, companion, demo.
 
 Each subcommand is a handler, ``_cmd_<name>``, and one row of COMMANDS: its help and the table
 of its arguments. An option that only makes sense with another says so in ``requires`` (or
@@ -32,7 +33,7 @@ INFO_SCHEMA = 1   # `info --json`: bumped when a key changes meaning or goes awa
 # install line.
 EXTRAS = {"torch": "torch", "jax": "jax", "tensorflow": "tensorflow", "cupy": "cupy",
           "pyclesperanto_prototype": "cle", "pyopencl": "cle", "s3fs": "s3",
-          "distributed": "dask"}
+          "distributed": "dask", "napari": "napari", "zmq": "napari"}
 
 
 class UserError(Exception):
@@ -400,10 +401,14 @@ def _cmd_run(args) -> int:
                           outputs=True)
     if args.materialize:
         pipeline.config = VFSConfig(materialization_backend=args.materialize)
+    stream = _stream_address(args.stream) if args.stream else None
     result = run_pipeline(pipeline, args.target, output=args.output, workers=args.workers,
-                          progress=_progress(args), dask=args.dask)
+                          progress=_progress(args), dask=args.dask, stream=stream,
+                          stream_steps=args.stream_steps)
     print(f"{pipeline.name}: {result.groups} stacks, {result.images_written} images and "
           f"{len(result.files_written)} files written to {result.output}")
+    if result.stream:
+        print(result.stream)
     return 0
 
 
@@ -425,6 +430,20 @@ def _cmd_examples(args) -> int:
         target.write_bytes(path.read_bytes())
         print(f"copied {target}")
     return 0
+
+
+def _stream_address(text: str) -> str:
+    from compute.streaming import parse_target
+    try:
+        return parse_target(text)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _cmd_napari(args) -> int:
+    """A napari viewer that opens PATHs with the vfsmount reader and listens for runs."""
+    from .napari.app import run_viewer
+    return run_viewer(args.path, _stream_address(args.listen))
 
 
 def _cmd_demo(args) -> int:
@@ -685,10 +704,22 @@ COMMANDS: dict[str, Command] = {
             help="wells processed in parallel (threads; default 2)"),
         arg("--dask", metavar="SCHEDULER", help="run wells as tasks on a Dask cluster: "
             "tcp://host:8786, or local:N for N local worker processes"),
+        arg("--stream", metavar="napari[:ADDRESS]",
+            help="also send each written result to a napari viewer (`vfsmount napari`) as the "
+                 "run goes; ADDRESS: PORT, HOST:PORT or tcp://... (default tcp://127.0.0.1:5577). "
+                 "Never waits: with no viewer, results are dropped and the run says so"),
+        arg("--stream-steps", action="store_true", requires="stream",
+            help="with --stream: every step's result too, not only what is written"),
         OUTPUTS_DIR_ARG, NO_PROGRESS, S3]),
     "examples": Command(_cmd_examples, "list the pipeline files installed with vfsmount "
                         "(`vfsmount run NAME PLATE` runs one), or copy them to edit", [
         arg("--copy", metavar="DIR", help="copy them into DIR (never over an existing file)")]),
+    "napari": Command(_cmd_napari, "start a napari viewer that opens plates and shows the results "
+                      "of `vfsmount run --stream napari` as they come", [
+        arg("path", nargs="*", help="plates, mount points, OME-Zarr plates or hyperstacks/ "
+            "files to open"),
+        arg("--listen", metavar="napari[:ADDRESS]", default="napari",
+            help="where runs stream to (default napari = tcp://127.0.0.1:5577)")]),
     "demo": Command(_cmd_demo, "generate a sample plate, convert part of it, mount it", [
         arg("--dir", help="where to put the sample plate (default: ~/.cache/vfsmount/demo)"),
         arg("--unmount", action="store_true", help="unmount at the end")]),
