@@ -85,8 +85,8 @@ def _plate(fields: Sequence["Field"], plate: str, plate_format: tuple[int, int] 
         wells.setdefault(f.well, []).append(index)
     positions = {w: (row_index(split_well(w)[0]) - 1, split_well(w)[1] - 1) for w in wells}
     rows, cols = plate_format or (0, 0)
-    rows = max([rows] + [r + 1 for r, _ in positions.values()])
-    cols = max([cols] + [c + 1 for _, c in positions.values()])
+    rows = max([rows] + [r + 1 for r, _ in positions.values()]) or None   # no wells: not said
+    cols = max([cols] + [c + 1 for _, c in positions.values()]) or None
     out = [f'  <Plate{_a(ID="Plate:0", Name=plate, RowNamingConvention="letter", ColumnNamingConvention="number", Rows=rows, Columns=cols)}>\n']
     for w, (well, images) in enumerate(wells.items()):
         r, c = positions[well]

@@ -11,7 +11,7 @@
 set -euo pipefail
 PACKAGES=("cellprofiler-core-nightly==5.0.0.dev784" "numpy<2" "imagecodecs<2025")
 hash=$(printf '%s\n' "${PACKAGES[@]}" | sha1sum | cut -c1-12)
-ENV="${CELLPROFILER_ENV:-$HOME/.cache/vfsmount-tools/cellprofiler-$hash}"
+ENV="${CELLPROFILER_ENV:-${HOME:-/root}/.cache/vfsmount-tools/cellprofiler-$hash}"
 mkdir -p "$(dirname "$ENV")"
 exec 9>"$ENV.lock"
 flock 9

@@ -49,8 +49,9 @@ def served_tiff(name: str, spec: PlateSpec, plate: Path) -> bytes:
 
 def test_tree_sizes_and_posix_tools(converted_plate, small_spec, mounts, tmp_path):
     mnt = mounts.mount(converted_plate)
-    assert sorted(os.listdir(mnt)) == ["hyperstacks", "images", METADATA_FILENAME, "original",
-                                       "projection", "workspace", "zarr"]
+    assert sorted(os.listdir(mnt)) == ["hyperstacks", "images", "load_data.csv",
+                                       "load_data_with_illum.csv", METADATA_FILENAME, "original",
+                                       "plate.companion.ome", "projection", "workspace", "zarr"]
     plate = Plate.open(converted_plate)
     names = plate.image_files("zarr")
     assert sorted(os.listdir(mnt / "images")) == sorted(names) == sorted(os.listdir(mnt / "zarr"))

@@ -428,3 +428,28 @@ def test_bioformats_opens_the_companion_as_a_plate(plates, tmp_path):
     run_cli("companion", str(plate), "-o", str(tmp_path / "d.ome"), "--mountpoint", str(mnt))
     rel = os.path.relpath(mnt / "images", tmp_path)
     assert f'FileName="{rel}/E07_s001_w1_z001_t001.tif"' in (tmp_path / "d.ome").read_text()
+
+
+def test_views_are_made_once_in_the_background_and_fail_alone(plates, tmp_path, monkeypatch):
+    """The daemon's side without a mount: views of a plate past EAGER_PLANES wait for their
+    first use; one that cannot be made fails with EIO (the others are still served)."""
+    import errno
+    import time
+    from backends.plate import Plate
+    from vfsmount.views import documents as plate_views
+    plate, _mnt = plates["phenix"]
+    monkeypatch.setattr(plate_views, "EAGER_PLANES", 0)
+    views = plate_views.PlateViews(Plate.open(plate), str(tmp_path / "m"))
+    csv_node, companion = views.loaddata(), views.companion()
+    time.sleep(0.2)
+    assert not csv_node._future.done()                 # nothing made before it is used
+    assert csv_node.size == len(csv_node.read(None, 0, 1 << 30)) > 0
+    assert companion.read(None, 0, 5) == b"<?xml"
+    bad = tmp_path / "bad.yml"
+    bad.write_text("channels:\n    Alexa 999: OrigX\n")
+    broken = plate_views.PlateViews(Plate.open(plate), str(tmp_path / "m"), str(bad))
+    node, fine = broken.loaddata(), broken.companion()
+    with pytest.raises(OSError) as e:
+        node.size
+    assert e.value.errno == errno.EIO and "Alexa 999" in str(e.value)
+    assert fine.size > 0

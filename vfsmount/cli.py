@@ -133,8 +133,12 @@ def _image_set_counts(plate, key: str) -> dict:
     """Complete image sets (well, site, z, t with every channel: a row of load_data.csv) and
     the incomplete ones load_data.csv leaves out."""
     from backends.loaddata import count_image_sets
-    image_set = plate.image_set(key)
-    complete, incomplete = count_image_sets(image_set.fields(), image_set.physics)
+    try:
+        image_set = plate.image_set(key)
+        complete, incomplete = count_image_sets(image_set.fields(), image_set.physics)
+    except Exception as exc:     # a subdirectory that cannot be listed: report the rest
+        log.warning("[%s] cannot count image sets: %s", key, exc)
+        complete = incomplete = None
     return {"complete": complete, "incomplete": incomplete}
 
 
@@ -163,9 +167,10 @@ def _print_info(report: dict) -> None:
             f"{s['width']} x {s['height']} {s['dtype']}, {s['bytes_per_plane']} bytes"
         print(f"  plane:     {plane}")
         sets = s["image_sets"]
-        print(f"  image sets: {sets['complete']} complete" + (
-            f", {sets['incomplete']} incomplete left out of load_data.csv"
-            if sets["incomplete"] else ""))
+        if sets["complete"] is not None:
+            print(f"  image sets: {sets['complete']} complete" + (
+                f", {sets['incomplete']} incomplete left out of load_data.csv"
+                if sets["incomplete"] else ""))
         pixel = "unknown" if s["pixel_size_um"] is None else f"{s['pixel_size_um']} um"
         grid = f", grid {s['grid_dimensions']}" if s["grid_dimensions"] else ""
         print(f"  pixel:     {pixel}{grid}" + (f" (stored in {s['unit']})" if s["unit"] else ""))

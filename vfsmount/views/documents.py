@@ -4,8 +4,9 @@
 Their bytes come from ``backends/loaddata.py`` and ``backends/companion.py`` (the command
 line writes the same bytes without a mount). They are made once, from names and metadata only
 (no plane is read), in one background thread started when the tree is built, so mounting does
-not wait for them; a ``stat`` or read that comes first waits until they are ready (well under
-a second for 384 wells x 9 sites x 4 channels: ``python -m benchmarks plate_views``). One that
+not wait for them; a ``stat`` or read that comes first waits until they are ready (0.4 s of
+CPU for 384 wells x 9 sites x 4 channels: ``python -m benchmarks plate_views``). Past
+``EAGER_PLANES`` they are made on first use instead (that first ``stat`` waits seconds). One that
 cannot be made (a config naming a channel the plate lacks, a pixel type OME has no name for)
 is listed with size 0, reads fail with EIO, and the daemon logs why.
 """
@@ -29,6 +30,11 @@ from ..nodes import SYNTHESIZED_MODE, FileNode
 
 log = logging.getLogger(__name__)
 
+#: Up to this many planes the views are made when mounting (~0.4 s of CPU and 8 MB for 13,824
+#: planes); a larger plate's are made when first used, so a mount of a million images spends
+#: neither the seconds nor the memory (~0.5 KB a plane) unless someone reads them.
+EAGER_PLANES = 200_000
+
 
 def plate_documents(mount) -> list:
     """The root's plate views, where the mount has them (``processed/`` adds its own)."""
@@ -42,15 +48,17 @@ def plate_documents(mount) -> list:
 class GeneratedFile(FileNode):
     """A read-only file whose bytes a background job makes once; ``size`` waits for them."""
 
-    __slots__ = ("label", "_future")
+    __slots__ = ("label", "_future", "_wanted")
     cheap = True          # once made, reads are slices of bytes in memory
 
-    def __init__(self, label: str, future: Future, mtime_ns: int) -> None:
+    def __init__(self, label: str, future: Future, mtime_ns: int,
+                 wanted: threading.Event) -> None:
         super().__init__(stat_mod.S_IFREG | SYNTHESIZED_MODE, mtime_ns)
-        self.label, self._future = label, future
+        self.label, self._future, self._wanted = label, future, wanted
 
     @property
     def data(self) -> bytes:
+        self._wanted.set()            # a large plate's views are made on first use
         return self._future.result()
 
     @property
@@ -71,6 +79,13 @@ class PlateViews:
         self.mtime_ns = time.time_ns()
         self._fields = None
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._wanted = threading.Event()
+        try:
+            eager = len(self.image_set.names) <= EAGER_PLANES
+        except Exception:             # made (and their error logged) when first used
+            eager = False
+        if eager:
+            self._wanted.set()
         threading.Thread(target=self._run, name="plate-views", daemon=True).start()
 
     # -- the nodes build_tree adds ------------------------------------------------------
@@ -129,10 +144,11 @@ class PlateViews:
     def _node(self, label: str, make: Callable[[], bytes]) -> GeneratedFile:
         future: Future = Future()
         self._jobs.put((label, future, make))
-        return GeneratedFile(label, future, self.mtime_ns)
+        return GeneratedFile(label, future, self.mtime_ns, self._wanted)
 
     def _run(self) -> None:
         """Make each view as it is asked for, in order, in this one thread."""
+        self._wanted.wait()
         while True:
             label, future, make = self._jobs.get()
             started, cpu = time.perf_counter(), time.thread_time()
