@@ -29,7 +29,7 @@ import json
 import logging
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -518,7 +518,7 @@ def _array_info(f: Field, node: Node) -> ArrayInfo:
     # axis without one counts pixels or planes (ome-zarr-py's default scale 1), not microns
     pixel = to_micrometers(scale[-1], units.get("x")) if scale else None
     z_spacing = to_micrometers(scale[axes.index("z")], units.get("z")) \
-        if "z" in axes and scale else None
+        if "z" in axes and scale and node.shape[axes.index("z")] > 1 else None   # 1 plane: none
     return ArrayInfo(path, tuple(node.shape), dtype, tuple(node.chunks), axes, pixel,
                      z_spacing, units.get("x"))
 

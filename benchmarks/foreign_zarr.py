@@ -108,6 +108,12 @@ def mount_ready(store: Path, mnt: Path) -> tuple[float, float, float, float, int
     return ready, cpu, rss, first_ls, listed
 
 
+def full_index(path: Path) -> int:
+    """vfsmount's plane index of every well (a read-only store reads its wells lazily)."""
+    from backends.zarr_backend import ZarrStorageBackend
+    return len(ZarrStorageBackend(path).list_files())
+
+
 def zarr_open_every_field(path: Path) -> int:
     """The baseline: zarr opens the plate and every field's level-0 array."""
     root = zarr.open_group(path, mode="r")
@@ -149,7 +155,7 @@ def run(args) -> None:
         for version in ("0.4", "0.5"):
             store = base / f"plate-{version}.ome.zarr"
             n_fields = write_plate(store, version, columns, fields)
-            t_index, c_index = best_of(3, ZarrStorageBackend, store)
+            t_index, c_index = best_of(3, full_index, store)
             t_zarr, c_zarr = best_of(3, zarr_open_every_field, store)
             mounts = [mount_and_list(store, base / f"mnt-{version}-{i}") for i in range(3)]
             listed = mounts[0][1]

@@ -393,6 +393,8 @@ def test_single_plane_store_has_no_z_spacing_as_a_vendor_plate(tmp_path):
     entry = json.loads(run_cli("info", str(store), "--json").stdout)["subdirectories"]["zarr"]
     assert entry["pixel_size_um"] == pytest.approx(PIXEL)
     assert entry["z_spacing_um"] is None and entry["unknown"]["z_spacing"] == "a single z-plane"
+    plane = ZarrStorageBackend(store).plane("B03_s001_w2_z001_t001.tif")    # what a TIFF carries
+    assert plane.z_spacing is None and plane.pixel_size == pytest.approx(PIXEL)
 
 
 # -- plates of any size mounted at once (issue 29): each well read on first use -------------
