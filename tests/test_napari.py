@@ -331,7 +331,7 @@ def test_widgets_in_a_real_viewer(tmp_path):
                           "-p", "no:cacheprovider", "--basetemp", str(tmp_path / "child"),
                           str(REPO / "tests" / "napari_qt_child.py")],
                          capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
-    assert res.returncode == 0 and "2 passed" in res.stdout, res.stdout[-3000:] + res.stderr[-2000:]
+    assert res.returncode == 0 and " passed" in res.stdout, res.stdout[-3000:] + res.stderr[-2000:]
 
 
 def _qt_problem() -> str | None:
