@@ -222,6 +222,18 @@ def invert(stack):
 pipeline = Pipeline([FunctionStep(invert)], name="inverted")
 """
 
+STEPS = """
+from compute.pipeline import FunctionStep, Pipeline
+
+def invert(stack):
+    return stack.max() - stack
+
+def halve(stack):
+    return stack // 2
+
+pipeline = Pipeline([FunctionStep(invert), FunctionStep(halve)], name="halved")
+"""
+
 RECEIVER = """
 import sys, time, numpy as np
 from napari.components import ViewerModel
@@ -257,38 +269,42 @@ def _free_port() -> int:
 
 
 def test_run_streams_every_output_once(tmp_path, small_spec):
+    """Every written result and (--stream-steps) every step's, once, with name, scale, pixels."""
+    from backends.naming import parse_virtual_name
+    from backends.plate import Plate
     from backends.sample_plates import make_imagexpress_plate
     plate = make_imagexpress_plate(tmp_path / "P", small_spec)
-    (tmp_path / "invert.py").write_text(PIPELINE)
+    (tmp_path / "steps.py").write_text(STEPS)
     address = f"tcp://127.0.0.1:{_free_port()}"
     stacks = len(small_spec.wells) * small_spec.sites * small_spec.channels * small_spec.t
     script = tmp_path / "receiver.py"
     script.write_text(RECEIVER)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     receiver = subprocess.Popen([sys.executable, str(script), address, str(tmp_path / "got.npz"),
-                                 str(stacks)], stdout=subprocess.PIPE, text=True, env=env)
+                                 str(2 * stacks)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert receiver.stdout.readline().strip() == "ready"
-        res = run_cli("run", str(tmp_path / "invert.py"), str(plate), "--stream", f"napari:{address}",
-                      "--no-progress")
+        res = run_cli("run", str(tmp_path / "steps.py"), str(plate), "--stream",
+                      f"napari:{address}", "--stream-steps", "--no-progress")
         receiver.wait(timeout=90)
     finally:
         receiver.kill() if receiver.poll() is None else None
-    assert f"{stacks} of {stacks} results sent" in res.stdout
+    assert f"{2 * stacks} of {2 * stacks} results sent" in res.stdout
     got = np.load(tmp_path / "got.npz")
-    outputs = sorted((plate / "outputs" / "inverted").glob("*.tif"))
+    outputs = sorted((plate / "outputs" / "halved").glob("*.tif"))
     assert len(outputs) == small_spec.n_images
-    planes = sorted(k for k in got.files if ":" not in k)
-    assert planes == sorted(p.name for p in outputs)
-    from backends.naming import parse_virtual_name
-    from backends.plate import Plate
+    steps = [p.name[:-4] + "_invert.tif" for p in outputs]
+    assert sorted(k for k in got.files if ":" not in k) == sorted([p.name for p in outputs] + steps)
     physics = Plate.open(plate).image_set().physics
-    for p in outputs:
-        assert int(got[p.name + ":count"]) == 1                   # each one, once
-        np.testing.assert_array_equal(got[p.name], tifffile.imread(p))
+    for p, step in zip(outputs, steps):
+        assert int(got[p.name + ":count"]) == int(got[step + ":count"]) == 1   # each one, once
+        written = tifffile.imread(p)
+        np.testing.assert_array_equal(got[p.name], written)
+        np.testing.assert_array_equal(got[step] // 2, written)                   # the step before
         assert tuple(got[p.name + ":scale"]) == pytest.approx((1.0, 2.5, 0.65, 0.65))
-        channel = parse_virtual_name(p.name).channel
-        assert str(got[p.name + ":layer"]) == f"inverted {physics.label(channel)}"
+        label = physics.label(parse_virtual_name(p.name).channel)
+        assert str(got[p.name + ":layer"]) == f"halved {label}"
+        assert str(got[step + ":layer"]) == f"halved [invert] {label}"
 
 
 def test_run_with_no_viewer_finishes_and_says_so_once(tmp_path, small_spec):
