@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from backends.remote import is_url
 from backends.zarr_ngff import output_physics   # what outputs inherit from their source
 
 
 @dataclass(frozen=True)
 class OutputSink:
     root: str                       # the outputs/ folder: a local path or a URL
+    remote: bool = False            # root is a URL (the plate said so when it was opened)
     name: str                       # this pipeline's folder inside it
     through_mount: bool = False     # a --writable mount decides itself what becomes zarr
     # the source plate's physics (backends.zarr_ngff.physics_of): outputs keep its pixel size,
@@ -38,10 +38,6 @@ class OutputSink:
     @property
     def pixel_size(self) -> float | None:
         return (self.physics or {}).get("pixel_size")
-
-    @property
-    def remote(self) -> bool:
-        return is_url(self.root)
 
     @property
     def folder(self) -> str:

@@ -20,7 +20,6 @@ from natsort import natsorted
 from backends.disk import DiskStorageBackend
 from backends.layout import FS_TYPE, MAIN_ALIAS, OUTPUTS_DIR
 from backends.mountinfo import mount_type, vfsmount_plate_name
-from backends.remote import is_url
 
 from .errors import PipelineError
 from .output_sink import (OutputSink, image_numbers, mount_physics, output_physics,
@@ -62,9 +61,10 @@ class Target:
 
     def __init__(self, path: str | os.PathLike, output: str) -> None:
         self.output = output
-        self.remote = is_url(path)
-        self.path: Path | str = os.fspath(path) if self.remote else Path(path).absolute()
-        self.through_mount = not self.remote and is_vfsmount(self.path)
+        # a mount point is a local folder; anything else is a plate, and Plate.open decides
+        # whether it is a URL (s3://...: no mount point either)
+        self.through_mount = is_vfsmount(Path(path).absolute())
+        self.path: Path | str = Path(path).absolute() if self.through_mount else os.fspath(path)
         self.plate = None
         if self.through_mount:
             self._open_mount()
@@ -99,7 +99,8 @@ class Target:
                 raise PipelineError(f"{self.plate.path} is hands-off ({hands_off(self.plate.path)}):"
                                     " name a folder for the results: --outputs-dir DIR")
             root = str(where)
-        self.sink = OutputSink(root, self.output, physics=output_physics(self.plate.entry()),
+        self.sink = OutputSink(root, self.output, remote=self.plate.url is not None,
+                               physics=output_physics(self.plate.entry()),
                                plate_name=self.plate.name, image_numbers=image_numbers(self.names))
 
     def load(self, names: Sequence[str]) -> list[np.ndarray]:

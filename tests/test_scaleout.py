@@ -293,7 +293,7 @@ def test_pipeline_on_two_workers_against_s3_equals_local_run(copy_real_plate, s3
 
     res = run_cli("run", str(pipeline_file), url, "--dask", cluster.address)
     assert "\r" not in res.stderr             # stderr is not a terminal: no progress frames
-    sink = OutputSink(remote_outputs_root(url), "cells")
+    sink = OutputSink(remote_outputs_root(url), "cells", remote=True)
     _assert_same(_outputs(sink), want)
     # the workers each ran tasks (hold markers are written by the worker processes)
     pids = {p.name.split("-")[1] for p in cluster.hold_dir.iterdir()}
@@ -337,7 +337,7 @@ def test_killing_a_worker_mid_run_still_completes_identically(copy_real_plate, s
         cluster.wait_for_workers(2)
     assert killed and replacement.poll() is None
     assert result.groups == 12 and not result.failures
-    _assert_same(_outputs(OutputSink(remote_outputs_root(url), "after-kill")), want)
+    _assert_same(_outputs(OutputSink(remote_outputs_root(url), "after-kill", remote=True)), want)
 
 
 def test_zarr_outputs_on_the_cluster_equal_local_zarr_outputs(copy_real_plate, s3, cluster,

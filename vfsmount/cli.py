@@ -190,9 +190,8 @@ def _print_info(report: dict) -> None:
 def _is_file_of_a_mount(path: str) -> bool:
     """`info FILE` is for a file of a vfsmount mount; any other file is taken as a plate
     (and refused by name if it is an .nd2, .czi, ... file)."""
-    from backends.remote import is_url
     from .fileinfo import mount_root
-    if is_url(path) or not Path(path).is_file():
+    if not Path(path).is_file():     # (an s3:// URL is no file either)
         return False
     try:
         mount_root(Path(path).absolute().parent)
@@ -228,9 +227,8 @@ def _cmd_convert(args) -> int:
 # -- mount, umount, list -----------------------------------------------------------------------
 
 def _cmd_mount(args) -> int:
-    from backends.remote import is_url
     from .control import check_mountpoint, check_not_nested, start_daemon
-    if not is_url(args.plate) and not Path(args.plate).is_dir():
+    if _local_folder(args.plate) is None and not _is_remote(args.plate):
         from backends.plate import Plate
         Plate.open(args.plate)   # says what is wrong with it (not there, an .nd2 file, ...)
     check_mountpoint(args.mountpoint, nonempty=args.nonempty)
@@ -319,9 +317,8 @@ def _mount_writes(plate: str) -> dict:
     from backends.handlers.ome_zarr import is_zarr_store
     from backends.metadata import METADATA_FILENAME, hands_off, metadata_path, outputs_dir
     from backends.plate import store_plate_dir
-    from backends.remote import is_url
     from compute.output_sink import remote_outputs_root
-    remote = is_url(plate)
+    remote = _is_remote(plate)
     if remote or is_zarr_store(plate):
         where = plate if remote else os.path.realpath(plate)
         return {"metadata_file": str(store_plate_dir(where, remote) / METADATA_FILENAME),
@@ -458,12 +455,23 @@ def _cmd_demo(args) -> int:
 
 # -- shared checks -----------------------------------------------------------------------------
 
+def _is_remote(location: str) -> bool:
+    """Whether a command line's PLATE (or target, or output) names object storage: the one
+    place the command line asks (Plate.open decides again for what it opens)."""
+    from backends.remote import is_url
+    return is_url(location)
+
+
+def _local_folder(location: str) -> Path | None:
+    """The local folder a PLATE argument names, or None (object storage, a file, nothing)."""
+    return None if _is_remote(location) or not Path(location).is_dir() else Path(location)
+
+
 def _refuse_hands_off(plate: str, how: str, *, outputs: bool = False) -> None:
     """Hands-off plates (read-only, another account's, or marked) are never written into, by
     any command (root included); with ``outputs``, a folder named for their results will do."""
     from backends.metadata import hands_off, outputs_dir
-    from backends.remote import is_url
-    if is_url(plate) or not Path(plate).is_dir():
+    if _local_folder(plate) is None:
         return
     why = hands_off(Path(plate))
     if why and not (outputs and outputs_dir(Path(plate))[1]):
@@ -474,9 +482,8 @@ def _apply_plate_settings(args, plate: str) -> None:
     """``--hands-off`` and ``--outputs-dir``, kept for the plate in the user's cache, so that
     every later command (and the mount daemon) follows them."""
     from backends.metadata import hands_off, save_plate_settings
-    from backends.remote import is_url
     marked, named = getattr(args, "hands_off", False), getattr(args, "outputs_dir", None)
-    if is_url(plate) or not Path(plate).is_dir() or not (marked or named):
+    if _local_folder(plate) is None or not (marked or named):
         return
     changes: dict = {"hands_off": True} if marked else {}
     if named:
@@ -491,13 +498,12 @@ def _apply_plate_settings(args, plate: str) -> None:
 def _refuse_mounted(plate: str) -> None:
     """A mount shows the plate as it was when mounted: converting under it would leave it
     serving the old view without a word, so convert waits until the plate is unmounted."""
-    from backends.remote import is_url
     from .control import active_mounts
-    if is_url(plate):
+    if _local_folder(plate) is None:
         return
     real = os.path.realpath(plate)
-    for m in active_mounts():
-        if not is_url(m.plate) and os.path.realpath(m.plate) == real:
+    for m in active_mounts():      # (a URL's "real path" is never a plate folder's)
+        if os.path.realpath(m.plate) == real:
             raise UserError(f"{plate} is mounted on {m.mountpoint}, and a mount keeps showing "
                             "the plate as it was when mounted: unmount it (vfsmount umount "
                             f"{m.mountpoint}), convert, then mount it again")
@@ -547,9 +553,8 @@ def _progress(args) -> bool:
 def _require_extras(args) -> None:
     """s3:// locations and --dask need an extra: say which, before anything starts."""
     import importlib.util
-    from backends.remote import is_url
     needs = [("s3fs", "an s3:// location") for name in ("plate", "target", "output")
-             if is_url(getattr(args, name, None) or "")]
+             if _is_remote(getattr(args, name, None) or "")]
     if getattr(args, "dask", None):
         needs.append(("distributed", "--dask"))
     for module, what in needs:

@@ -29,12 +29,11 @@ def mount_root(path: Path) -> Path:
 def plate_of_mount(root: Path) -> str | None:
     """The plate a mount serves -- its real path, or its URL -- from this user's record of the
     mount (`vfsmount list`); None for a mount this user did not start."""
-    from backends.remote import is_url
     from .control import active_mounts
     real = os.path.realpath(root)
     for record in active_mounts():
-        if os.path.realpath(record.mountpoint) == real:
-            return record.plate if is_url(record.plate) else os.path.realpath(record.plate)
+        if os.path.realpath(record.mountpoint) == real:   # a URL is no path: kept as it is
+            return os.path.realpath(record.plate) if os.path.exists(record.plate) else record.plate
     return None
 
 
