@@ -22,9 +22,9 @@ from backends.zarr_ngff import output_physics   # what outputs inherit from thei
 @dataclass(frozen=True)
 class OutputSink:
     root: str                       # the outputs/ folder: a local path or a URL
-    remote: bool = False            # root is a URL (the plate said so when it was opened)
     name: str                       # this pipeline's folder inside it
     through_mount: bool = False     # a --writable mount decides itself what becomes zarr
+    remote: bool = False            # root is a URL (the plate said so when it was opened)
     # the source plate's physics (backends.zarr_ngff.physics_of): outputs keep its pixel size,
     # z spacing and channel names -- a result is measured in the same micrometres as its source
     physics: dict | None = field(default=None, compare=False)

@@ -142,7 +142,10 @@ def test_the_mount_asks_capabilities_not_hasattr():
     """vfsmount/ asks image sets and nodes what they can do (their properties and the node
     protocol's defaults); it never probes a backend or an image set with ``hasattr``."""
     probes = [f"{_rel(p)}:{n.lineno}" for p in _modules("vfsmount") for n in ast.walk(_tree(p))
-              if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "hasattr"]
+              if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "hasattr"
+              # a feature of the compiled pyfuse3 (built with or without the passthrough
+              # patch) is the library's, not a backend's: that probe is allowed
+              and getattr(n.args[0], "id", None) != "pyfuse3"]
     assert not probes, f"hasattr probes in vfsmount/: {probes}"
 
 

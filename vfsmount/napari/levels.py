@@ -42,10 +42,10 @@ class Reduced:
     @cached_property
     def _store(self):
         import zarr.storage
-        root = self.image_set.backend.root
-        if not hasattr(root, "is_dir"):          # s3:// : level 0 through the backend
+        backend = self.image_set.backend
+        if backend.remote:                       # s3:// : level 0 through the backend
             return None
-        return zarr.storage.LocalStore(str(root), read_only=True)
+        return zarr.storage.LocalStore(str(backend.root), read_only=True)
 
     @cached_property
     def _first_image(self) -> tuple[str, dict] | None:
