@@ -105,7 +105,6 @@ class Node:
     __slots__ = ("inode", "mode", "mtime_ns")
     entry_timeout = ATTR_TIMEOUT
     blocking_handles = False     # open/flush/fsync/release do I/O: run them in a worker
-    writable = False
 
     def __init__(self, mode: int, mtime_ns: int, inode: int | None = None) -> None:
         self.inode = inode if inode is not None else next_inode()
