@@ -72,8 +72,7 @@ def info_report(plate) -> dict:
         "schema": INFO_SCHEMA,
         "plate": plate.location,
         "format": plate.handler_name,
-        "metadata_file": str(plate.metadata_file),
-        **writes_of(plate),
+        **where_writes_go(plate.location),     # metadata_file, hands_off, outputs_dir
         "main": plate.main,
         "primary_backend": plate.primary_backend(),
         "subdirectories": {key: _subdirectory_report(plate, key, e)
@@ -83,17 +82,22 @@ def info_report(plate) -> dict:
     }
 
 
-def writes_of(plate) -> dict:
-    """Where vfsmount writes for this plate: ``hands_off`` (why nothing goes into the plate
-    folder, or null), ``outputs_dir`` (where results written back go; null where none may be
-    written yet) -- the metadata file is ``metadata_file``."""
-    from backends.metadata import hands_off, outputs_dir
-    if plate.url is not None:   # a store given directly: nothing is written into it
-        from compute.output_sink import remote_outputs_root
-        return {"hands_off": "a store given directly",
-                "outputs_dir": remote_outputs_root(plate.url)}
-    where, may_write = outputs_dir(plate.path)
-    return {"hands_off": hands_off(plate.path), "outputs_dir": str(where) if may_write else None}
+def where_writes_go(location: str) -> dict:
+    """For `info` and `list`: the plate's metadata file, why nothing is written into the plate
+    folder (``hands_off``, null if vfsmount may), and where results written back go
+    (``outputs_dir``; null while a hands-off plate has none named)."""
+    from backends.handlers.ome_zarr import is_zarr_store
+    from backends.metadata import METADATA_FILENAME, hands_off, metadata_path, outputs_dir
+    from backends.plate import store_plate_dir
+    from compute.output_sink import remote_outputs_root
+    remote = _is_remote(location)
+    if remote or is_zarr_store(location):   # never written into; results beside it
+        where = location if remote else os.path.realpath(location)
+        return {"metadata_file": str(store_plate_dir(where, remote) / METADATA_FILENAME),
+                "hands_off": "a store given directly", "outputs_dir": remote_outputs_root(where)}
+    root, may_write = outputs_dir(location)
+    return {"metadata_file": str(metadata_path(location)), "hands_off": hands_off(Path(location)),
+            "outputs_dir": str(root) if may_write else None}
 
 
 def _subdirectory_report(plate, key: str, e: dict) -> dict:
@@ -290,7 +294,7 @@ def _cmd_umount(args) -> int:
 
 def _cmd_list(args) -> int:
     from .control import active_mounts
-    rows = [{**asdict(m), "alive": m.alive, "state": m.state(), **_mount_writes(m.plate)}
+    rows = [{**asdict(m), "alive": m.alive, "state": m.state(), **where_writes_go(m.plate)}
             for m in active_mounts()]
     if args.json:
         _print_json(rows)
@@ -310,22 +314,6 @@ def _cmd_list(args) -> int:
         print(f"{r['mountpoint']}: data path {state.get('data_path', '?')}: "
               f"{state.get('reason', 'unknown (daemon from before data paths were recorded)')}")
     return 0
-
-
-def _mount_writes(plate: str) -> dict:
-    """For `list`: where a mounted plate's metadata and outputs go (as `info` says)."""
-    from backends.handlers.ome_zarr import is_zarr_store
-    from backends.metadata import METADATA_FILENAME, hands_off, metadata_path, outputs_dir
-    from backends.plate import store_plate_dir
-    from compute.output_sink import remote_outputs_root
-    remote = _is_remote(plate)
-    if remote or is_zarr_store(plate):
-        where = plate if remote else os.path.realpath(plate)
-        return {"metadata_file": str(store_plate_dir(where, remote) / METADATA_FILENAME),
-                "hands_off": "a store given directly", "outputs_dir": remote_outputs_root(plate)}
-    where, may_write = outputs_dir(plate)
-    return {"metadata_file": str(metadata_path(plate)), "hands_off": hands_off(Path(plate)),
-            "outputs_dir": str(where) if may_write else None}
 
 
 # -- plate views: loaddata, companion --------------------------------------------------------
