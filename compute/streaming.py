@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5577"
 PROTOCOL = 1
-MAX_FRAMES = 64                  # results waiting to be sent, at most ...
+MAX_FRAMES = 16                  # results waiting to be sent, at most ...
 MAX_BYTES = 256 << 20            # ... and at most this many bytes of pixels
 SEND_TIMEOUT_S = 2.0             # a viewer that takes a frame longer than this is "slow": drop it
+DRAIN_S = 3.0                    # at the run's end, what a listening viewer gets to take the rest
 
 
 def parse_target(text: str) -> str:
@@ -155,7 +156,7 @@ class StreamSender:
             self._read_events()
         return False
 
-    def close(self, timeout: float = 10.0) -> StreamReport:
+    def close(self, timeout: float = DRAIN_S) -> StreamReport:
         """Send what is queued while a viewer takes it (at most ``timeout`` seconds), then stop."""
         self._deadline = time.monotonic() + timeout
         self._stop.set()

@@ -19,6 +19,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 KEEP = 256          # fields kept per streamed layer
+RECEIVE_HWM = 256   # frames received but not yet shown, at most
 _stacks: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # layer -> its fields' arrays
 
 
@@ -28,8 +29,10 @@ class StreamReceiver:
         self.address = address
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.PULL)
-        self._socket.setsockopt(zmq.RCVHWM, 16)      # a slow viewer pushes back on the sender,
-        self._socket.setsockopt(zmq.LINGER, 0)       # which then drops (it never waits)
+        # Frames wait here, not in the run: the run hands them over at once and ends; a viewer
+        # more than RECEIVE_HWM frames behind pushes back, and the run then drops (never waits).
+        self._socket.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+        self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.bind(address)
 
     def receive(self, timeout_ms: int = 0) -> tuple[dict, np.ndarray] | None:
