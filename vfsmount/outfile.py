@@ -17,6 +17,7 @@ from .nodes import WRITE_FLAGS, FileNode, OpenFile, layout_for
 log = logging.getLogger("vfsmount.outputs")
 
 COPY_CHUNK = 8 << 20
+NEAR_FULL = 4 << 20     # free bytes under which a passthrough write may have hit ENOSPC
 
 
 class CommitError(OSError):
@@ -62,7 +63,7 @@ class OutFile(FileNode):
     """A file of the outputs area: committed content plus, while written, a staging file."""
 
     __slots__ = ("area", "parent", "name", "staging", "staging_fd", "writers", "deleted", "dirty",
-                 "failed", "refused", "written")
+                 "failed", "refused", "written", "passthrough")
     immutable = False
     entry_timeout = 0.0     # a commit changes the size under the kernel
 
@@ -77,6 +78,7 @@ class OutFile(FileNode):
         self.failed = 0         # errno of a failed write: the staged content is incomplete
         self.refused = False    # the last commit refused the staged content (kept for its writer)
         self.written = False    # written through this mount: readers bypass the page cache
+        self.passthrough = False  # staged content written by the kernel (FUSE passthrough)
 
     @property
     def rel(self) -> str:
@@ -177,7 +179,10 @@ class OutFile(FileNode):
                 except BaseException:
                     self.writers -= 1
                     raise
-            writer = _Writer(self.passthrough_fd())
+            # write-only: a read-write handle may mmap, and the kernel then loses passthrough
+            # writes after a truncate (seen on 6.18): those stay with the daemon
+            writer = _Writer(self.passthrough_fd() if flags & os.O_ACCMODE == os.O_WRONLY
+                             else None)
             return OpenFile(writer, keep_cache=False, backing_fd=writer.backing)
         with self.area.lock:
             version = self.committed_version()
@@ -204,7 +209,15 @@ class OutFile(FileNode):
         # the writes will not pass through _pwrite: the staged content is what to commit
         if isinstance(handle, _Writer):
             with self.area.lock:
-                self.dirty, self.refused, self.written = True, False, True
+                self.dirty, self.refused, self.written, self.passthrough = True, False, True, True
+
+    def _passthrough_write_lost(self) -> None:
+        """Passthrough writes never pass _pwrite, so a failed one (ENOSPC) is not seen here: a
+        staging file system left (nearly) full means one may have failed; never commit that."""
+        if self.passthrough and self.staging_fd is not None and not self.failed:
+            st = os.fstatvfs(self.staging_fd)
+            if st.f_bfree * st.f_frsize < NEAR_FULL:
+                self.failed = errno.ENOSPC
 
     def read(self, handle, offset: int, length: int) -> bytes:
         if isinstance(handle, _Version):
@@ -411,6 +424,7 @@ class OutFile(FileNode):
         with self.area.lock:
             if self.staging_fd is None or self.deleted or (last_close and self.writers > 0):
                 return
+            self._passthrough_write_lost()
             fd, staging = self.staging_fd, self.staging
             if last_close and not self.dirty and not self.failed and self.exists():
                 self._drop(fd, staging)        # opened for writing, nothing changed: keep as is
@@ -433,7 +447,7 @@ class OutFile(FileNode):
                 raise CommitError(e.errno or errno.EIO, f"{self.rel}: {e}") from e
             os.close(fd)
             self.staging = self.staging_fd = None
-            self.dirty = self.refused = False
+            self.dirty = self.refused = self.passthrough = False
             self.mtime_ns = time.time_ns()
             self.area.mark_dirty()
             log.info("committed outputs/%s%s", self.rel, " (durable)" if durable else "")
@@ -476,7 +490,7 @@ class OutFile(FileNode):
         os.close(fd)
         self.area.drop_staging(staging)
         self.staging = self.staging_fd = None
-        self.dirty = self.refused = False
+        self.dirty = self.refused = self.passthrough = False
 
 
 def _copy(version: _Version, fd: int) -> None:
