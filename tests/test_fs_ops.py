@@ -101,6 +101,7 @@ def test_readdir_offsets_resume_exactly(monkeypatch):
 
     async def listing(page: int) -> list[bytes]:
         fh = await ops.opendir(d.inode, None)
+        fh = getattr(fh, "fh", fh)      # a FileInfo where listings are cached (cache_readdir)
         names, offset = [], 0
         while True:
             replies.clear()

@@ -287,11 +287,16 @@ def state_path(mountpoint: str | os.PathLike) -> Path:
 
 
 def write_state(mountpoint: str | os.PathLike, state: dict) -> None:
+    """In place, one write (no rename: the daemon's renames are its commits, and the tests
+    trace them); a reader that catches it half-written reads it again (``MountRecord.state``
+    gives None then)."""
     path = state_path(mountpoint)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, json.dumps(state).encode())
+    finally:
+        os.close(fd)
 
 
 def record_mount(record: MountRecord) -> None:

@@ -31,6 +31,7 @@ log = logging.getLogger("vfsmount.outputs")
 
 COPY_CHUNK = 8 << 20
 REOPEN_TRIES = 20          # opens of a path swapped outside until it holds the looked-up file
+NEAR_FULL = 4 << 20        # free bytes under which a passthrough write may have hit ENOSPC
 
 
 class State(enum.Enum):
@@ -329,7 +330,7 @@ class WritableOutFile(OutFile):
     """A file of a writable outputs area: committed content plus, while written, a staging
     file; ``state`` follows ``TRANSITIONS``."""
 
-    __slots__ = ("staging", "staging_fd", "writers", "state", "failure")
+    __slots__ = ("staging", "staging_fd", "writers", "state", "failure", "passed_through")
     mode_bits = 0o644
     blocking_handles = True   # open may copy content, flush/fsync/release commit: in a worker
 
@@ -340,11 +341,14 @@ class WritableOutFile(OutFile):
         self.writers = 0        # handles open for writing (changed under the area lock only)
         self.state = State.IDLE
         self.failure = 0        # errno of the write that failed (state FAILED)
+        self.passed_through = False   # staged bytes written by the kernel (FUSE passthrough)
 
     def _go(self, event: str) -> None:
         nxt = TRANSITIONS.get((self.state, event))
         assert nxt is not None, f"outputs/{self.rel}: no transition {event} from {self.state.name}"
         self.state = nxt
+        if nxt is State.IDLE:          # no staging file left: nothing passed through it
+            self.passed_through = False
 
     def same_file(self, key: tuple | None) -> bool:
         if self.writers or self.pending:      # being written here: a commit replaces the file
@@ -413,7 +417,10 @@ class WritableOutFile(OutFile):
             except BaseException:
                 self.writers -= 1
                 raise
-            writer = _Writer(self, self._passthrough_fd())
+            # write-only: a read-write handle may mmap, and the kernel then loses passthrough
+            # writes after a truncate (seen on 6.18): those stay with the daemon
+            writer = _Writer(self, self._passthrough_fd()
+                             if flags & os.O_ACCMODE == os.O_WRONLY else None)
         return OpenFile(writer, keep_cache=False, backing_fd=writer.backing)
 
     def _passthrough_fd(self) -> int | None:
@@ -430,8 +437,17 @@ class WritableOutFile(OutFile):
         # the writes will not pass through _pwrite: the staged content is what to commit
         if handle.writes:
             with self.area.lock:
+                self.passed_through = True
                 if self.state is not State.DISPLACED:
                     self._changed()
+
+    def _passthrough_write_lost(self) -> bool:
+        """Passthrough writes never pass _pwrite, so a failed one (ENOSPC) is not seen here: a
+        staging file system left (nearly) full means one may have failed; never commit that."""
+        if not self.passed_through or self.state is not State.DIRTY:
+            return False
+        st = os.fstatvfs(self.staging_fd)
+        return st.f_bavail * st.f_frsize < NEAR_FULL
 
     def read_own(self, offset: int, length: int) -> bytes:
         """A writer reads its own staged bytes (or, between commits, what is committed)."""
@@ -624,6 +640,9 @@ class WritableOutFile(OutFile):
                 return
             fd, staging = self.staging_fd, self.staging
             storage = self.storage()
+            if self._passthrough_write_lost():
+                self._go("fail")
+                self.failure = errno.ENOSPC
             if last_close and self.state is State.CLEAN and storage.exists():
                 self._drop(fd, staging)        # opened for writing, nothing changed: keep as is
                 return
