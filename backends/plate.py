@@ -33,6 +33,7 @@ class Plate:
     metadata_file: Path
     scan: PlateScan | None = None       # set when this call (re)indexed the plate
     url: str | None = None              # a store given directly: its path or s3:// URL
+    remote: bool = False                # url is in object storage (decided once, in open)
     opened: dict = field(default_factory=dict, repr=False)   # key -> backend opened already
     image_sets: dict = field(default_factory=dict, repr=False)   # key -> ImageSet made already
 
@@ -42,7 +43,10 @@ class Plate:
 
     @property
     def name(self) -> str:
-        return self.location.rstrip("/").rsplit("/", 1)[-1]
+        """The plate's name: a store's own (NGFF ``plate.name``: a converted plate keeps its
+        folder's name wherever the store is copied), else its folder's."""
+        own = self.subdirectories.get(self.main, {}).get("plate_name") if self.url else None
+        return own or self.location.rstrip("/").rsplit("/", 1)[-1]
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, rescan: bool = False, lazy: bool = False) -> "Plate":
@@ -145,7 +149,8 @@ def open_store_plate(location: str, remote: bool, *, lazy: bool = False) -> Plat
     local.mkdir(parents=True, exist_ok=True)
     written = update_metadata(local, {"zarr": store_entry(location, store, complete=not lazy)},
                               main="zarr")
-    return Plate(local, read_metadata(local), written, url=location, opened={"zarr": store})
+    return Plate(local, read_metadata(local), written, url=location, remote=remote,
+                 opened={"zarr": store})
 
 
 def index_plate(path: str | os.PathLike) -> Plate:

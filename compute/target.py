@@ -99,7 +99,7 @@ class Target:
                 raise PipelineError(f"{self.plate.path} is hands-off ({hands_off(self.plate.path)}):"
                                     " name a folder for the results: --outputs-dir DIR")
             root = str(where)
-        self.sink = OutputSink(root, self.output, remote=self.plate.url is not None,
+        self.sink = OutputSink(root, self.output, remote=self.plate.remote,
                                physics=output_physics(self.plate.entry()),
                                plate_name=self.plate.name, image_numbers=image_numbers(self.names))
 

@@ -51,7 +51,8 @@ def test_tree_sizes_and_posix_tools(converted_plate, small_spec, mounts, tmp_pat
     mnt = mounts.mount(converted_plate)
     assert sorted(os.listdir(mnt)) == ["hyperstacks", "images", "load_data.csv",
                                        "load_data_with_illum.csv", METADATA_FILENAME, "original",
-                                       "plate.companion.ome", "projection", "workspace", "zarr"]
+                                       "outputs", "plate.companion.ome", "projection",
+                                       "workspace", "zarr"]
     plate = Plate.open(converted_plate)
     names = plate.image_files("zarr")
     assert sorted(os.listdir(mnt / "images")) == sorted(names) == sorted(os.listdir(mnt / "zarr"))
@@ -390,7 +391,7 @@ def test_mount_cli_errors(tmp_path):
     res = run_cli("mount", str(tmp_path / "nope"), str(tmp_path), check=False)
     assert res.returncode == 1 and "nope" in res.stderr
     res = run_cli("mount", str(tmp_path), str(tmp_path / "missing-mnt"), check=False)
-    assert res.returncode == 1 and "not a directory" in res.stderr
+    assert res.returncode == 1 and "does not exist" in res.stderr      # (issue 31: the true words)
 
 
 def test_subdir_option(converted_plate, mounts):

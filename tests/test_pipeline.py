@@ -355,8 +355,8 @@ def test_compute_on_read(tmp_path, mounts):
     finally:
         del os.environ["VFSMOUNT_TEST_FAIL"]
     folder = mnt / "processed" / "cells"
-    names = sorted(os.listdir(folder))
-    assert names == sorted(Plate.open(plate).image_files())
+    names = sorted(os.listdir(folder))   # the computed planes, and their LoadData CSV
+    assert names == sorted([*Plate.open(plate).image_files(), "load_data.csv"])
     size_before = os.stat(folder / "A01_s001_w1_z002_t001.tif").st_size
     runs_at_mount = len(counter.read_text())                         # the sizing dry run(s)
     data = (folder / "A01_s001_w1_z002_t001.tif").read_bytes()

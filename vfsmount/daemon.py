@@ -27,7 +27,7 @@ from .tree import build_tree
 log = logging.getLogger("vfsmount")
 
 
-def fuse_options(*, allow_other: bool, plate_name: str) -> set[str]:
+def fuse_options(*, allow_other: bool, plate_name: str, writable: bool = False) -> set[str]:
     opts = set(pyfuse3.default_options)          # default_permissions
     # The plate's folder name is user data: percent-encoded (ASCII letters, digits, "._-~"), so no
     # comma, "=" or backslash reaches libfuse's option parser and pyfuse3's ASCII encoding never
@@ -36,6 +36,8 @@ def fuse_options(*, allow_other: bool, plate_name: str) -> set[str]:
              "auto_unmount"}
     if allow_other:
         opts.add("allow_other")
+    if not writable:      # the kernel refuses every write itself (EROFS; access(W_OK) says so)
+        opts.add("ro")
     # Never max_read: it breaks the mount. Large reads come from st_blksize and readahead.
     return opts
 
@@ -179,7 +181,7 @@ def serve(cfg: MountConfig, ready_fd: int | None = None) -> int:
     try:
         plate, ops = _build(cfg)
         pyfuse3.init(ops, mountpoint, fuse_options(allow_other=cfg.allow_other,
-                                                   plate_name=plate.name))
+                                                   plate_name=plate.name, writable=cfg.writable))
     except Exception as e:
         log.exception("cannot mount %s on %s", cfg.plate, mountpoint)
         ready(f"error: {e}")

@@ -101,7 +101,18 @@ def store_entry(location: str | os.PathLike, store=None, *, complete: bool = Tru
         entry["wells"] = natsorted({*index.loaded_wells(), *index.pending_wells})
         entry["inferred_from"] = sample
     return {**entry, "path": os.fspath(location), "unit": first.unit if first else None,
+            "plate_name": _plate_name(store),
             "problems": list(index.problems if sample is not None else store.problems)}
+
+
+def _plate_name(store) -> str | None:
+    """The NGFF plate's own ``name`` (vfsmount writes the vendor plate's folder name there)."""
+    try:
+        attrs = store.root_group().attrs.asdict()
+    except Exception:        # no plate document: a single image, or unreadable (said elsewhere)
+        return None
+    name = (attrs.get("ome", attrs).get("plate") or {}).get("name")
+    return name if isinstance(name, str) and name else None
 
 
 SAMPLE_WELLS = 8       # wells tried for the one a lazy entry is inferred from
