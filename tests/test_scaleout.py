@@ -284,7 +284,7 @@ def test_pipeline_on_two_workers_against_s3_equals_local_run(copy_real_plate, s3
     from compute.output_sink import OutputSink, remote_outputs_root
     plate, url = converted(copy_real_plate, s3, "Projection-Mix")
     import shutil
-    local_plate = plate.parent / "local-copy"
+    local_plate = plate.parent / "local-copy" / plate.name    # the same plate (Metadata_Plate)
     shutil.copytree(plate, local_plate)
     (local_plate / "openhcs_metadata.json").unlink()
     run_cli("run", str(pipeline_file), str(local_plate), "--no-progress")
