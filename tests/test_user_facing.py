@@ -361,8 +361,9 @@ def test_saving_a_tiff_back_logs_no_error(tmp_path, plate, cli_mounts):
 
 
 def test_an_error_line_names_the_file_and_what_to_do(tmp_path, plate, cli_mounts):
+    # a writable mount: on a read-only one (mounted ro) the kernel refuses before the daemon
     mnt, log = tmp_path / "mnt", tmp_path / "ro.log"
-    cli_mount(cli_mounts, plate, mnt, "--log-file", str(log))
+    cli_mount(cli_mounts, plate, mnt, "--writable", "--log-file", str(log))
     with pytest.raises(OSError):
         (mnt / "images" / "mine.tif").write_bytes(b"x")
     run_cli("umount", str(mnt))
