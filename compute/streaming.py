@@ -58,11 +58,13 @@ class StreamReport:
     published: int = 0            # results handed to the stream
     sent: int = 0
     dropped: int = 0              # no viewer, a slow viewer, or a full queue
+    peak_queued: int = 0          # the most results waiting to be sent at once
 
     def line(self) -> str:
         text = f"stream {self.address}: {self.sent} of {self.published} results sent"
-        return text + (f", {self.dropped} dropped (no viewer listening, or it fell behind)"
-                       if self.dropped else "")
+        text += (f", {self.dropped} dropped (no viewer listening, or it fell behind)"
+                 if self.dropped else "")
+        return text + f"; at most {self.peak_queued} queued"
 
 
 @dataclass
@@ -102,6 +104,7 @@ class StreamSender:
                 and self._bytes + pixels.nbytes <= self.max_bytes
             if fits:
                 self._bytes += pixels.nbytes
+                self.report.peak_queued = max(self.report.peak_queued, self._queue.qsize() + 1)
         if not fits:
             self._dropped("the queue is full")
             return False

@@ -91,6 +91,44 @@ pipeline = Pipeline([FunctionStep(invert)], name="inverted")
 """
 
 
+def test_vfsmount_napari_viewer_takes_a_run(viewer, qtbot, tmp_path):
+    """What `vfsmount napari PLATE` sets up (vfsmount.napari.app.set_up: both dock widgets,
+    the plate opened, listening), in this viewer, and a `vfsmount run --stream` in another
+    process: every result arrives in the viewer. Starting a second napari for the command
+    itself (15-45 s here) is the VFSMOUNT_NAPARI_E2E test below."""
+    import subprocess
+    import sys
+    from backends.sample_plates import PlateSpec, make_imagexpress_plate
+    from vfsmount.napari.app import set_up
+    spec = PlateSpec(wells=("A01", "B02"), sites=2, channels=2, z=2, t=1, shape=(32, 48))
+    plate = make_imagexpress_plate(tmp_path / "P", spec)
+    (tmp_path / "invert.py").write_text(PIPELINE)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stream = set_up(viewer, [str(plate)], f"tcp://127.0.0.1:{port}")
+    try:
+        assert [l.name for l in viewer.layers] == ["Wave1 [plate]", "Wave2 [plate]", "wells"]
+        assert set(viewer.window._dock_widgets) >= {"Run stream", "Plate field"}
+        run = subprocess.Popen([sys.executable, "-m", "vfsmount", "run", str(tmp_path / "invert.py"),
+                                str(plate), "--stream", f"napari:{port}", "--no-progress"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stacks = len(spec.wells) * spec.sites * spec.channels
+        qtbot.waitUntil(lambda: stream.received == stacks, timeout=90000)  # the widget's timer
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 0, err
+        assert f"{stacks} of {stacks} results sent" in out, out + err
+        streamed = {l.name: l for l in viewer.layers if l.metadata["vfsmount"]["kind"] == "stream"}
+        assert sorted(streamed) == ["inverted Wave1", "inverted Wave2"]
+        assert all(l.data.shape == (len(spec.wells) * spec.sites, 2, 32, 48)
+                   for l in streamed.values())
+        viewer.window._qt_viewer.canvas.native.grab()
+    finally:
+        stream.toggle()                                  # stop listening
+        for name in ("Run stream", "Plate field"):
+            viewer.window.remove_dock_widget(viewer.window._dock_widgets[name])
+
+
 @pytest.mark.skipif(os.environ.get("VFSMOUNT_NAPARI_E2E") != "1",
                     reason="a second napari start (15-45 s on the 2-core CI machine, over the "
                            "suite's budget): VFSMOUNT_NAPARI_E2E=1 runs it")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -152,7 +153,7 @@ def _check_plate_tiles(layer, image_set, channel: int, images: Path | None, read
 def test_converted_plate_from_its_pyramid(tmp_path, mounts, plugin):
     from backends.plate import Plate
     from backends.sample_plates import PlateSpec, make_imagexpress_plate
-    from vfsmount.napari.layers import plate_layers
+    from vfsmount.napari.layers import fields_of, plate_layers
     from vfsmount.napari.widget import open_field
     spec = PlateSpec(wells=("A01", "B03"), sites=4, channels=2, z=2, t=1, shape=(64, 96))
     plate = make_imagexpress_plate(tmp_path / "P", spec, pixel_size=0.65, z_step=2.5)
@@ -161,6 +162,19 @@ def test_converted_plate_from_its_pyramid(tmp_path, mounts, plugin):
     image_set = Plate.open(plate).image_set()
     assert image_set.serves_planes and image_set.physics.z_spacing == 2.5
 
+    # two fields the fast path must not read: A01 s2's levels rewritten by zarr with other
+    # chunks (another .zarray: zarr reads them), B03 s4's levels deleted (level 0, strided)
+    import zarr
+    store = zarr.open_group(plate / "zarr", mode="r+")
+    group_of = {key: image_set.plane(f.name(1, f.zs[0], f.ts[0])).ref.array.rsplit("/", 1)[0]
+                for key, f in fields_of(image_set).items()}
+    for dataset in ("1", "2"):
+        rechunked = store[f"{group_of['A01', 2]}/{dataset}"]
+        data = rechunked[...]
+        del store[rechunked.path]
+        store.create_array(rechunked.path, data=data, chunks=(1,) * (data.ndim - 2) + (8, 8))
+        shutil.rmtree(plate / "zarr" / group_of["B03", 4] / dataset)
+
     from napari.components import ViewerModel
     viewer = ViewerModel()
     for data, kwargs, kind in plate_layers(image_set, max_side=200):    # forces a small level
@@ -168,14 +182,15 @@ def test_converted_plate_from_its_pyramid(tmp_path, mounts, plugin):
     w1 = viewer.layers[0]
     meta = w1.metadata["vfsmount"]
     assert meta["factor"] >= 2 and len(meta["slots"]) == 8
-    import zarr
-    store = zarr.open_group(plate / "zarr", mode="r")
 
     levels = min(meta["factor"], 4)          # --levels 2: factors 1, 2 and 4
 
     def level(name):          # the store's own level read with zarr, not through vfsmount
         ref = image_set.plane(name).ref
         group = ref.array.rsplit("/", 1)[0]
+        if group == group_of["B03", 4]:
+            k = meta["factor"]
+            return np.asarray(store[f"{group}/0"][tuple(ref.index)])[::k, ::k]
         step = meta["factor"] // levels
         return np.asarray(store[f"{group}/{levels.bit_length() - 1}"][tuple(ref.index)])[
             ::step, ::step]
@@ -316,6 +331,9 @@ def test_run_with_no_viewer_finishes_and_says_so_once(tmp_path, small_spec):
     assert len(list((plate / "outputs" / "inverted").glob("*.tif"))) == small_spec.n_images
     assert res.stderr.count("results are dropped") == 1
     assert "results sent" in res.stdout and "dropped" in res.stdout
+    from compute.streaming import MAX_FRAMES
+    queued = re.search(r"at most (\d+) queued", res.stdout)     # the run's queue stayed bounded
+    assert queued and 0 <= int(queued[1]) <= MAX_FRAMES, res.stdout
 
 
 def test_stream_address_forms():

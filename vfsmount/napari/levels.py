@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 #: per channel); a level array up to this size is kept whole.
 WHOLE = 1 << 20
 LEVELS = ArrayCache(256 << 20)
+MAP_TIFFS = True               # strided reads of uncompressed TIFFs from a memory map (benchmarks: off)
 FILE_THREADS = 4               # reads of files in flight (I/O and decoding release the GIL)
 _META = {2: ".zarray", 3: "zarr.json"}       # an array's metadata document, by zarr format
 
@@ -202,7 +203,7 @@ class Reduced:
     def _strided(self, name: str, factor: int) -> np.ndarray:
         """Level 0 of ``name`` strided: an uncompressed TIFF through a memory map (every k-th
         row read from disk), anything else decoded whole."""
-        if factor > 1 and self.image_set.serves_files:
+        if factor > 1 and self.image_set.serves_files and MAP_TIFFS:
             try:
                 import tifffile
                 mapped = tifffile.memmap(self.image_set.real_path(name), mode="r")
