@@ -109,7 +109,7 @@ def test_vfsmount_napari_viewer_takes_a_run(viewer, qtbot, tmp_path):
     stream = set_up(viewer, [str(plate)], f"tcp://127.0.0.1:{port}")
     try:
         assert [l.name for l in viewer.layers] == ["Wave1 [plate]", "Wave2 [plate]", "wells"]
-        assert set(viewer.window._dock_widgets) >= {"Run stream", "Plate field"}
+        assert set(viewer.window.dock_widgets) >= {"Run stream", "Plate field"}
         run = subprocess.Popen([sys.executable, "-m", "vfsmount", "run", str(tmp_path / "invert.py"),
                                 str(plate), "--stream", f"napari:{port}", "--no-progress"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -118,7 +118,8 @@ def test_vfsmount_napari_viewer_takes_a_run(viewer, qtbot, tmp_path):
         out, err = run.communicate(timeout=60)
         assert run.returncode == 0, err
         assert f"{stacks} of {stacks} results sent" in out, out + err
-        streamed = {l.name: l for l in viewer.layers if l.metadata["vfsmount"]["kind"] == "stream"}
+        streamed = {l.name: l for l in viewer.layers
+                    if l.metadata.get("vfsmount", {}).get("kind") == "stream"}
         assert sorted(streamed) == ["inverted Wave1", "inverted Wave2"]
         assert all(l.data.shape == (len(spec.wells) * spec.sites, 2, 32, 48)
                    for l in streamed.values())
@@ -126,7 +127,7 @@ def test_vfsmount_napari_viewer_takes_a_run(viewer, qtbot, tmp_path):
     finally:
         stream.toggle()                                  # stop listening
         for name in ("Run stream", "Plate field"):
-            viewer.window.remove_dock_widget(viewer.window._dock_widgets[name])
+            viewer.window.remove_dock_widget(viewer.window.dock_widgets[name])
 
 
 @pytest.mark.skipif(os.environ.get("VFSMOUNT_NAPARI_E2E") != "1",
