@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -89,17 +90,30 @@ def write_plate(path: Path, columns: int, fields: int, side: int = 512) -> int:
     return len(wells) * fields
 
 
-def first_draw_in_child(store: Path, reader: str, setup: str = "") -> tuple[float, int]:
+def first_draw_in_child(store: Path, reader: str, setup: str = "", tree: str | None = None) -> dict:
     """first_draw in a fresh process (no cache of an earlier open); napari and both readers'
-    modules imported before the clock starts; ``setup``: code run before it."""
-    code = ("import napari.components, benchmarks.napari as b, vfsmount.napari.layers, "
+    modules imported before the clock starts; ``setup``: code run before it. Its seconds,
+    layers, and the parts: reader (the reader function: metadata, layer data built), add
+    (the layers added to the ViewerModel: napari slices each), draw (every slice read).
+    ``tree``: another checkout's code is measured (with this file as its benchmarks/napari.py)."""
+    import os
+    code = ("import json, napari.components, benchmarks.napari as b, vfsmount.napari.layers, "
             "backends.plate, backends.zarr_backend, napari_ome_zarr, ome_zarr.reader, dask.array; "
-            f"b.warm_up(); {setup}; "
+            f"b.warm_up(); {setup or 'pass'}; "
             f"from pathlib import Path; "
-            f"print(*b.first_draw(b.{reader}(Path({str(store)!r}))))")
+            f"s, n = b.first_draw(b.{reader}(Path({str(store)!r}))); "
+            "print(json.dumps({'seconds': s, 'layers': n, **b.PHASES}))")
+    env = dict(os.environ)
+    if tree:
+        shutil.copy(__file__, Path(tree) / "benchmarks" / "napari.py")
+        env["PYTHONPATH"] = tree
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
-    return float(out[-2]), int(out[-1])
+                         check=True, env=env).stdout.splitlines()
+    return json.loads(out[-1])
+
+
+def _parts(r: dict) -> str:
+    return f"{r['reader']:.1f} / {r['add']:.1f} / {r['draw']:.1f}"
 
 
 def warm_up() -> None:
@@ -111,17 +125,25 @@ def warm_up() -> None:
     viewer.add_points(np.zeros((1, 2)), text={"string": "x"})
 
 
+PHASES: dict[str, float] = {}       # the last first_draw's parts (seconds)
+
+
 def first_draw(open_layers) -> tuple[float, int]:
     """Seconds from nothing to every layer's current slice read, and the layers' count."""
     from napari.components import ViewerModel
     t = time.perf_counter()
     viewer = ViewerModel()
-    for data, kwargs, kind in open_layers():
+    layers = open_layers()
+    t_read = time.perf_counter()
+    for data, kwargs, kind in layers:
         getattr(viewer, f"add_{kind}")(data, **kwargs)
+    t_add = time.perf_counter()
     for layer in viewer.layers:                 # what the canvas would draw
         if layer._type_string == "image":
             np.asarray(layer._slice.image.raw)
-    return time.perf_counter() - t, len(viewer.layers)
+    end = time.perf_counter()
+    PHASES.update(reader=t_read - t, add=t_add - t_read, draw=end - t_add)
+    return end - t, len(viewer.layers)
 
 
 def _ours(store: Path):
@@ -160,34 +182,44 @@ def open_vendor_plate(args, base: Path) -> None:
     plate = make_imagexpress_plate(base / "vendor", spec, write_pixels=False, thumbnails=False,
                                    projections=False)
     print(f"wrote {spec.n_images} TIFFs in {time.perf_counter() - t:.0f} s", flush=True)
-    first, layers = first_draw_in_child(plate, "_ours")           # indexes the plate
-    rows = [("first open (indexes the plate; files in the page cache)", first)]
-    for what, setup in (("memory-mapped, strided (uncompressed TIFF)", ""),
-                        ("decoded whole, then strided", "vfsmount.napari.levels.MAP_TIFFS = False")):
-        evict(plate)
-        rows.append((f"{what}, cold page cache", first_draw_in_child(plate, "_ours", setup)[0]))
-        rows.append((f"{what}, warm page cache", first_draw_in_child(plate, "_ours", setup)[0]))
+    first = first_draw_in_child(plate, "_ours")           # indexes the plate
+    layers = first["layers"]
+    rows = [("first open (indexes the plate; files in the page cache)", first["seconds"],
+             _parts(first))]
+    evict(plate)
+    for cache in ("cold", "warm"):
+        r = first_draw_in_child(plate, "_ours")
+        rows.append((f"{cache} page cache (the plate indexed)", r["seconds"], _parts(r)))
     size = spec.n_images * 512 * 512 * 2
     table(f"vfsmount reader, an ImageXpress plate of {len(wells)} wells x {fields} fields x 2 "
           f"channels, 512 x 512 uint16 uncompressed TIFFs ({size / 2**30:.1f} GiB), every field "
-          f"shown at 1/8, {layers} layers (seconds to the first draw)", rows, ("read", "seconds"))
+          f"shown at 1/8, {layers} layers (seconds to the first draw)", rows,
+          ("read", "seconds", "reader / add / draw"))
 
 
 def open_plate(args, base: Path) -> None:
+    import os
     columns, fields = (6, 4) if args.quick else (24, 9)
     store = base / "plate.ome.zarr"
     t = time.perf_counter()
     n = write_plate(store, columns, fields)
     print(f"wrote {n} fields in {time.perf_counter() - t:.0f} s", flush=True)
-    ours, ours_layers = first_draw_in_child(store, "_ours")
-    again, _ = first_draw_in_child(store, "_ours")         # the plate's metadata now cached
-    theirs, their_layers = first_draw_in_child(store, "_napari_ome_zarr")
-    rows = [("vfsmount reader (every field)", n, ours, again, ours_layers),
-            ("napari-ome-zarr (first field per well)", len(ROWS) * columns, theirs, float("nan"),
-             their_layers)]
+    ours = first_draw_in_child(store, "_ours")
+    again = first_draw_in_child(store, "_ours")            # the plate's metadata now cached
+    theirs = first_draw_in_child(store, "_napari_ome_zarr")
+    before = os.environ.get("VFSMOUNT_BENCH_BEFORE")     # a checkout of the code to compare
+    old = first_draw_in_child(store, "_ours", tree=before) if before else None
+    rows = [("vfsmount reader (every field)", n, ours["seconds"], _parts(ours), again["seconds"],
+             _parts(again), ours["layers"]),
+            ("napari-ome-zarr (first field per well)", len(ROWS) * columns, theirs["seconds"],
+             _parts(theirs), float("nan"), "", theirs["layers"])]
+    if old:
+        rows.append((f"vfsmount reader of {before} (every field)", n, old["seconds"],
+                     _parts(old), float("nan"), "", old["layers"]))
     table(f"Opening a {len(ROWS) * columns}-well x {fields}-field OME-Zarr plate in napari's "
-          "ViewerModel (seconds to the first draw)", rows,
-          ("reader", "fields shown", "first open (s)", "second open (s)", "layers"))
+          "ViewerModel (seconds to the first draw; parts: reader / add / draw)", rows,
+          ("reader", "fields shown", "first open (s)", "parts", "second open (s)", "parts",
+           "layers"))
 
 
 PIPELINE = """

@@ -16,6 +16,7 @@ Points layer with text.
 from __future__ import annotations
 
 import math
+import uuid
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -213,7 +214,10 @@ def _mosaic(image_set, grid: Grid, slots: dict, channel: int, zs, ts, dtype):
             out[0, 0, y:y + tile.shape[0], x:x + tile.shape[1]] = tile
         return out
     chunks = ((1,) * len(ts), (1,) * len(zs), (shape[0],), (shape[1],))
-    return da.map_blocks(block, chunks=chunks, dtype=dtype, meta=np.empty((0,) * 4, dtype))
+    # named, not tokenized: dask would pickle ``block`` with every field of the plate (0.5 s)
+    name = f"vfsmount-plate-c{channel}-{uuid.uuid4().hex}"
+    return da.map_blocks(block, chunks=chunks, dtype=dtype, meta=np.empty((0,) * 4, dtype),
+                         name=name)
 
 
 def plate_layers(image_set, max_side: int = MOSAIC_MAX) -> list[tuple]:

@@ -12,8 +12,8 @@ an open (its metadata read and parsed) and two hops to zarr's event loop, about 
 2-core machine, 9 s for a 384-well x 9-field plate. A batch is one coroutine on zarr's loop;
 a field's level array whose metadata document is byte-equal to the first field's (same
 writer, same shape) reuses the first one's parsed metadata (one small file read, no parse),
-any other is opened on its own. Files are read in a thread pool (decoders release the GIL),
-an uncompressed TIFF strided from a memory map (only every k-th row is read from disk).
+any other is opened on its own. Files are read whole and strided, in a thread pool (file
+reads and decoders release the GIL).
 """
 from __future__ import annotations
 
@@ -34,8 +34,7 @@ log = logging.getLogger(__name__)
 #: per channel); a level array up to this size is kept whole.
 WHOLE = 1 << 20
 LEVELS = ArrayCache(256 << 20)
-MAP_TIFFS = True               # strided reads of uncompressed TIFFs from a memory map (benchmarks: off)
-FILE_THREADS = 4               # reads of files in flight (I/O and decoding release the GIL)
+FILE_THREADS = 8               # small files read at once (opens and reads wait on the file system)
 _META = {2: ".zarray", 3: "zarr.json"}       # an array's metadata document, by zarr format
 
 
@@ -128,7 +127,8 @@ class Reduced:
         self._template_doc(template)
         step = factor // level[1]
         direct = self._direct(template)
-        got: list = [direct.read(self, *w, step) for w in wanted] if direct else [None] * len(wanted)
+        got: list = _in_threads(lambda w: direct.read(*w, step), wanted) if direct \
+            else [None] * len(wanted)
         rest = [i for i, g in enumerate(got) if g is _OTHER or not direct]
         for i, plane in zip(rest, sync(self._read_levels([wanted[i] for i in rest], template,
                                                          step))):
@@ -146,10 +146,7 @@ class Reduced:
         return self._directs[template.path]
 
     def _strided_many(self, names: Sequence[str], factor: int) -> list[np.ndarray]:
-        if len(names) < 2:
-            return [self._strided(n, factor) for n in names]
-        with ThreadPoolExecutor(FILE_THREADS) as pool:
-            return list(pool.map(lambda n: self._strided(n, factor), names))
+        return _in_threads(lambda n: self._strided(n, factor), names)
 
     async def _read_levels(self, wanted, template, step: int) -> list[np.ndarray | None]:
         """Each (level path, index, expected shape) read, or None where it cannot be (a field
@@ -201,17 +198,20 @@ class Reduced:
         return doc
 
     def _strided(self, name: str, factor: int) -> np.ndarray:
-        """Level 0 of ``name`` strided: an uncompressed TIFF through a memory map (every k-th
-        row read from disk), anything else decoded whole."""
-        if factor > 1 and self.image_set.serves_files and MAP_TIFFS:
-            try:
-                import tifffile
-                mapped = tifffile.memmap(self.image_set.real_path(name), mode="r")
-                if mapped.ndim == 2:
-                    return np.array(mapped[::factor, ::factor])
-            except ValueError:              # compressed, or not contiguous: decoded whole
-                pass
+        """Level 0 of ``name``, decoded whole, strided. (A memory map of an uncompressed TIFF,
+        touching only every k-th row, was 2-3 times slower here, cold or warm: the kernel
+        reads ahead whole pages anyway, and each page fault costs more than the read.)"""
         return np.asarray(self.image_set.read(name)[::factor, ::factor])
+
+
+def _in_threads(read, items: Sequence) -> list:
+    """``read`` of every item, in order, FILE_THREADS at a time: small files are mostly waits
+    on the file system (an open and a read of 0.3 ms each on the loaded 2-core machine),
+    which overlap."""
+    if len(items) < 2 * FILE_THREADS:
+        return [read(i) for i in items]
+    with ThreadPoolExecutor(FILE_THREADS) as pool:
+        return list(pool.map(read, items, chunksize=max(1, len(items) // (4 * FILE_THREADS))))
 
 
 def _level_path(level0: str, dataset: str) -> str:
@@ -267,7 +267,7 @@ class _DirectV2:
         compressor = numcodecs.get_codec(meta["compressor"]) if meta.get("compressor") else None
         return cls(doc, meta, guard.chain, compressor, root)
 
-    def read(self, reduced: "Reduced", path: str, index: tuple, expected, step: int):
+    def read(self, path: str, index: tuple, expected, step: int):
         """The plane at ``index`` of level array ``path``, strided; _OTHER when zarr must read
         it; None when it cannot be read (level 0 then)."""
         from backends.chunk_guard import ChunkFault
