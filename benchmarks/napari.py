@@ -107,8 +107,9 @@ def first_draw_in_child(store: Path, reader: str, setup: str = "", tree: str | N
     if tree:
         shutil.copy(__file__, Path(tree) / "benchmarks" / "napari.py")
         env["PYTHONPATH"] = tree
+    # the child's folder: `python -c` imports from it before PYTHONPATH
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env=env).stdout.splitlines()
+                         check=True, env=env, cwd=tree or None).stdout.splitlines()
     return json.loads(out[-1])
 
 
