@@ -110,8 +110,9 @@ def test_vfsmount_napari_viewer_takes_a_run(viewer, qtbot, tmp_path):
     try:
         assert [l.name for l in viewer.layers] == ["Wave1 [plate]", "Wave2 [plate]", "wells"]
         assert set(viewer.window.dock_widgets) >= {"Run stream", "Plate field"}
-        run = subprocess.Popen([sys.executable, "-m", "vfsmount", "run", str(tmp_path / "invert.py"),
-                                str(plate), "--stream", f"napari:{port}", "--no-progress"],
+        run = subprocess.Popen([sys.executable, "-m", "vfsmount", "run",
+                                str(tmp_path / "invert.py"), str(plate), "--stream",
+                                f"napari:{port}", "--no-progress"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         stacks = len(spec.wells) * spec.sites * spec.channels
         qtbot.waitUntil(lambda: stream.received == stacks, timeout=90000)  # the widget's timer

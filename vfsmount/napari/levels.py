@@ -9,11 +9,13 @@ does not fit is read from level 0 instead.
 
 Why reads are batched (``read_many``): through zarr's synchronous API each small array costs
 an open (its metadata read and parsed) and two hops to zarr's event loop, about 2.6 ms on the
-2-core machine, 9 s for a 384-well x 9-field plate. A batch is one coroutine on zarr's loop;
-a field's level array whose metadata document is byte-equal to the first field's (same
-writer, same shape) reuses the first one's parsed metadata (one small file read, no parse),
-any other is opened on its own. Files are read whole and strided, in a thread pool (file
-reads and decoders release the GIL).
+2-core machine, 9 s for a 384-well x 9-field plate. A small zarr v2 level whose ``.zarray`` is
+byte-equal to the first field's (same writer, same shape) is read as its one chunk file,
+checked against its codec's format and decoded by numcodecs (``_DirectV2``); any other array
+goes through zarr's async API, all of them in one coroutine on zarr's loop, each opened on
+its own unless its metadata document is the first field's. Files, and chunk files, are read
+FILE_THREADS at a time (file-system waits and decoders release the GIL); a field without the
+level is read from level 0 and strided.
 """
 from __future__ import annotations
 
@@ -123,8 +125,12 @@ class Reduced:
         planes = [self.image_set.plane(n) for n in names]      # the index, outside the loop
         wanted = [(_level_path(p.ref.array, level[0]), tuple(p.ref.index),
                    (-(-p.shape[0] // factor), -(-p.shape[1] // factor))) for p in planes]
-        template = self._array(wanted[0][0])                    # parsed once
-        self._template_doc(template)
+        try:
+            template = self._array(wanted[0][0])                # parsed once
+            self._template_doc(template)
+        except Exception as e:          # the first field has no such level: level 0 for all
+            log.info("%s: level unreadable (%s); level 0 instead", wanted[0][0], e)
+            return self._strided_many(names, factor)
         step = factor // level[1]
         direct = self._direct(template)
         got: list = _in_threads(lambda w: direct.read(*w, step), wanted) if direct \
