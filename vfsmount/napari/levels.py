@@ -60,9 +60,16 @@ class Reduced:
     def _store(self):
         import zarr.storage
         backend = self.image_set.backend
+        from backends.chunk_guard import guard_store
         if backend.remote:                       # s3:// : level 0 through the backend
             return None
-        return zarr.storage.LocalStore(str(backend.root), read_only=True)
+        # every chunk checked before a decoder sees it, as the mount's reads are
+        return guard_store(zarr.storage.LocalStore(str(backend.root), read_only=True),
+                           str(backend.root))
+
+    @cached_property
+    def _root(self) -> Path:
+        return Path(self.image_set.backend.root)
 
     @cached_property
     def _first_image(self) -> tuple[str, dict] | None:
@@ -148,7 +155,7 @@ class Reduced:
         """The fast path for the template's kind of array, or None (zarr reads it)."""
         if template.path not in self._directs:
             self._directs[template.path] = _DirectV2.of(template, self._template_doc(template),
-                                                       Path(self._store.root))
+                                                       self._root)
         return self._directs[template.path]
 
     def _strided_many(self, names: Sequence[str], factor: int) -> list[np.ndarray]:
@@ -189,7 +196,7 @@ class Reduced:
         from zarr.api.asynchronous import open_array
         from zarr.storage import StorePath
         fmt = template.metadata.zarr_format
-        mine = Path(self._store.root, path, _META[fmt])
+        mine = Path(self._root, path, _META[fmt])
         if mine.read_bytes() == self._template_doc(template):
             return zarr.AsyncArray(metadata=template.metadata,
                                    store_path=StorePath(self._store, path))
@@ -199,7 +206,7 @@ class Reduced:
         doc = self._docs.get(template.path)
         if doc is None:
             meta = _META[template.metadata.zarr_format]
-            doc = self._docs[template.path] = Path(self._store.root, template.path,
+            doc = self._docs[template.path] = Path(self._root, template.path,
                                                    meta).read_bytes()
         return doc
 
