@@ -3,14 +3,14 @@
 Importing this package loads no zarr, ome-zarr or GPU library: backends that
 need them are imported the first time they are asked for.
 """
-from .base import (STORAGE_BACKENDS, Backend, DataSink, StorageBackend, StorageBackendMeta,
+from .storage.base import (STORAGE_BACKENDS, Backend, DataSink, StorageBackend, StorageBackendMeta,
                    VirtualBackend, discover_all_backends, get_backend_class)
 from .errors import (CorruptDataError, MetadataError, NameCollisionError, PathEscapeError,
                      PlateFormatError, ReadOnlyError, RemoteStorageError, StorageError, StorageExistsError,
                      StorageNotFoundError, UnknownBackendError, UnsupportedFormatError)
-from .filemanager import FileManager
-from .memory import MemoryStorageBackend
-from .disk import DiskStorageBackend
+from .storage.filemanager import FileManager
+from .storage.memory import MemoryStorageBackend
+from .storage.disk import DiskStorageBackend
 
 __all__ = [
     "Backend", "DataSink", "StorageBackend", "VirtualBackend", "StorageBackendMeta",

@@ -52,7 +52,7 @@ def display_name(key: str) -> str:
 
 
 #: Plate views in the mount's root (and ``processed/<pipeline>/``): CellProfiler's LoadData
-#: CSVs (``backends/loaddata.py``) and the OME companion (``backends/companion.py``).
+#: CSVs (``backends/plates/loaddata.py``) and the OME companion (``backends/plates/companion.py``).
 LOADDATA_CSV = "load_data.csv"
 LOADDATA_ILLUM_CSV = "load_data_with_illum.csv"
 COMPANION_FILE = "plate.companion.ome"

@@ -67,7 +67,7 @@ def first_draw_in_child(store: Path, reader: str) -> tuple[float, int]:
     """first_draw in a fresh process (no cache of an earlier open); napari and both readers'
     modules imported before the clock starts."""
     code = ("import napari.components, benchmarks.napari as b, vfsmount.napari.layers, "
-            "backends.plate, backends.zarr_backend, napari_ome_zarr, ome_zarr.reader, dask.array; "
+            "backends.plates.plate, backends.ngff.backend, napari_ome_zarr, ome_zarr.reader, dask.array; "
             "b.warm_up(); "
             f"from pathlib import Path; "
             f"print(*b.first_draw(b.{reader}(Path({str(store)!r}))))")
@@ -147,7 +147,7 @@ def _run(pipeline: Path, plate: Path, *stream: str) -> tuple[float, str]:
 
 
 def stream_throughput(args, base: Path) -> None:
-    from backends.sample_plates import PlateSpec, make_imagexpress_plate
+    from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
     wells = ("A01", "A02", "B01", "B02") if args.quick else tuple(
         f"{r}{c:02d}" for r in "ABCD" for c in range(1, 7))
     spec = PlateSpec(wells=wells, sites=4, channels=2, z=3, t=1, shape=(512, 512))

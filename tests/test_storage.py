@@ -12,8 +12,8 @@ import pytest
 import backends
 from backends import (STORAGE_BACKENDS, Backend, FileManager, StorageBackend, StorageBackendMeta,
                       get_backend_class)
-from backends.atomic import atomic_open
-from backends.disk import DiskStorageBackend
+from backends.storage.atomic import atomic_open
+from backends.storage.disk import DiskStorageBackend
 from backends.errors import (CorruptDataError, PathEscapeError, StorageError, StorageExistsError,
                              StorageNotFoundError, UnknownBackendError, UnsupportedFormatError)
 

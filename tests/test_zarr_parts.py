@@ -12,10 +12,10 @@ import zarr
 from zarr.storage import LocalStore
 
 from backends.errors import ReadOnlyError, StorageNotFoundError
-from backends.ngff_index import ArrayInfo, PlaneIndex, PlaneRef, read_own_index, read_plate
-from backends.zarr_config import ZarrConfig
-from backends.zarr_read import ZarrReader
-from backends.zarr_writer import FieldWriter, grow_in_memory
+from backends.ngff.index import ArrayInfo, PlaneIndex, PlaneRef, read_own_index, read_plate
+from backends.ngff.config import ZarrConfig
+from backends.ngff.read import ZarrReader
+from backends.ngff.write import FieldWriter, grow_in_memory
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "A01_s001_w{c}_z001_t001.tif"

@@ -15,7 +15,7 @@ from functools import cached_property
 
 import numpy as np
 
-from backends.cache import ArrayCache
+from backends.storage.cache import ArrayCache
 
 log = logging.getLogger(__name__)
 
