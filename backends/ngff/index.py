@@ -524,7 +524,7 @@ def _array_info(f: Field, node: Node) -> ArrayInfo:
 
 
 def _is_ours(own: Any) -> bool:
-    """An array record of vfsmount's index-free format (see zarr_ngff.PLANES_FORMAT)."""
+    """An array record of vfsmount's index-free format (see documents.PLANES_FORMAT)."""
     return isinstance(own, dict) and isinstance(own.get("format"), int) and own["format"] >= 2
 
 

@@ -65,7 +65,7 @@ class FieldWriter:
         self.store_name = store_name
         self.remote = remote
         self.writable = writable
-        self.physics: dict | None = None    # the source's physics (zarr_ngff.physics_of)
+        self.physics: dict | None = None    # the source's physics (documents.physics_of)
         self._lock = threading.RLock()
         self._described: set[str] = set()                 # arrays whose NGFF metadata is written
         self._plate_described: frozenset[str] = frozenset()
@@ -135,7 +135,7 @@ class FieldWriter:
 
     def _write_field(self, well: str, site: int, planes: list) -> None:
         """Planes of one field into its array, at (t-1, channel-1, z-1): names are derived
-        from positions, so the store needs no per-plane index (see zarr_ngff.PLANES_FORMAT)."""
+        from positions, so the store needs no per-plane index (see documents.PLANES_FORMAT)."""
         row, col = split_well(well)
         array_path = f"{row}/{col:02d}/{site - 1}/0"
         first = planes[0][2]

@@ -73,7 +73,7 @@ def store_entry(location: str | os.PathLike, store=None, *, complete: bool = Tru
     ``complete=False`` (a mount getting ready): every well of the plate is named, but only
     the first readable well is read; sites, channels, z, t and physics are that well's, and
     the entry has no ``image_files`` (the names come from the store when first listed, each
-    well read then: see ngff_index.PlaneIndex). ``inferred_from`` names that well."""
+    well read then: see ngff.index.PlaneIndex). ``inferred_from`` names that well."""
     if store is None:
         from ...ngff.backend import ZarrStorageBackend
         store = ZarrStorageBackend(location, mode="r")
