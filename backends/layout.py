@@ -5,6 +5,9 @@ folder is spelled once. ``backends`` owns the module because it is the lowest la
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 #: Where results are written back, inside the plate and in the mounted tree.
 OUTPUTS_DIR = "outputs"
 #: Staging area for writes through the mount: on the plate's own file system, so that a
@@ -33,6 +36,13 @@ TIFF_EXTENSIONS = (".tif", ".tiff")
 #: The file-system type the kernel reports for our mounts (``/proc/self/mountinfo``).
 FS_TYPE = "fuse.vfsmount"
 FS_SUBTYPE = "vfsmount"
+
+
+def cache_root() -> Path:
+    """The per-user cache folder (``$XDG_CACHE_HOME/vfsmount``): metadata of hands-off plates,
+    logs, chunk caches, demo plates."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vfsmount"
 
 
 def output_key(folder: str) -> str:

@@ -45,18 +45,13 @@ from typing import Any, Iterator
 
 from ..storage.atomic import atomic_write_bytes
 from ..errors import MetadataError, StorageError
-from ..layout import METADATA_FILE
+from ..layout import METADATA_FILE, cache_root
 
 METADATA_FILENAME = METADATA_FILE          # spelled once, in layout.py
 FORMAT_VERSION = 1
 BACKEND_PREFERENCE = ("zarr", "virtual_workspace", "disk")
 
 _LIST_FIELDS = ("image_files", "wells", "sites", "z_indexes", "timepoints")
-
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "vfsmount"
 
 
 def cache_metadata_path(plate: Path) -> Path:

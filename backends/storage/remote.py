@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RemoteStorageError, StorageExistsError, StorageNotFoundError
+from ..layout import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,6 @@ def zarr_store(url: str, *, read_only: bool, options: S3Options | None = None,
 
 
 def chunk_cache_root() -> Path:
-    from ..plates.metadata import cache_root
     return cache_root() / "chunks"
 
 
