@@ -71,6 +71,33 @@ def test_new_backend_class_registers_itself(tmp_path):
         STORAGE_BACKENDS.pop("null_test", None)
 
 
+def test_the_file_tree_is_a_capability_a_backend_has_or_not(tmp_path):
+    """Disk and memory have folders, copies and renames; a zarr store (a flat set of planes)
+    has not, and has no method that could only refuse: FileManager asks the capability."""
+    from backends.ngff.backend import ZarrStorageBackend
+    from backends.ngff.config import ZarrConfig
+    from backends.storage.base import FileTree
+    from backends.storage.memory import MemoryStorageBackend
+    assert DiskStorageBackend(root=tmp_path).has_file_tree and MemoryStorageBackend().has_file_tree
+    store = ZarrStorageBackend(tmp_path / "s.zarr", mode="w",
+                               config=ZarrConfig(chunk_strategy="file"))
+    assert not store.has_file_tree and not isinstance(store, FileTree)
+    assert not any(callable(getattr(store, op, None)) for op in ("move", "ensure_directory"))
+    fm = FileManager({"zarr": store})
+    plane = np.arange(16, dtype=np.uint16).reshape(4, 4)
+    a, b = "A01_s001_w1_z001_t001.tif", "A01_s001_w2_z001_t001.tif"
+    fm.save(plane, a, Backend.ZARR)
+    fm.copy(a, b, Backend.ZARR)                         # a plane copied by value, as before
+    assert np.array_equal(fm.load(b, Backend.ZARR), plane)
+    with pytest.raises(StorageExistsError):
+        fm.copy(a, b, Backend.ZARR)
+    for refused in (lambda: fm.move(a, "A01_s001_w3_z001_t001.tif", Backend.ZARR),
+                    lambda: fm.ensure_directory("sub", Backend.ZARR)):
+        with pytest.raises(StorageError, match="no folders, copies or renames") as e:
+            refused()
+        assert "zarr" in str(e.value)
+
+
 def test_unknown_backend_is_a_clear_error():
     fm = FileManager()
     with pytest.raises(UnknownBackendError, match="unknown backend 'nosuch'.*known: .*disk"):

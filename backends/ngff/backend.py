@@ -9,12 +9,12 @@ chunk), FILE = one chunk per (1, 1, 1, Y, X) plane.
 
 The backend is a thin front over parts that each own their state:
 
-- ``zarr_store``: opening a store, local or ``s3://`` (the one place a store is opened);
-- ``ngff_index``: the plane index value (:class:`PlaneIndex`: names -> array + position,
+- ``store``: opening a store, local or ``s3://`` (the one place a store is opened);
+- ``index``: the plane index value (:class:`PlaneIndex`: names -> array + position,
   shapes, dtypes), read from any store's NGFF metadata documents, ours or another tool's;
-- ``zarr_read``: :class:`ZarrReader` (decoded-plane cache, row ranges, read-ahead, batches);
-- ``zarr_writer``: :class:`FieldWriter` (planes, NGFF metadata, present-planes records);
-- ``zarr_ngff``: NGFF documents alone (it imports none of the above).
+- ``read``: :class:`ZarrReader` (decoded-plane cache, row ranges, read-ahead, batches);
+- ``write``: :class:`FieldWriter` (planes, NGFF metadata, present-planes records);
+- ``documents``: NGFF documents alone (it imports none of the above).
 
 Every array we write carries ``attrs["vfsmount"]``: its t/c/z values and file names; the
 root may carry an index of every name (``attrs["vfsmount"]["files"]``), used when present.
@@ -36,7 +36,7 @@ from natsort import natsorted
 
 from ..storage.base import Backend, StorageBackend
 from ..storage.cache import ArrayCache
-from ..errors import MetadataError, ReadOnlyError, StorageExistsError
+from ..errors import MetadataError
 from .index import AXES, INDEX_KEY, ArrayInfo, PlaneIndex, PlaneRef, _ome, read_own_index, \
     read_plate
 from ..naming import natural_key, try_parse_virtual_name
@@ -108,7 +108,7 @@ class ZarrStorageBackend(StorageBackend):
 
     @property
     def physics(self) -> dict | None:
-        """The source's physics (zarr_ngff.physics_of) written into the NGFF metadata."""
+        """The source's physics (documents.physics_of) written into the NGFF metadata."""
         return self._writer.physics
 
     @physics.setter
@@ -199,23 +199,10 @@ class ZarrStorageBackend(StorageBackend):
     def mark_incomplete(self) -> None:
         self._writer.mark_incomplete()
 
-    # -- tree operations (a store is one flat directory of planes) --------------
+    # -- a store is one flat set of planes: delete, but no folders, copies or renames
+    # (no FileTree capability: FileManager copies a plane by loading and saving it)
     def delete(self, path, *, recursive: bool = False) -> None:
         self._writer.delete(path)
-
-    def ensure_directory(self, path) -> None:
-        if self.mode == "r":
-            raise ReadOnlyError("zarr store opened read-only", backend=self.name, path=path)
-        self.root_group()
-
-    def copy(self, src, dst, *, overwrite: bool = False) -> None:
-        if self.exists(dst) and not overwrite:
-            raise StorageExistsError("destination plane exists", backend=self.name, path=dst)
-        self.save(self.load(src), dst)
-
-    def move(self, src, dst, *, overwrite: bool = False) -> None:
-        raise ReadOnlyError("planes cannot be renamed inside a zarr store", backend=self.name,
-                            path=src)
 
     # -- listing --------------------------------------------------------------
     def list_files(self, directory: str | os.PathLike = "", *, extensions: Iterable[str] | None = None,

@@ -1,9 +1,18 @@
 """Backend kinds, the abstract backend types, and the self-registering registry.
 
+The contract, as the reference design names it: every backend is a ``DataSink`` (save);
+a ``StorageBackend`` also keeps the read contract (load, list, exists, is_file/is_dir) and
+delete; a ``VirtualBackend`` generates its listing from metadata. Folders, copies and renames
+are a capability, ``FileTree``, that a backend has or has not (disk and memory have it; a zarr
+store is a flat set of planes and has not): callers ask ``backend.has_file_tree``, never call
+a method that can only refuse. What the mount needs beyond this (real files, planes, stat in
+bulk) it asks an image set (``backends/plates/image_set.py``), which knows its backend.
+
 Backend classes register themselves when their class body runs (the
 ``StorageBackendMeta`` metaclass). Heavy backends (zarr pulls in zarr,
 numcodecs and ome-zarr) live in modules that are imported only when a backend
-of that kind is first asked for, so ``import backends`` stays light.
+of that kind is first asked for, so ``import backends`` stays light (the registry names
+them by module: the zarr backend stands in the layer above, ``backends/ngff/``).
 """
 from __future__ import annotations
 
@@ -72,12 +81,17 @@ class DataSink(ABC, metaclass=StorageBackendMeta):
         for data, path in zip(data_list, paths):
             self.save(data, path, **kwargs)
 
+    @property
+    def has_file_tree(self) -> bool:
+        """Whether the backend has folders, copies and renames (the ``FileTree`` capability)."""
+        return isinstance(self, FileTree)
+
     def _refuse_write(self, path: str | Path) -> None:
         raise ReadOnlyError("backend is read-only", backend=self.name, path=path)
 
 
 class StorageBackend(DataSink):
-    """A backend with file-like semantics: data can be read back, listed, deleted."""
+    """The read contract every storage backend keeps: data can be read back, listed, deleted."""
 
     @abstractmethod
     def load(self, path: str | Path, **kwargs) -> Any: ...
@@ -103,6 +117,12 @@ class StorageBackend(DataSink):
 
     @abstractmethod
     def delete(self, path: str | Path, *, recursive: bool = False) -> None: ...
+
+
+class FileTree(ABC):
+    """The file-manager capability: folders, copies and renames. A backend that has it lists
+    ``FileTree`` among its bases (it holds no state of its own) and answers
+    ``has_file_tree``."""
 
     @abstractmethod
     def ensure_directory(self, path: str | Path) -> None: ...

@@ -13,13 +13,13 @@ from typing import Any, Iterable
 from natsort import natsorted
 
 from .atomic import TEMP_PREFIX, atomic_open, fsync_dir
-from .base import Backend, StorageBackend
+from .base import Backend, FileTree, StorageBackend
 from ..errors import StorageError, StorageExistsError, StorageNotFoundError
 from .formats import format_for, read_file
 from .paths import within
 
 
-class DiskStorageBackend(StorageBackend):
+class DiskStorageBackend(FileTree, StorageBackend):
     _backend_type = Backend.DISK
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:

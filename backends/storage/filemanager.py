@@ -11,8 +11,8 @@ from typing import Any, Iterable, Sequence
 
 from natsort import natsorted
 
-from .base import Backend, DataSink, StorageBackend, get_backend_class
-from ..errors import StorageError, UnknownBackendError
+from .base import Backend, DataSink, FileTree, StorageBackend, get_backend_class
+from ..errors import StorageError, StorageExistsError, UnknownBackendError
 from .formats import IMAGE_EXTENSIONS
 
 
@@ -45,6 +45,14 @@ class FileManager:
         b = self.backend(name)
         if not hasattr(b, op):
             raise StorageError(f"backend does not support {op}", backend=Backend.coerce(name))
+        return b  # type: ignore[return-value]
+
+    def _file_tree(self, name: Backend | str, op: str) -> FileTree:
+        """The backend, if it has the file-tree capability (folders, copies, renames)."""
+        b = self.backend(name)
+        if not b.has_file_tree:
+            raise StorageError(f"backend has no folders, copies or renames (cannot {op}): "
+                               "its names are a flat set", backend=Backend.coerce(name))
         return b  # type: ignore[return-value]
 
     # -- data ---------------------------------------------------------------
@@ -88,18 +96,28 @@ class FileManager:
 
     # -- tree -----------------------------------------------------------------
     def ensure_directory(self, path: str | Path, backend: Backend | str) -> None:
-        self._storage(backend, "ensure_directory").ensure_directory(path)
+        self._file_tree(backend, "ensure_directory").ensure_directory(path)
 
     def delete(self, path: str | Path, backend: Backend | str, *, recursive: bool = False) -> None:
         self._storage(backend, "delete").delete(path, recursive=recursive)
 
     def copy(self, src: str | Path, dst: str | Path, backend: Backend | str, *,
              overwrite: bool = False) -> None:
-        self._storage(backend, "copy").copy(src, dst, overwrite=overwrite)
+        b = self.backend(backend)
+        if b.has_file_tree:
+            b.copy(src, dst, overwrite=overwrite)
+            return
+        # a flat store (zarr) copies a plane by value: load it, save it under the new name
+        store = b
+        if not isinstance(store, StorageBackend):
+            raise StorageError("backend does not support copy", backend=Backend.coerce(backend))
+        if store.exists(dst) and not overwrite:
+            raise StorageExistsError("destination exists", backend=Backend.coerce(backend), path=dst)
+        store.save(store.load(src), dst)
 
     def move(self, src: str | Path, dst: str | Path, backend: Backend | str, *,
              overwrite: bool = False, **kw) -> None:
-        self._storage(backend, "move").move(src, dst, overwrite=overwrite, **kw)
+        self._file_tree(backend, "move").move(src, dst, overwrite=overwrite, **kw)
 
     def mirror_directory(self, src: str | Path, dst: str | Path, backend: Backend | str, *,
                          overwrite_symlinks_only: bool = False) -> int:

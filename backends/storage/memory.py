@@ -12,12 +12,12 @@ from typing import Any, Iterable
 
 from natsort import natsorted
 
-from .base import Backend, StorageBackend
+from .base import Backend, FileTree, StorageBackend
 from ..errors import StorageError, StorageExistsError, StorageNotFoundError
 from .paths import normalize_key
 
 
-class MemoryStorageBackend(StorageBackend):
+class MemoryStorageBackend(FileTree, StorageBackend):
     _backend_type = Backend.MEMORY
 
     def __init__(self) -> None:
