@@ -328,3 +328,26 @@ def test_mirror_directory(tmp_path):
 def test_public_names_exported():
     for name in ("FileManager", "Backend", "StorageError", "DiskStorageBackend", "VirtualBackend"):
         assert hasattr(backends, name)
+
+
+def test_a_location_is_decided_once(tmp_path, monkeypatch):
+    """"Is it object storage" is asked once, when a plate is opened (Location.of); the store
+    backend it opens takes the decided Location and does not ask again."""
+    from backends.plates.convert import convert_plate
+    from backends.plates.plate import Plate
+    from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
+    from backends.storage import remote
+    from backends.storage.remote import Location
+    url = Location.of("s3://bucket/plate.zarr/")
+    assert (url.where, url.remote) == ("s3://bucket/plate.zarr", True)
+    assert Location.of(url) is url
+    assert Location.of(tmp_path / "p") == Location(tmp_path / "p", False)
+    plate = make_imagexpress_plate(tmp_path / "p", PlateSpec(wells=("A01",), sites=1, channels=1,
+                                                             z=1, shape=(8, 8)))
+    store = convert_plate(plate, progress=False)
+    asked = []
+    real = remote.is_url
+    monkeypatch.setattr(remote, "is_url", lambda where: asked.append(where) or real(where))
+    opened = Plate.open(store)
+    assert asked == [store] and not opened.remote
+    assert opened.image_set("zarr").backend.remote is False and len(asked) == 1

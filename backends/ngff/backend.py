@@ -40,7 +40,7 @@ from ..errors import MetadataError
 from .index import AXES, INDEX_KEY, ArrayInfo, PlaneIndex, PlaneRef, _ome, read_own_index, \
     read_plate
 from ..naming import natural_key, try_parse_virtual_name
-from ..storage.remote import S3Options, is_url
+from ..storage.remote import Location, S3Options
 from .config import ZarrConfig
 from .documents import pyramid_levels, write_pyramid
 from .read import ZarrPlane, ZarrReader
@@ -56,13 +56,14 @@ class ZarrStorageBackend(StorageBackend):
 
     _backend_type = Backend.ZARR
 
-    def __init__(self, root: str | os.PathLike, mode: str = "r",
+    def __init__(self, root: str | os.PathLike | Location, mode: str = "r",
                  config: ZarrConfig | None = None, cache_bytes: int = 256 << 20, *,
                  chunk_cache_bytes: int | None = None, options: S3Options | None = None) -> None:
         if mode not in ("r", "w", "a"):
             raise ValueError(f"mode must be 'r', 'w' or 'a', got {mode!r}")
-        self.remote = is_url(root)
-        self.root: Path | str = os.fspath(root).rstrip("/") if self.remote else Path(root)
+        location = Location.of(root)         # a plate's store comes decided (Plate.open)
+        self.remote = location.remote
+        self.root: Path | str = location.where
         self.options = options
         self.mode = mode
         self.config = config or ZarrConfig()

@@ -26,7 +26,7 @@ from ..errors import StorageError, StorageExistsError
 from .metadata import update_metadata
 from ..naming import parse_virtual_name
 from .plate import Plate
-from ..storage.remote import is_url
+from ..storage.remote import Location
 from ..ngff.config import ZarrChunkStrategy, ZarrConfig
 from ..ngff.documents import physics_of
 
@@ -54,8 +54,9 @@ def convert_plate(plate_path: str | os.PathLike, output: str | os.PathLike | Non
     entry = plate.entry(source_key)
     source = plate.backend(source_key)
     names = entry.get("image_files") or source.list_files("")
-    if is_url(output):
-        out_url = os.fspath(output).rstrip("/")
+    target = Location.of(output) if output is not None else None
+    if target is not None and target.remote:
+        out_url = target.where
         _convert_to_url(plate, source_key, source, names, out_url, config, overwrite, progress)
         _record(plate, entry, source_key, names, config, key, {"path": out_url})
         return out_url

@@ -21,7 +21,7 @@ from .handlers.ome_zarr import is_zarr_store, store_entry
 from .image_set import ImageSet
 from .metadata import (cache_root, main_subdirectory, metadata_path, primary_backend,
                        read_metadata, update_metadata)
-from ..storage.remote import is_url
+from ..storage.remote import Location
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,9 @@ class Plate:
     def open(cls, path: str | os.PathLike, *, rescan: bool = False, lazy: bool = False) -> "Plate":
         """Open a plate, indexing it first if it has no metadata (or ``rescan``). ``lazy``: a
         store's wells are read when first used (a mount: ready at once, whatever its size)."""
-        if is_url(path):                # decided here, once: Plate.url says it from now on
-            return open_store_plate(os.fspath(path).rstrip("/"), remote=True, lazy=lazy)
+        location = Location.of(path)    # decided here, once: Plate.remote says it from now on
+        if location.remote:
+            return open_store_plate(location.where, remote=True, lazy=lazy)
         if is_zarr_store(path):
             return open_store_plate(os.path.realpath(path), remote=False, lazy=lazy)
         plate = Path(path).absolute()
@@ -144,7 +145,7 @@ def open_store_plate(location: str, remote: bool, *, lazy: bool = False) -> Plat
         from ..storage.remote import check_access
         check_access(location, must_exist=True)
     from ..ngff.backend import ZarrStorageBackend
-    store = ZarrStorageBackend(location, mode="r")      # indexed once, served by the mount
+    store = ZarrStorageBackend(Location.known(location, remote), mode="r")   # indexed once
     local = store_plate_dir(location, remote)
     local.mkdir(parents=True, exist_ok=True)
     written = update_metadata(local, {"zarr": store_entry(location, store, complete=not lazy)},

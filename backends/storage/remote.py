@@ -40,6 +40,27 @@ def is_url(location: Any) -> bool:
     return location.split("://", 1)[0].lower() not in ("file", "")
 
 
+@dataclass(frozen=True)
+class Location:
+    """Where a plate or store lives, and whether that is object storage: decided once (``of``,
+    or ``known`` where the caller decided it, a plate being opened), then handed on, so that
+    nothing it reaches asks again."""
+
+    where: str | Path     # an ``s3://`` URL without its trailing slash, or a local path
+    remote: bool
+
+    @classmethod
+    def of(cls, where: "str | os.PathLike | Location") -> "Location":
+        return where if isinstance(where, Location) else cls.known(where, is_url(where))
+
+    @classmethod
+    def known(cls, where: str | os.PathLike, remote: bool) -> "Location":
+        return cls(os.fspath(where).rstrip("/"), True) if remote else cls(Path(where), False)
+
+    def __str__(self) -> str:
+        return str(self.where)
+
+
 def check_scheme(url: str) -> None:
     scheme = url.split("://", 1)[0].lower()
     if scheme not in SCHEMES:
@@ -215,6 +236,6 @@ def _chunk_cache_dir() -> str:
     return path
 
 
-__all__ = ["S3Options", "is_url", "check_access", "filesystem", "zarr_store", "put_bytes",
+__all__ = ["S3Options", "Location", "is_url", "check_access", "filesystem", "zarr_store", "put_bytes",
            "get_bytes", "remove_tree", "store_exists", "list_objects", "set_default_options",
            "DEFAULT_CHUNK_CACHE_BYTES"]
