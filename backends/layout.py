@@ -5,6 +5,9 @@ folder is spelled once. ``backends`` owns the module because it is the lowest la
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 #: Where results are written back, inside the plate and in the mounted tree.
 OUTPUTS_DIR = "outputs"
 #: Staging area for writes through the mount: on the plate's own file system, so that a
@@ -35,6 +38,13 @@ FS_TYPE = "fuse.vfsmount"
 FS_SUBTYPE = "vfsmount"
 
 
+def cache_root() -> Path:
+    """The per-user cache folder (``$XDG_CACHE_HOME/vfsmount``): metadata of hands-off plates,
+    logs, chunk caches, demo plates."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vfsmount"
+
+
 def output_key(folder: str) -> str:
     """The metadata key of an output folder: ``outputs/<folder>`` (``outputs`` for the top)."""
     folder = folder.strip("/")
@@ -52,7 +62,7 @@ def display_name(key: str) -> str:
 
 
 #: Plate views in the mount's root (and ``processed/<pipeline>/``): CellProfiler's LoadData
-#: CSVs (``backends/loaddata.py``) and the OME companion (``backends/companion.py``).
+#: CSVs (``backends/plates/loaddata.py``) and the OME companion (``backends/plates/companion.py``).
 LOADDATA_CSV = "load_data.csv"
 LOADDATA_ILLUM_CSV = "load_data_with_illum.csv"
 COMPANION_FILE = "plate.companion.ome"

@@ -14,12 +14,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from backends.chunk_guard import GuardedStore
-from backends.convert import convert_plate
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
-from backends.zarr_backend import ZarrStorageBackend
-from backends.zarr_config import ZarrConfig
+from backends.guards.chunk import GuardedStore
+from backends.plates.convert import convert_plate
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.ngff.backend import ZarrStorageBackend
+from backends.ngff.config import ZarrConfig
 
 from .common import drop_caches, mib_s, table
 
@@ -30,7 +30,7 @@ def _read_all(store: Path, names: list[str], guarded: bool) -> float:
     backend = ZarrStorageBackend(store)
     reader = backend
     if not guarded:                                  # the same reader on the bare store
-        from backends.zarr_read import ZarrReader
+        from backends.ngff.read import ZarrReader
         reader = ZarrReader(backend._store.wrapped, backend.index, where=str(store))
     drop_caches([p for p in store.rglob("*") if p.is_file()])
     t = time.perf_counter()

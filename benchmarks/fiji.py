@@ -16,9 +16,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from backends.convert import convert_plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
-from backends.zarr_config import ZarrConfig
+from backends.plates.convert import convert_plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.ngff.config import ZarrConfig
 
 from .common import drop_caches, mounted, table
 

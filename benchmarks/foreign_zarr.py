@@ -110,7 +110,7 @@ def mount_ready(store: Path, mnt: Path) -> tuple[float, float, float, float, int
 
 def full_index(path: Path) -> int:
     """vfsmount's plane index of every well (a read-only store reads its wells lazily)."""
-    from backends.zarr_backend import ZarrStorageBackend
+    from backends.ngff.backend import ZarrStorageBackend
     return len(ZarrStorageBackend(path).list_files())
 
 
@@ -147,7 +147,7 @@ def best_of(n: int, fn, *args) -> tuple[float, float]:
 
 
 def run(args) -> None:
-    from backends.zarr_backend import ZarrStorageBackend
+    from backends.ngff.backend import ZarrStorageBackend
     columns, fields = (6, 4) if args.quick else (24, 9)
     base = Path(tempfile.mkdtemp(prefix="vfsbench-foreign-"))
     rows = []

@@ -12,8 +12,8 @@ import time
 import uuid
 from pathlib import Path
 
-from backends.handlers.imagexpress import ImageXpressHandler
-from backends.metadata import update_metadata
+from backends.plates.handlers.imagexpress import ImageXpressHandler
+from backends.plates.metadata import update_metadata
 
 from .common import table
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.convert import convert_plate
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
-from backends.zarr_config import ZarrConfig
+from backends.plates.convert import convert_plate
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.ngff.config import ZarrConfig
 
 from .common import cat, drop_caches, mib_s, mounted, table
 

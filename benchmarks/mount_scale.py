@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from backends.metadata import update_metadata
+from backends.plates.metadata import update_metadata
 from backends.naming import ParsedName, virtual_name
 from vfsmount.control import start_daemon, unmount
 

@@ -21,7 +21,7 @@ import tifffile
 import zarr
 
 from backends.naming import ParsedName, parse_virtual_name
-from backends.sample_plates import PlateSpec, make_imagexpress_plate, synthetic_image
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate, synthetic_image
 
 from .common import drop_caches, mib_s, mounted, table
 from .mount_read import data_path

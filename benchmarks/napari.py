@@ -98,7 +98,7 @@ def first_draw_in_child(store: Path, reader: str, setup: str = "", tree: str | N
     ``tree``: another checkout's code is measured (with this file as its benchmarks/napari.py)."""
     import os
     code = ("import json, napari.components, benchmarks.napari as b, vfsmount.napari.layers, "
-            "backends.plate, backends.zarr_backend, napari_ome_zarr, ome_zarr.reader, dask.array; "
+            "backends.plates.plate, backends.ngff.backend, napari_ome_zarr, ome_zarr.reader, dask.array; "
             f"b.warm_up(); {setup or 'pass'}; "
             f"from pathlib import Path; "
             f"s, n = b.first_draw(b.{reader}(Path({str(store)!r}))); "
@@ -175,7 +175,7 @@ def evict(folder: Path) -> int:
 
 def open_vendor_plate(args, base: Path) -> None:
     """A plate of vendor files, no pyramid: every field is level 0, read strided (1/8)."""
-    from backends.sample_plates import PlateSpec, make_imagexpress_plate
+    from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
     columns, fields = (6, 4) if args.quick else (24, 9)
     wells = tuple(f"{r}{c:02d}" for r in ROWS for c in range(1, columns + 1))
     spec = PlateSpec(wells=wells, sites=fields, channels=2, z=1, t=1, shape=(512, 512))
@@ -245,7 +245,7 @@ def _run(pipeline: Path, plate: Path, *stream: str) -> tuple[float, str]:
 
 
 def stream_throughput(args, base: Path) -> None:
-    from backends.sample_plates import PlateSpec, make_imagexpress_plate
+    from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
     wells = ("A01", "A02", "B01", "B02") if args.quick else tuple(
         f"{r}{c:02d}" for r in "ABCD" for c in range(1, 7))
     spec = PlateSpec(wells=wells, sites=4, channels=2, z=3, t=1, shape=(512, 512))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from backends.naming import ParsedName, row_letters
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
 
 from .common import table
 from .zarr import convert_subprocess, du
@@ -44,9 +44,9 @@ def make_million_plane_store(path: Path, wells: int = 384, fields: int = 9, chan
                              zs: int = 72) -> int:
     """The metadata of a store of wells x fields x channels x zs planes, written by the real
     writer (arrays, per-array records, NGFF metadata); no chunk is written."""
-    from backends.zarr_backend import ZarrStorageBackend
-    from backends.zarr_config import ZarrConfig
-    from backends.zarr_writer import compact_json
+    from backends.ngff.backend import ZarrStorageBackend
+    from backends.ngff.config import ZarrConfig
+    from backends.ngff.write import compact_json
     store = ZarrStorageBackend(path, mode="w", config=ZarrConfig(chunk_strategy="file"))
     store.physics = {"pixel_size": 0.65, "z_spacing": 2.0}
     full = np.ones((1, channels, zs), dtype=bool)
@@ -57,7 +57,7 @@ def make_million_plane_store(path: Path, wells: int = 384, fields: int = 9, chan
 
 
 def _make_fields(store, wells: int, fields: int, lead: tuple, full: np.ndarray) -> None:
-    from backends.zarr_writer import _planes_record
+    from backends.ngff.write import _planes_record
     for w in range(wells):
         row, col = row_letters(w // 24 + 1), w % 24 + 1
         for f in range(fields):
@@ -93,7 +93,7 @@ def list_well_through_ngff(path: Path, well_path: str) -> int:
     """Plane names of one well from the plate, well, image and array documents alone."""
     import zarr
 
-    from backends.zarr_ngff import decode_present
+    from backends.ngff.documents import decode_present
 
     def ome(group) -> dict:
         attrs = dict(group.attrs)
@@ -119,7 +119,7 @@ def listing_rows(base: Path, quick: bool) -> list[tuple]:
     t_make = time.perf_counter() - t
     with CountingReads() as ngff:
         n_ngff = list_well_through_ngff(store, "A/01")
-    from backends.zarr_backend import ZarrStorageBackend
+    from backends.ngff.backend import ZarrStorageBackend
     with CountingReads() as ours:
         t = time.perf_counter()
         n_ours = len([n for n in ZarrStorageBackend(store).list_files() if n.startswith("A01_")])

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
 from compute.functions import gaussian_filter, label_with_measurements, threshold_otsu
 from compute.materialization import materialize
 from compute.pipeline import FunctionStep, Pipeline, group_images, run_pipeline
@@ -21,7 +21,7 @@ def plain_loop(plate: Path, out: Path) -> int:
     """The baseline: the same three functions in a loop, writing the same outputs the same way
     (atomic FileManager writes, the same CSV and ROI writers), without the pipeline machinery."""
     from backends import Backend, FileManager
-    from backends.disk import DiskStorageBackend
+    from backends.storage.disk import DiskStorageBackend
     fm = FileManager({"disk": DiskStorageBackend(out)})
     spec = label_with_measurements.special_outputs
     p = Plate.open(plate)

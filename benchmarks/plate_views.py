@@ -71,10 +71,10 @@ def write_plate(path: Path, columns: int = 24, sites: int = SITES) -> int:
 def _counting_daemon(count_file: str, argv: list[str]) -> int:
     """vfsmount's daemon with every plane read and chunk fetch counted (written at exit)."""
     import atexit
-    from backends.chunk_guard import GuardedStore
-    from backends.tiff_planes import TiffFilePlane
-    from backends.zarr_read import ZarrPlane
-    from backends.zarr_backend import ZarrStorageBackend
+    from backends.guards.chunk import GuardedStore
+    from backends.storage.tiff_planes import TiffFilePlane
+    from backends.ngff.read import ZarrPlane
+    from backends.ngff.backend import ZarrStorageBackend
     counts = {"plane reads": 0, "chunk fetches": 0}
 
     def counted(fn, what):

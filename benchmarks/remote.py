@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from backends.convert import convert_plate
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
-from backends.zarr_config import ZarrConfig
+from backends.plates.convert import convert_plate
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.ngff.config import ZarrConfig
 
 from .common import cat, drop_caches, mib_s, mounted, table
 from .services import DaskCluster, SeaweedS3
@@ -124,7 +124,7 @@ def _zarr_read(url: str, backend, names: list[str]) -> None:
     """Every plane read with zarr straight from S3 (fetch + decode), no chunk cache."""
     import zarr
 
-    from backends.remote import zarr_store
+    from backends.storage.remote import zarr_store
     group = zarr.open_group(zarr_store(url, read_only=True, cache_bytes=0), mode="r")
     arrays = {}
     for n in names:

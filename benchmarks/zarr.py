@@ -19,8 +19,8 @@ import numpy as np
 import tifffile
 
 from backends.naming import ParsedName, virtual_name
-from backends.plate import Plate
-from backends.sample_plates import synthetic_image
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import synthetic_image
 
 from .common import drop_caches, mib_s, table
 
@@ -118,7 +118,7 @@ def run(args) -> None:
             for w in wells[:4]:
                 backend.load_batch(by_well[w])
             t_batch = (time.perf_counter() - t) / min(4, len(wells))
-            from backends.zarr_backend import ZarrStorageBackend
+            from backends.ngff.backend import ZarrStorageBackend
             fresh = ZarrStorageBackend(plate / "zarr", cache_bytes=0)   # no decoded-plane cache
             drop_caches(chunk_files)
             t = time.perf_counter()

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.zarr_ngff import output_physics   # what outputs inherit from their source
+from backends.ngff.documents import output_physics   # what outputs inherit from their source
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class OutputSink:
     name: str                       # this pipeline's folder inside it
     through_mount: bool = False     # a --writable mount decides itself what becomes zarr
     remote: bool = False            # root is a URL (the plate said so when it was opened)
-    # the source plate's physics (backends.zarr_ngff.physics_of): outputs keep its pixel size,
+    # the source plate's physics (backends.ngff.documents.physics_of): outputs keep its pixel size,
     # z spacing and channel names -- a result is measured in the same micrometres as its source
     physics: dict | None = field(default=None, compare=False)
     # for the measurement tables' leading columns: the plate's name, and ImageNumber of each
@@ -49,10 +49,10 @@ class OutputSink:
 
     def write_file(self, rel: str, data: bytes) -> None:
         if self.remote:
-            from backends.remote import put_bytes
+            from backends.storage.remote import put_bytes
             put_bytes(f"{self.folder}/{rel}", data)
             return
-        from backends.disk import DiskStorageBackend
+        from backends.storage.disk import DiskStorageBackend
         DiskStorageBackend(self.root).save_bytes(data, Path(self.name) / rel)
 
     def write_image_file(self, name: str, plane: np.ndarray) -> None:
@@ -62,7 +62,7 @@ class OutputSink:
 
     def open_zarr(self) -> Any:
         """The image store, opened for adding planes (created empty if missing)."""
-        from backends.zarr_backend import output_store
+        from backends.ngff.backend import output_store
         where = self.zarr_location if self.remote else Path(self.zarr_location)
         return output_store(where, self.physics)
 
@@ -99,20 +99,20 @@ class OutputSink:
 
     def write_labels(self, store, where, name: str, labels: np.ndarray) -> None:
         from backends.naming import split_well
-        from backends.zarr_ngff import write_labels
+        from backends.ngff.documents import write_labels
         row, col = split_well(where.well)
         write_labels(store.root_group(), f"{row}/{col:02d}/{where.site - 1}", name, labels,
                      store.config, self.physics)
 
     def read_file(self, rel: str) -> bytes:
         if self.remote:
-            from backends.remote import get_bytes
+            from backends.storage.remote import get_bytes
             return get_bytes(f"{self.folder}/{rel}")
         return (Path(self.folder) / rel).read_bytes()
 
     def list_files(self) -> list[str]:
         if self.remote:
-            from backends.remote import list_objects
+            from backends.storage.remote import list_objects
             return list_objects(self.folder)
         base = Path(self.folder)
         if not base.is_dir():
@@ -134,7 +134,7 @@ def image_numbers(names) -> dict[tuple[str, int, int], int]:
 
 def mount_physics(mountpoint: str | os.PathLike) -> dict:
     """The physics of the plate a vfsmount mount serves (its openhcs_metadata.json)."""
-    from backends.metadata import main_subdirectory, read_metadata
+    from backends.plates.metadata import main_subdirectory, read_metadata
     doc = read_metadata(mountpoint)
     return output_physics(main_subdirectory(doc)[1]) if doc else {}
 

@@ -17,9 +17,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from natsort import natsorted
 
-from backends.disk import DiskStorageBackend
+from backends.storage.disk import DiskStorageBackend
 from backends.layout import FS_TYPE, MAIN_ALIAS, OUTPUTS_DIR
-from backends.mountinfo import mount_type, vfsmount_plate_name
+from backends.storage.mountinfo import mount_type, vfsmount_plate_name
 
 from .errors import PipelineError
 from .output_sink import (OutputSink, image_numbers, mount_physics, output_physics,
@@ -38,7 +38,7 @@ class ReaderSpec:
     def open(self):
         if self.key is None:
             return DiskStorageBackend(self.location)
-        from backends.plate import Plate
+        from backends.plates.plate import Plate
         return Plate.open(self.location).backend(self.key)
 
 
@@ -85,7 +85,7 @@ class Target:
             raise PipelineError(f"{self.path} is a read-only mount: mount it with --writable")
 
     def _open_plate(self) -> None:
-        from backends.plate import Plate
+        from backends.plates.plate import Plate
         self.plate = Plate.open(self.path)
         self.names = self.plate.image_files()
         digest = hashlib.sha256(json.dumps(self.plate.entry(), sort_keys=True).encode())
@@ -93,7 +93,7 @@ class Target:
         if self.plate.url:
             root = remote_outputs_root(self.plate.url)
         else:   # PLATE/outputs, or the folder named for a hands-off plate
-            from backends.metadata import hands_off, outputs_dir
+            from backends.plates.metadata import hands_off, outputs_dir
             where, may_write = outputs_dir(self.plate.path)
             if not may_write:
                 raise PipelineError(f"{self.plate.path} is hands-off ({hands_off(self.plate.path)}):"
@@ -111,7 +111,7 @@ class Target:
         follows (``record_output_folder``; a mount does this itself)."""
         if self.through_mount:
             return
-        from backends.metadata import record_output_folder
+        from backends.plates.metadata import record_output_folder
         extra = {}
         if backend == "zarr":
             extra = {"path": self.sink.zarr_location, "files": natsorted(set(files))}

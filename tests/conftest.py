@@ -113,7 +113,7 @@ def mounts(tmp_path):
 
 @pytest.fixture
 def small_spec():
-    from backends.sample_plates import PlateSpec
+    from backends.plates.sample_plates import PlateSpec
     return PlateSpec(wells=("A01", "B02"), sites=2, channels=2, z=3, t=2, shape=(64, 96))
 
 

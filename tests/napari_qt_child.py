@@ -35,7 +35,7 @@ def _empty(request):
 
 
 def test_field_widget_opens_a_field_on_its_slot(viewer, qtbot, tmp_path):
-    from backends.sample_plates import PlateSpec, make_imagexpress_plate
+    from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
     from vfsmount.napari.widget import FieldWidget
     plate = make_imagexpress_plate(tmp_path / "P", PlateSpec(wells=("A01", "B02"), sites=2,
                                                              channels=1, z=1, t=1, shape=(32, 48)))
@@ -98,7 +98,7 @@ def test_vfsmount_napari_viewer_takes_a_run(viewer, qtbot, tmp_path):
     itself (15-45 s here) is the VFSMOUNT_NAPARI_E2E test below."""
     import subprocess
     import sys
-    from backends.sample_plates import PlateSpec, make_imagexpress_plate
+    from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
     from vfsmount.napari.app import set_up
     spec = PlateSpec(wells=("A01", "B02"), sites=2, channels=2, z=2, t=1, shape=(32, 48))
     plate = make_imagexpress_plate(tmp_path / "P", spec)
@@ -138,7 +138,7 @@ def test_vfsmount_napari_listens_for_a_run(tmp_path):
     """The one command: `vfsmount napari PLATE` opens the plate and takes a run's stream."""
     import subprocess
     import sys
-    from backends.sample_plates import PlateSpec, make_imagexpress_plate
+    from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
     spec = PlateSpec(wells=("A01",), sites=2, channels=1, z=2, t=1, shape=(32, 48))
     plate = make_imagexpress_plate(tmp_path / "P", spec)
     (tmp_path / "invert.py").write_text(PIPELINE)

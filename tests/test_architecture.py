@@ -1,8 +1,9 @@
 """The architecture's rules, checked on the source (issues 14, 27): layers import only
-downwards, modules import each other in no circle, the FUSE layer and the views dispatch on
+downwards (the packages, and the layers of ``backends/``), modules import each other in no
+circle (nor do the sub-packages of ``backends/``), the FUSE layer and the views dispatch on
 capabilities (no ``hasattr`` probes, no ``isinstance``/``type() is`` on the mount's own
-classes), no class mixes in a class that uses attributes it does not define, and no
-function grows past one screen."""
+classes), "is it a URL" is asked where a location is made, no class mixes in a class that
+uses attributes it does not define, and no function grows past one screen."""
 from __future__ import annotations
 
 import ast
@@ -12,6 +13,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("vfsmount", "backends", "compute")
+# The layers of backends/, lowest first: each imports only its own layer and lower ones.
+# The vocabulary is the modules at backends/ itself (the package's __init__ only hands
+# storage names on, as the reference design's ``from backends import FileManager``).
+BACKENDS_LAYERS = ("backends", "backends.guards", "backends.storage", "backends.ngff",
+                   "backends.plates")
+VOCABULARY = {"backends.errors", "backends.layout", "backends.naming", "backends.physics"}
 MAX_FUNCTION_LINES = 60
 # Functions that read as tables (argparse builders, the TIFF tag layout) may be longer.
 TABLE_LIKE = {"build_parser"}
@@ -121,6 +128,60 @@ def test_the_circle_check_finds_a_circle():
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
 
 
+# -- the layers of backends/ -------------------------------------------------------------------
+
+def _backends_layer(module: str) -> str | None:
+    """The layer a backends module stands in (None: at backends/ but not vocabulary)."""
+    if module in VOCABULARY:
+        return "backends"
+    return next((layer for layer in reversed(BACKENDS_LAYERS[1:])
+                 if module == layer or module.startswith(layer + ".")), None)
+
+
+def _layer_violations(graph: dict[str, set[str]], layer_of, order) -> list[str]:
+    rank = {layer: i for i, layer in enumerate(order)}
+    return sorted(f"{a} ({layer_of(a)}) imports {b} ({layer_of(b)})"
+                  for a, targets in graph.items() if layer_of(a) is not None
+                  for b in targets if layer_of(b) is not None
+                  and rank[layer_of(b)] > rank[layer_of(a)])
+
+
+def _backends_graph() -> dict[str, set[str]]:
+    return {m: {t for t in ts if t.startswith("backends.")}
+            for m, ts in _import_graph().items() if m.startswith("backends.")}
+
+
+def test_every_backends_module_stands_in_a_layer():
+    homeless = sorted(m for m in _backends_graph() if _backends_layer(m) is None)
+    assert not homeless, (f"modules at backends/ outside its vocabulary {sorted(VOCABULARY)}: "
+                          f"{homeless}; put each in the sub-package its imports say it belongs to")
+
+
+def test_backends_layers_import_only_downwards():
+    """backends/{errors,layout,naming,physics}.py < guards < storage < ngff < plates."""
+    wrong = _layer_violations(_backends_graph(), _backends_layer, BACKENDS_LAYERS)
+    assert not wrong, "backends/ layers importing upwards:\n" + "\n".join(wrong)
+
+
+def test_no_circles_between_backends_subpackages():
+    packages: dict[str, set[str]] = {}
+    for module, targets in _backends_graph().items():
+        layer = _backends_layer(module)
+        if layer is not None:
+            packages.setdefault(layer, set()).update(
+                t for t in map(_backends_layer, targets) if t not in (None, layer))
+    circles = [sorted(c) for c in _circles(packages)]
+    assert not circles, f"backends/ sub-packages that import each other in a circle: {circles}"
+
+
+def test_the_layer_check_finds_an_upward_import():
+    layer = {"v": "low", "s": "mid", "p": "high"}.get
+    graph = {"v": set(), "s": {"v"}, "p": {"s", "v"}}
+    assert _layer_violations(graph, layer, ("low", "mid", "high")) == []
+    graph["s"].add("p")
+    assert _layer_violations(graph, layer, ("low", "mid", "high")) == ["s (mid) imports p (high)"]
+
+
 # -- capabilities, not probes -----------------------------------------------------------------
 
 def _own_classes(package: str) -> set[str]:
@@ -137,6 +198,22 @@ def test_the_mount_asks_capabilities_not_hasattr():
               # patch) is the library's, not a backend's: that probe is allowed
               and getattr(n.args[0], "id", None) != "pyfuse3"]
     assert not probes, f"hasattr probes in vfsmount/: {probes}"
+
+
+def test_is_it_a_url_is_asked_where_a_location_is_made():
+    """``is_url`` is called by ``Location.of`` (a plate opened, a store's root, an output) and
+    by the command line's one check of its arguments; everything else asks a Location or the
+    plate (``Plate.remote``)."""
+    allowed = {"backends/storage/remote.py", "vfsmount/cli.py"}
+    callers = []
+    for path in _all_modules():
+        tree = _tree(path)
+        names = {"is_url"} | {a.asname for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                              for a in n.names if a.name == "is_url" and a.asname}
+        callers += [f"{_rel(path)}:{n.lineno}" for n in ast.walk(tree) if isinstance(n, ast.Call)
+                    and {getattr(n.func, "id", None), getattr(n.func, "attr", None)} & names
+                    and _rel(path) not in allowed]
+    assert not callers, f"is_url asked again (ask the Location or Plate.remote): {callers}"
 
 
 def _class_checks(path: Path, classes: set[str]) -> list[str]:

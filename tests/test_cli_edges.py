@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from backends.mountinfo import unescape
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.storage.mountinfo import unescape
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
 from vfsmount.control import is_mounted, unmount
 
 from .conftest import REPO, run_cli

@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 import zarr
 
-from backends.chunk_formats import (ChunkFault, check_blosc, check_gzip, check_lz4, check_zlib,
+from backends.guards.chunk_formats import (ChunkFault, check_blosc, check_gzip, check_lz4, check_zlib,
                                     check_zstd)
-from backends.chunk_guard import guard_store
-from backends.convert import convert_plate
+from backends.guards.chunk import guard_store
+from backends.plates.convert import convert_plate
 from backends.errors import CorruptDataError
-from backends.isolated import DecoderCrashed, run_isolated
+from backends.guards.isolated import DecoderCrashed, run_isolated
 from backends.naming import parse_virtual_name
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate, synthetic_image
-from backends.zarr_backend import ZarrStorageBackend
-from backends.zarr_config import ZarrConfig
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate, synthetic_image
+from backends.ngff.backend import ZarrStorageBackend
+from backends.ngff.config import ZarrConfig
 from vfsmount.tiff_layout import synthesize
 
 SEED = int(os.environ.get("VFSMOUNT_FUZZ_SEED", "16"))
@@ -343,7 +343,7 @@ TIFF_KINDS = {"none": dict(rowsperstrip=8), "lzw": dict(compression="lzw"),
 @pytest.mark.parametrize("kind", sorted(TIFF_KINDS))
 def test_vendor_tiff_strips_checked_against_the_file(tmp_path, kind):
     import tifffile
-    from backends.disk import DiskStorageBackend
+    from backends.storage.disk import DiskStorageBackend
     data = (np.arange(96 * 128).reshape(96, 128) * 7 % 4093).astype(np.uint16)
     path = tmp_path / "A01_s1_w1.tif"
     tifffile.imwrite(path, data, photometric="minisblack", **TIFF_KINDS[kind])

@@ -16,7 +16,7 @@ import tifffile
 import zarr
 
 from backends.errors import MetadataError
-from backends.zarr_backend import ZarrStorageBackend
+from backends.ngff.backend import ZarrStorageBackend
 
 from .conftest import imagej_available, run_cli
 
@@ -418,7 +418,7 @@ def test_lazy_index_reads_a_well_on_first_use_and_a_broken_well_fails_alone(tmp_
 
 
 def test_lazy_plate_entry_names_every_well_and_lists_exactly(tmp_path):
-    from backends.plate import Plate
+    from backends.plates.plate import Plate
     written = write_ome_zarr_py(tmp_path / "entry.ome.zarr", "0.5")
     plate = Plate.open(written.store, lazy=True)
     entry = plate.entry()

@@ -180,8 +180,8 @@ def test_worker_pool_returns_results_raises_errors_and_limits_threads():
 
 
 def test_local_disk_and_fuse_mounts_are_told_apart(tmp_path, mounts):
-    from backends.sample_plates import PlateSpec, make_imagexpress_plate
-    from backends.mountinfo import on_local_disk
+    from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
+    from backends.storage.mountinfo import on_local_disk
     plate = make_imagexpress_plate(tmp_path / "p", PlateSpec(wells=("A01",), sites=1, channels=1,
                                                                z=1, shape=(8, 8)),
                                    thumbnails=False, projections=False)

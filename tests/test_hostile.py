@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
 from vfsmount.control import MountError, is_mounted, start_daemon
 
 from .test_outputs_readonly import tree_checksum

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from backends.metadata import METADATA_FILENAME
-from backends.plate import Plate
+from backends.plates.metadata import METADATA_FILENAME
+from backends.plates.plate import Plate
 
 from .conftest import imagej_available, run_cli
 

@@ -1,4 +1,4 @@
-"""The image-set contract (backends/image_set.py) every view builds on: what a set serves,
+"""The image-set contract (backends/plates/image_set.py) every view builds on: what a set serves,
 its fields and physics, and its reads, checked against tifffile and zarr directly, for a
 vendor plate, a converted zarr plate and a foreign OME-Zarr plate."""
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 import tifffile
 import zarr
 
-from backends.convert import convert_plate
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
-from backends.zarr_config import ZarrConfig
+from backends.plates.convert import convert_plate
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.ngff.config import ZarrConfig
 
 from .conftest import real_plate
 

@@ -13,11 +13,11 @@ import pytest
 import tifffile
 
 from backends.errors import PathEscapeError
-from backends.metadata import update_metadata
+from backends.plates.metadata import update_metadata
 from backends.naming import virtual_name, ParsedName
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
-from backends.virtual_workspace import VirtualWorkspaceBackend, open_in_dir
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.storage.virtual_workspace import VirtualWorkspaceBackend, open_in_dir
 
 from .conftest import run_cli
 
@@ -73,8 +73,8 @@ def test_info_of_one_file(plate, mounts):
 
 
 def test_info_of_a_zarr_backed_file(tmp_path, mounts):
-    from backends.convert import convert_plate
-    from backends.zarr_config import ZarrConfig
+    from backends.plates.convert import convert_plate
+    from backends.ngff.config import ZarrConfig
     spec = PlateSpec(wells=("A01",), sites=1, channels=2, z=2, shape=(8, 8))
     root = make_imagexpress_plate(tmp_path / "p", spec, thumbnails=False)
     convert_plate(root, config=ZarrConfig(chunk_strategy="file"), progress=False)
@@ -129,7 +129,7 @@ def test_names_with_dotdot_slash_or_nul_are_refused(tmp_path, name, rel):
 
 
 def test_open_in_dir_refuses_names_that_leave_the_folder(tmp_path):
-    from backends.virtual_workspace import SourceDir
+    from backends.storage.virtual_workspace import SourceDir
     (tmp_path / "d").mkdir()
     folder = SourceDir(tmp_path, "d")
     for bad in ("..", "../d/x", "x\0y", ""):
@@ -159,7 +159,7 @@ def test_plate_names_are_shared_with_the_mapping(plate):
 
 
 def test_metadata_file_is_served_in_place(plate, mounts):
-    from backends.metadata import METADATA_FILENAME
+    from backends.plates.metadata import METADATA_FILENAME
     mnt = mounts.mount(plate)
     assert (mnt / METADATA_FILENAME).read_bytes() == (plate / METADATA_FILENAME).read_bytes()
     entry = dict(Plate.open(plate).entry("workspace"))
@@ -201,10 +201,10 @@ def _sized_plate(root, n: int) -> dict[str, int]:
 
 
 def test_a_first_listing_serves_every_row_with_its_size(tmp_path, mounts):
-    """More rows than one stat batch (backends.virtual_workspace.STAT_ROWS): readdir serves
+    """More rows than one stat batch (backends.storage.virtual_workspace.STAT_ROWS): readdir serves
     the rows stat-ed so far and waits for the rest; every size is the source's, in images/
     (calibrated: vendor + trailer) and workspace/ alike, and matches what a read returns."""
-    from backends.virtual_workspace import STAT_ROWS
+    from backends.storage.virtual_workspace import STAT_ROWS
     from vfsmount.tiff_layout import CalibratedLayout
     n = 2 * STAT_ROWS + 700
     sizes = _sized_plate(tmp_path / "plate", n)
@@ -220,7 +220,7 @@ def test_a_first_listing_serves_every_row_with_its_size(tmp_path, mounts):
 
 
 def test_stat_sources_fills_rows_in_order_and_reports_progress(tmp_path):
-    from backends.virtual_workspace import STAT_ROWS
+    from backends.storage.virtual_workspace import STAT_ROWS
     root = tmp_path / "p"
     (root / "d").mkdir(parents=True)
     names, mapping = [], {}

@@ -17,12 +17,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from backends.convert import convert_plate
-from backends.metadata import METADATA_FILENAME, update_metadata
+from backends.plates.convert import convert_plate
+from backends.plates.metadata import METADATA_FILENAME, update_metadata
 from backends.naming import parse_virtual_name, virtual_name
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate, synthetic_image
-from backends.zarr_config import ZarrConfig
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate, synthetic_image
+from backends.ngff.config import ZarrConfig
 from vfsmount.control import is_mounted, unmount
 from vfsmount.tiff_layout import TiffLayout, synthesize
 
@@ -310,7 +310,7 @@ def test_dead_mount_is_cleared_by_umount(converted_plate, tmp_path, clear_by):
     mnt.mkdir()
     proc = subprocess.Popen([os.sys.executable, "-c", f"""
 import pyfuse3, trio
-from backends.plate import Plate
+from backends.plates.plate import Plate
 from vfsmount.fs import VfsOperations
 from vfsmount.tree import build_tree
 ops = VfsOperations(build_tree(Plate.open({str(converted_plate)!r})))

@@ -57,7 +57,7 @@ def test_the_entry_point_and_an_optional_import():
     text = (REPO / "pyproject.toml").read_text()
     assert '[project.entry-points."napari.manifest"]' in text
     assert 'vfsmount = "vfsmount.napari:napari.yaml"' in text
-    code = ("import sys, vfsmount.cli, compute.pipeline, backends.plate, vfsmount.napari.reader;"
+    code = ("import sys, vfsmount.cli, compute.pipeline, backends.plates.plate, vfsmount.napari.reader;"
             "bad = [m for m in ('napari', 'zmq', 'qtpy') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, check=True).stdout
@@ -98,7 +98,7 @@ def _check_field(layers: dict, names: list[str], image_set, well, site, images: 
 def test_vendor_plate_through_its_mount(copy_real_plate, mounts, plugin):
     plate = copy_real_plate("1well-3C-2S-Zmix-T")
     mnt = mounts.mount(plate)
-    from backends.plate import Plate
+    from backends.plates.plate import Plate
     image_set = Plate.open(plate).image_set()
     channels = ["FITC", "Cy3", "Texas Red"]
     px, dt = image_set.physics.pixel_size, image_set.physics.time_interval
@@ -151,8 +151,8 @@ def _check_plate_tiles(layer, image_set, channel: int, images: Path | None, read
 # -- a converted plate -------------------------------------------------------------------------
 
 def test_converted_plate_from_its_pyramid(tmp_path, mounts, plugin):
-    from backends.plate import Plate
-    from backends.sample_plates import PlateSpec, make_imagexpress_plate
+    from backends.plates.plate import Plate
+    from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
     from vfsmount.napari.layers import fields_of, plate_layers
     from vfsmount.napari.widget import open_field
     spec = PlateSpec(wells=("A01", "B03"), sites=4, channels=2, z=2, t=1, shape=(64, 96))
@@ -217,7 +217,7 @@ def test_converted_plate_from_its_pyramid(tmp_path, mounts, plugin):
 
 def test_foreign_plate(tmp_path, mounts, plugin):
     from tests.test_foreign_zarr import write_ome_zarr_py
-    from backends.plate import Plate
+    from backends.plates.plate import Plate
     written = write_ome_zarr_py(tmp_path / "plate.ome.zarr", "0.4")
     mnt = mounts.mount(written.store)
     whole = by_name(open_in_model(written.store, plugin))
@@ -292,8 +292,8 @@ def _free_port() -> int:
 def test_run_streams_every_output_once(tmp_path, small_spec):
     """Every written result and (--stream-steps) every step's, once, with name, scale, pixels."""
     from backends.naming import parse_virtual_name
-    from backends.plate import Plate
-    from backends.sample_plates import make_imagexpress_plate
+    from backends.plates.plate import Plate
+    from backends.plates.sample_plates import make_imagexpress_plate
     plate = make_imagexpress_plate(tmp_path / "P", small_spec)
     (tmp_path / "steps.py").write_text(STEPS)
     address = f"tcp://127.0.0.1:{_free_port()}"
@@ -329,7 +329,7 @@ def test_run_streams_every_output_once(tmp_path, small_spec):
 
 
 def test_run_with_no_viewer_finishes_and_says_so_once(tmp_path, small_spec):
-    from backends.sample_plates import make_imagexpress_plate
+    from backends.plates.sample_plates import make_imagexpress_plate
     plate = make_imagexpress_plate(tmp_path / "P", small_spec)
     (tmp_path / "invert.py").write_text(PIPELINE)
     res = run_cli("run", str(tmp_path / "invert.py"), str(plate), "--stream",

@@ -14,12 +14,12 @@ import pytest
 import tifffile
 import zarr
 
-from backends.convert import convert_plate
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
-from backends.zarr_backend import ZarrStorageBackend
-from backends.zarr_config import ZarrConfig
-from backends.zarr_ngff import downsample, pyramid_levels
+from backends.plates.convert import convert_plate
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.ngff.backend import ZarrStorageBackend
+from backends.ngff.config import ZarrConfig
+from backends.ngff.documents import downsample, pyramid_levels
 from tests.conftest import REPO, imagej_available, run_cli
 
 
@@ -285,7 +285,7 @@ def test_planes_written_before_a_crash_are_recovered(tmp_path, version):
     """save_batch(flush=False) writes chunks and shapes only (what the mount does per closed
     file); a writer killed before flush() leaves the store marked unflushed. Opening it
     rebuilds the index from the chunks; a writable opening writes valid NGFF again."""
-    from backends.zarr_backend import output_store
+    from backends.ngff.backend import output_store
     names = ["A01_s001_w1_z001_t001.tif", "A01_s001_w1_z002_t001.tif",
              "A01_s001_w2_z002_t001.tif", "B03_s002_w1_z001_t001.tif"]
     planes = _planes(names)
@@ -311,7 +311,7 @@ def test_planes_written_before_a_crash_are_recovered(tmp_path, version):
 
 
 def test_display_windows_come_from_the_planes_written(tmp_path):
-    from backends.zarr_backend import output_store
+    from backends.ngff.backend import output_store
     names = ["A01_s001_w1_z001_t001.tif", "A01_s001_w1_z002_t001.tif"]
     dim, bright = np.full((64, 64), 100, np.uint16), np.full((64, 64), 100, np.uint16)
     bright[:32] = 3000

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from backends.metadata import read_metadata
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.plates.metadata import read_metadata
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
 from vfsmount.control import is_mounted
 
 from .conftest import imagej_available, run_cli

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
 
 SPEC = PlateSpec(wells=("A01",), sites=1, channels=2, z=1, shape=(32, 48))
 PLANE = "A01_s001_w1_z001_t001.tif"

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from backends.metadata import update_metadata
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.plates.metadata import update_metadata
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
 from vfsmount.control import is_mounted
 
 SPEC = PlateSpec(wells=("A01", "B02"), sites=1, channels=2, z=1, shape=(48, 64))
@@ -349,7 +349,7 @@ def _check_round(plate: Path, materialize: str, versions, rnd: int) -> None:
         res = subprocess.run(["tiffinfo", "-D", str(path)], capture_output=True, text=True)
         assert res.returncode == 0 and "Error" not in res.stderr, f"round {rnd}: {res.stderr}"
     else:
-        from backends.zarr_backend import ZarrStorageBackend
+        from backends.ngff.backend import ZarrStorageBackend
         arr = ZarrStorageBackend(plate / "outputs" / "seg.zarr").load(IMG)
     assert any(np.array_equal(arr, v) for v in versions), f"round {rnd}: not a whole version"
 
@@ -440,7 +440,7 @@ def test_closed_zarr_planes_survive_sigkill(plate, mounts):
     assert sorted(os.listdir(mnt2 / "outputs" / "seg")) == sorted(planes)
     for name, data in planes.items():
         np.testing.assert_array_equal(tifffile.imread(mnt2 / "outputs" / "seg" / name), data)
-    from backends.zarr_backend import ZarrStorageBackend
+    from backends.ngff.backend import ZarrStorageBackend
     assert ZarrStorageBackend(plate / "outputs" / "seg.zarr").list_files() == sorted(planes)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
 from vfsmount.control import state_path
 from vfsmount.passthrough import DataPath
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from backends.convert import convert_plate
-from backends.metadata import read_metadata
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.plates.convert import convert_plate
+from backends.plates.metadata import read_metadata
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
 from compute import (CsvOptions, MaterializationSpec, PipelineError, special_inputs, special_outputs)
 from compute import numpy as numpy_function
 from compute.frameworks import available
@@ -198,7 +198,7 @@ def test_failing_stack_does_not_stop_the_other_stacks_of_its_well(tmp_path):
 def test_intermediates_flow_through_the_memory_backend(tmp_path, monkeypatch):
     """What a later step reads is staged in the memory backend and deleted after its last
     reader; what nothing reads (the last image, unread special outputs) is never stored."""
-    from backends.memory import MemoryStorageBackend
+    from backends.storage.memory import MemoryStorageBackend
     saved, deleted = [], []
     real_save, real_delete = MemoryStorageBackend.save, MemoryStorageBackend.delete
     monkeypatch.setattr(MemoryStorageBackend, "save",

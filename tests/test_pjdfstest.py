@@ -118,7 +118,7 @@ def test_pjdfstest_in_outputs(plate_for_pjd, mounts, pjdfstest_dir, materialize)
 
 @pytest.fixture
 def plate_for_pjd(tmp_path):
-    from backends.sample_plates import PlateSpec, make_imagexpress_plate
+    from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
     return make_imagexpress_plate(tmp_path / "plate", PlateSpec(wells=("A01",), sites=1, channels=1,
                                                                 z=1, shape=(8, 8)),
                                   thumbnails=False, projections=False)

@@ -315,8 +315,8 @@ def test_a_config_naming_a_missing_channel_is_refused(plates, tmp_path):
 
 
 def test_column_names_and_quoting():
-    from backends.image_set import Field, Physics
-    from backends.loaddata import channel_columns, loaddata_table
+    from backends.plates.image_set import Field, Physics
+    from backends.plates.loaddata import channel_columns, loaddata_table
     physics = Physics(channel_names={1: "Alexa 488", 2: "DAPI", 3: "dapi!", 4: "ümlaut"})
     assert channel_columns([1, 2, 3, 4, 5], physics) == {
         1: "OrigAlexa488", 2: "OrigDAPI", 3: "Origdapi", 4: "Origmlaut", 5: "OrigW5"}
@@ -435,7 +435,7 @@ def test_views_are_made_once_in_the_background_and_fail_alone(plates, tmp_path, 
     first use; one that cannot be made fails with EIO (the others are still served)."""
     import errno
     import time
-    from backends.plate import Plate
+    from backends.plates.plate import Plate
     from vfsmount.views import documents as plate_views
     plate, _mnt = plates["phenix"]
     monkeypatch.setattr(plate_views, "EAGER_PLANES", 0)

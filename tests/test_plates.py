@@ -14,14 +14,14 @@ import tifffile
 
 from backends.errors import (MetadataError, NameCollisionError, PathEscapeError, PlateFormatError,
                              StorageNotFoundError)
-from backends.handlers import detect_handler
-from backends.metadata import (METADATA_FILENAME, cache_metadata_path, get_primary_backend,
+from backends.plates.handlers import detect_handler
+from backends.plates.metadata import (METADATA_FILENAME, cache_metadata_path, get_primary_backend,
                                read_metadata, update_metadata)
 from backends.naming import (ParsedName, normalize_well, parse_virtual_name, row_index, row_letters,
                              virtual_name)
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate, make_opera_plate, synthetic_image
-from backends.virtual_workspace import VirtualWorkspaceBackend
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate, make_opera_plate, synthetic_image
+from backends.storage.virtual_workspace import VirtualWorkspaceBackend
 
 from .conftest import REPO, real_plate, run_cli
 

@@ -18,8 +18,8 @@ import pytest
 import tifffile
 
 from backends import Backend, FileManager
-from backends.metadata import read_metadata
-from backends.plate import Plate
+from backends.plates.metadata import read_metadata
+from backends.plates.plate import Plate
 from benchmarks.services import DaskCluster, SeaweedS3
 from .conftest import imagej_available, imagej_open, run_cli
 
@@ -116,7 +116,7 @@ def test_real_plate_round_trips_through_s3(copy_real_plate, s3, mounts, tmp_path
     assert main == ["zarr"] and doc["subdirectories"]["zarr"]["path"] == url
 
     names, source = source_planes(plate)
-    from backends.zarr_backend import ZarrStorageBackend
+    from backends.ngff.backend import ZarrStorageBackend
     fm = FileManager()
     fm.register(Backend.ZARR, ZarrStorageBackend(url))
     assert fm.list_files("", Backend.ZARR) == sorted(fm.list_files("", Backend.ZARR))
@@ -152,8 +152,8 @@ def test_local_plate_with_remote_main_mounts_the_remote_store(copy_real_plate, s
 
 
 def test_chunk_cache_is_bounded_and_serves_rereads_offline(copy_real_plate, s3, tmp_path):
-    from backends.remote import chunk_cache_root
-    from backends.zarr_backend import ZarrStorageBackend
+    from backends.storage.remote import chunk_cache_root
+    from backends.ngff.backend import ZarrStorageBackend
     plate, url = converted(copy_real_plate, s3, "Projection-Mix", "--chunk-strategy", "file")
     names, source = source_planes(plate)
     plane_bytes = source.load(names[0]).nbytes
@@ -218,7 +218,7 @@ def test_wrong_credentials_or_bucket_fail_clearly_at_mount_and_convert(copy_real
 
 
 def test_interrupted_remote_conversion_is_never_main(copy_real_plate, s3):
-    from backends.remote import list_objects
+    from backends.storage.remote import list_objects
     # a) killed (-9) while writing
     plate = copy_real_plate("Projection-Mix")
     run_cli("info", str(plate))
@@ -342,7 +342,7 @@ def test_killing_a_worker_mid_run_still_completes_identically(copy_real_plate, s
 
 def test_zarr_outputs_on_the_cluster_equal_local_zarr_outputs(copy_real_plate, s3, cluster,
                                                               pipeline_file, tmp_path):
-    from backends.zarr_backend import ZarrStorageBackend
+    from backends.ngff.backend import ZarrStorageBackend
     from compute.output_sink import remote_outputs_root
     plate, url = converted(copy_real_plate, s3, "1well-3C-2S-Zmix-T")
     run_cli("run", str(pipeline_file), str(plate), "--materialize", "zarr", "--output", "local",
@@ -391,7 +391,7 @@ def test_foreign_plate_in_s3_reads_like_the_local_copy(s3, tmp_path):
     """ngff-zarr's sharded 0.5 plate, uploaded as is: `info` and reads go through the same
     store-plate path as the local copy, with the same names, bytes and physical metadata."""
     pytest.importorskip("ngff_zarr")
-    from backends.remote import filesystem
+    from backends.storage.remote import filesystem
     from .test_foreign_zarr import PIXEL, write_ngff_zarr
     written = write_ngff_zarr(tmp_path / "plate.ome.zarr", "0.5", sharded=True)
     url = s3.url(_unique("foreign"))

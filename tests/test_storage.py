@@ -12,8 +12,8 @@ import pytest
 import backends
 from backends import (STORAGE_BACKENDS, Backend, FileManager, StorageBackend, StorageBackendMeta,
                       get_backend_class)
-from backends.atomic import atomic_open
-from backends.disk import DiskStorageBackend
+from backends.storage.atomic import atomic_open
+from backends.storage.disk import DiskStorageBackend
 from backends.errors import (CorruptDataError, PathEscapeError, StorageError, StorageExistsError,
                              StorageNotFoundError, UnknownBackendError, UnsupportedFormatError)
 
@@ -69,6 +69,33 @@ def test_new_backend_class_registers_itself(tmp_path):
         assert fm.load("x", "null_test") == 42
     finally:
         STORAGE_BACKENDS.pop("null_test", None)
+
+
+def test_the_file_tree_is_a_capability_a_backend_has_or_not(tmp_path):
+    """Disk and memory have folders, copies and renames; a zarr store (a flat set of planes)
+    has not, and has no method that could only refuse: FileManager asks the capability."""
+    from backends.ngff.backend import ZarrStorageBackend
+    from backends.ngff.config import ZarrConfig
+    from backends.storage.base import FileTree
+    from backends.storage.memory import MemoryStorageBackend
+    assert DiskStorageBackend(root=tmp_path).has_file_tree and MemoryStorageBackend().has_file_tree
+    store = ZarrStorageBackend(tmp_path / "s.zarr", mode="w",
+                               config=ZarrConfig(chunk_strategy="file"))
+    assert not store.has_file_tree and not isinstance(store, FileTree)
+    assert not any(callable(getattr(store, op, None)) for op in ("move", "ensure_directory"))
+    fm = FileManager({"zarr": store})
+    plane = np.arange(16, dtype=np.uint16).reshape(4, 4)
+    a, b = "A01_s001_w1_z001_t001.tif", "A01_s001_w2_z001_t001.tif"
+    fm.save(plane, a, Backend.ZARR)
+    fm.copy(a, b, Backend.ZARR)                         # a plane copied by value, as before
+    assert np.array_equal(fm.load(b, Backend.ZARR), plane)
+    with pytest.raises(StorageExistsError):
+        fm.copy(a, b, Backend.ZARR)
+    for refused in (lambda: fm.move(a, "A01_s001_w3_z001_t001.tif", Backend.ZARR),
+                    lambda: fm.ensure_directory("sub", Backend.ZARR)):
+        with pytest.raises(StorageError, match="no folders, copies or renames") as e:
+            refused()
+        assert "zarr" in str(e.value)
 
 
 def test_unknown_backend_is_a_clear_error():
@@ -301,3 +328,26 @@ def test_mirror_directory(tmp_path):
 def test_public_names_exported():
     for name in ("FileManager", "Backend", "StorageError", "DiskStorageBackend", "VirtualBackend"):
         assert hasattr(backends, name)
+
+
+def test_a_location_is_decided_once(tmp_path, monkeypatch):
+    """"Is it object storage" is asked once, when a plate is opened (Location.of); the store
+    backend it opens takes the decided Location and does not ask again."""
+    from backends.plates.convert import convert_plate
+    from backends.plates.plate import Plate
+    from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
+    from backends.storage import remote
+    from backends.storage.remote import Location
+    url = Location.of("s3://bucket/plate.zarr/")
+    assert (url.where, url.remote) == ("s3://bucket/plate.zarr", True)
+    assert Location.of(url) is url
+    assert Location.of(tmp_path / "p") == Location(tmp_path / "p", False)
+    plate = make_imagexpress_plate(tmp_path / "p", PlateSpec(wells=("A01",), sites=1, channels=1,
+                                                             z=1, shape=(8, 8)))
+    store = convert_plate(plate, progress=False)
+    asked = []
+    real = remote.is_url
+    monkeypatch.setattr(remote, "is_url", lambda where: asked.append(where) or real(where))
+    opened = Plate.open(store)
+    assert asked == [store] and not opened.remote
+    assert opened.image_set("zarr").backend.remote is False and len(asked) == 1

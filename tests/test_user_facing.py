@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
 from vfsmount.control import is_mounted, unmount
 
 from .conftest import run_cli

@@ -10,10 +10,10 @@ import stat
 import pytest
 import tifffile
 
-from backends.convert import convert_plate
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
-from backends.zarr_config import ZarrConfig
+from backends.plates.convert import convert_plate
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.ngff.config import ZarrConfig
 
 SPEC = PlateSpec(wells=("A01",), sites=1, channels=2, z=3, t=1, shape=(32, 40))
 

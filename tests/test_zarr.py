@@ -12,14 +12,14 @@ import pytest
 import tifffile
 import zarr
 
-from backends.convert import convert_plate
+from backends.plates.convert import convert_plate
 from backends.errors import CorruptDataError, MetadataError, StorageExistsError, StorageNotFoundError
-from backends.metadata import METADATA_FILENAME, read_metadata
+from backends.plates.metadata import METADATA_FILENAME, read_metadata
 from backends.naming import virtual_name
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate, make_opera_plate, synthetic_image
-from backends.zarr_backend import ZarrStorageBackend
-from backends.zarr_config import ZarrConfig
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate, make_opera_plate, synthetic_image
+from backends.ngff.backend import ZarrStorageBackend
+from backends.ngff.config import ZarrConfig
 
 from .conftest import REPO, run_cli
 

@@ -46,11 +46,11 @@ def _cmd_info(args) -> int:
     if _is_file_of_a_mount(args.plate):
         return _file_info(args)
     if Path(args.plate).is_file():
-        from backends.handlers import refuse_unsupported
+        from backends.plates.handlers import refuse_unsupported
         refuse_unsupported(Path(args.plate))        # an .nd2, .czi, ... file: by its name
         raise UserError(f"{args.plate} is a file not inside a vfsmount mount: `info FILE` is "
                         "for files of a mount; for a plate, give its folder")
-    from backends.plate import Plate
+    from backends.plates.plate import Plate
     _apply_plate_settings(args, args.plate)
     return _report(args, info_report(Plate.open(args.plate, rescan=not args.no_rescan)),
                    _print_info)
@@ -86,9 +86,9 @@ def where_writes_go(location: str) -> dict:
     """For `info` and `list`: the plate's metadata file, why nothing is written into the plate
     folder (``hands_off``, null if vfsmount may), and where results written back go
     (``outputs_dir``; null while a hands-off plate has none named)."""
-    from backends.handlers.ome_zarr import is_zarr_store
-    from backends.metadata import METADATA_FILENAME, hands_off, metadata_path, outputs_dir
-    from backends.plate import store_plate_dir
+    from backends.plates.handlers.ome_zarr import is_zarr_store
+    from backends.plates.metadata import METADATA_FILENAME, hands_off, metadata_path, outputs_dir
+    from backends.plates.plate import store_plate_dir
     from compute.output_sink import remote_outputs_root
     remote = _is_remote(location)
     if remote or is_zarr_store(location):   # never written into; results beside it
@@ -136,7 +136,7 @@ def _plane_format(plate, key: str, e: dict) -> dict:
 def _image_set_counts(plate, key: str) -> dict:
     """Complete image sets (well, site, z, t with every channel: a row of load_data.csv) and
     the incomplete ones load_data.csv leaves out."""
-    from backends.loaddata import count_image_sets
+    from backends.plates.loaddata import count_image_sets
     try:
         image_set = plate.image_set(key)
         complete, incomplete = count_image_sets(image_set.fields(), image_set.physics)
@@ -213,8 +213,8 @@ def _file_info(args) -> int:
 # -- convert -----------------------------------------------------------------------------------
 
 def _cmd_convert(args) -> int:
-    from backends.convert import convert_plate
-    from backends.zarr_config import ZarrConfig
+    from backends.plates.convert import convert_plate
+    from backends.ngff.config import ZarrConfig
     if args.output is None:
         _refuse_hands_off(args.plate, "give --output DIR for the OME-Zarr store")
     _refuse_mounted(args.plate)
@@ -233,7 +233,7 @@ def _cmd_convert(args) -> int:
 def _cmd_mount(args) -> int:
     from .control import check_mountpoint, check_not_nested, start_daemon
     if _local_folder(args.plate) is None and not _is_remote(args.plate):
-        from backends.plate import Plate
+        from backends.plates.plate import Plate
         Plate.open(args.plate)   # says what is wrong with it (not there, an .nd2 file, ...)
     check_mountpoint(args.mountpoint, nonempty=args.nonempty)
     check_not_nested(args.plate, args.mountpoint)
@@ -320,8 +320,8 @@ def _cmd_list(args) -> int:
 
 def _loaddata_config(plate: str, path: str):
     """pe2loaddata's config.yml, checked against the plate's channels."""
-    from backends.loaddata import LoadDataConfig, count_image_sets
-    from backends.plate import Plate
+    from backends.plates.loaddata import LoadDataConfig, count_image_sets
+    from backends.plates.plate import Plate
     config = LoadDataConfig.read(path)
     image_set = Plate.open(plate).image_set()
     count_image_sets(image_set.fields(), image_set.physics, config)   # names every channel?
@@ -340,14 +340,14 @@ def _write_output(data: bytes, output: str | None) -> None:
     if output is None:
         sys.stdout.buffer.write(data)
         return
-    from backends.atomic import atomic_write_bytes
+    from backends.storage.atomic import atomic_write_bytes
     atomic_write_bytes(output, data)
 
 
 def _cmd_loaddata(args) -> int:
     from backends.layout import ILLUM_DIR, MAIN_ALIAS, OUTPUTS_DIR
-    from backends.loaddata import loaddata_table, plate_label
-    from backends.plate import Plate
+    from backends.plates.loaddata import loaddata_table, plate_label
+    from backends.plates.plate import Plate
     mount = _absolute_mountpoint(args.mountpoint)
     config = _loaddata_config(args.plate, args.config) if args.config else None
     image_set = Plate.open(args.plate).image_set()
@@ -363,9 +363,9 @@ def _cmd_loaddata(args) -> int:
 
 
 def _cmd_companion(args) -> int:
-    from backends.companion import companion_xml
+    from backends.plates.companion import companion_xml
     from backends.layout import MAIN_ALIAS
-    from backends.plate import Plate
+    from backends.plates.plate import Plate
     image_dir = MAIN_ALIAS
     if args.mountpoint:
         if not args.output:
@@ -382,7 +382,7 @@ def _cmd_companion(args) -> int:
 # -- run, demo ---------------------------------------------------------------------------------
 
 def _cmd_run(args) -> int:
-    from backends.mountinfo import mount_type
+    from backends.storage.mountinfo import mount_type
     from compute.pipeline import VFSConfig, run_pipeline
     pipeline = _load_pipeline(_pipeline_path(args.pipeline))
     if mount_type(args.target) is None:
@@ -446,7 +446,7 @@ def _cmd_demo(args) -> int:
 def _is_remote(location: str) -> bool:
     """Whether a command line's PLATE (or target, or output) names object storage: the one
     place the command line asks (Plate.open decides again for what it opens)."""
-    from backends.remote import is_url
+    from backends.storage.remote import is_url
     return is_url(location)
 
 
@@ -458,7 +458,7 @@ def _local_folder(location: str) -> Path | None:
 def _refuse_hands_off(plate: str, how: str, *, outputs: bool = False) -> None:
     """Hands-off plates (read-only, another account's, or marked) are never written into, by
     any command (root included); with ``outputs``, a folder named for their results will do."""
-    from backends.metadata import hands_off, outputs_dir
+    from backends.plates.metadata import hands_off, outputs_dir
     if _local_folder(plate) is None:
         return
     why = hands_off(Path(plate))
@@ -469,7 +469,7 @@ def _refuse_hands_off(plate: str, how: str, *, outputs: bool = False) -> None:
 def _apply_plate_settings(args, plate: str) -> None:
     """``--hands-off`` and ``--outputs-dir``, kept for the plate in the user's cache, so that
     every later command (and the mount daemon) follows them."""
-    from backends.metadata import hands_off, save_plate_settings
+    from backends.plates.metadata import hands_off, save_plate_settings
     marked, named = getattr(args, "hands_off", False), getattr(args, "outputs_dir", None)
     if _local_folder(plate) is None or not (marked or named):
         return
@@ -802,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if getattr(args, "s3_endpoint", None):
-            from backends.remote import S3Options, set_default_options
+            from backends.storage.remote import S3Options, set_default_options
             set_default_options(S3Options(endpoint_url=args.s3_endpoint))
         _require_extras(args)
         code = args.func(args)

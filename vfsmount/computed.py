@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backends.cache import ArrayCache
+from backends.storage.cache import ArrayCache
 from backends.naming import ParsedName, parse_virtual_name
 from compute.pipeline import Group, Pipeline, compute_group, group_images, output_layout
 

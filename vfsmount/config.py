@@ -68,7 +68,7 @@ def outputs_folders(plate, *, writable: bool) -> tuple[Path, Path] | None:
     staging folder outside the plate; None for a store given directly (no outputs of its own).
     Raises ValueError for a --writable mount of a hands-off plate with no folder named."""
     from backends.layout import STAGING_DIR
-    from backends.metadata import hands_off, outputs_dir, staging_dir
+    from backends.plates.metadata import hands_off, outputs_dir, staging_dir
     if plate.url is not None:
         return None
     root, may_write = outputs_dir(plate.path)

@@ -13,8 +13,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from backends.metadata import cache_root
-from backends.mountinfo import mount_type
+from backends.plates.metadata import cache_root
+from backends.storage.mountinfo import mount_type
 
 
 class MountError(RuntimeError):

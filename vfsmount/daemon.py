@@ -57,7 +57,7 @@ def set_readahead(mountpoint: str, kib: int = READ_AHEAD_KB) -> str:
     """Raise the mount's readahead through its bdi in sysfs (root only; the FUSE INIT reply can
     only lower it). Finds the device in mountinfo: a stat of our own mount point from the
     daemon would wait on the daemon itself."""
-    from backends.mountinfo import unescape
+    from backends.storage.mountinfo import unescape
     real = os.path.realpath(mountpoint)       # (in a thread: the loop answers its stat)
     try:
         with open("/proc/self/mountinfo") as f:
@@ -125,8 +125,8 @@ async def _stop_on_signal(scope: trio.CancelScope) -> None:
 
 def _build(cfg: MountConfig) -> tuple[object, VfsOperations]:
     """The plate and the operations serving it (raises on any problem)."""
-    from backends import remote
-    from backends.plate import Plate
+    from backends.storage import remote
+    from backends.plates.plate import Plate
     from .outputs import OutputsArea
 
     remote.set_default_options(remote.S3Options(endpoint_url=cfg.s3_endpoint))
@@ -149,7 +149,7 @@ def _build(cfg: MountConfig) -> tuple[object, VfsOperations]:
         if cfg.writable:
             outputs.write_metadata(force=True)   # reconcile after a crash
         if cfg.writable and cfg.materialize == "zarr":
-            from backends.zarr_backend import load_writer
+            from backends.ngff.backend import load_writer
             load_writer()
     computed = []
     if cfg.pipeline_file:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.convert import convert_plate
+from backends.plates.convert import convert_plate
 from backends.layout import MAIN_ALIAS
-from backends.metadata import cache_root
-from backends.plate import Plate
-from backends.sample_plates import PlateSpec, make_imagexpress_plate
+from backends.plates.metadata import cache_root
+from backends.plates.plate import Plate
+from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
 
 from .control import is_mounted, start_daemon, unmount
 

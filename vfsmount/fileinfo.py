@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 
 from backends.layout import FS_TYPE, MAIN_ALIAS, ORIGINAL_DIR, OUTPUTS_DIR, PROCESSED_DIR
-from backends.metadata import METADATA_FILENAME, main_subdirectory
-from backends.mountinfo import mount_type, vfsmount_plate_name
+from backends.plates.metadata import METADATA_FILENAME, main_subdirectory
+from backends.storage.mountinfo import mount_type, vfsmount_plate_name
 from backends.naming import try_parse_virtual_name
 
 
@@ -83,7 +83,7 @@ def _source(root: Path, plate: str | None, folder: str, name: str, key: str,
         return f"computed by pipeline {folder.partition('/')[2]!r} when read"
     zarr = entry is not None and entry.get("available_backends", {}).get("zarr")
     if top == OUTPUTS_DIR and not zarr:   # a file in the outputs folder (a hands-off plate's
-        from backends.metadata import outputs_dir      # is outside the plate)
+        from backends.plates.metadata import outputs_dir      # is outside the plate)
         where = outputs_dir(plate)[0] if plate and os.path.isdir(plate) else \
             os.path.join(base, OUTPUTS_DIR)
         return os.path.join(where, folder.partition("/")[2], name)
@@ -93,7 +93,7 @@ def _source(root: Path, plate: str | None, folder: str, name: str, key: str,
     if rel is not None:
         return os.path.join(base, rel)
     if zarr:
-        from backends.zarr_backend import ZarrStorageBackend
+        from backends.ngff.backend import ZarrStorageBackend
         where = entry.get("path") or os.path.join(base, key)
         return ZarrStorageBackend(where, mode="r").plane(name).source
     return os.path.join(base, name) if key == "." else os.path.join(base, key, name)

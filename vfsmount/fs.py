@@ -24,7 +24,7 @@ import pyfuse3
 import trio
 
 from backends import layout
-from backends.containment import NAME_MAX
+from backends.guards.containment import NAME_MAX
 
 from .config import DEFAULT_THREADS
 from .errors import fuse_operation

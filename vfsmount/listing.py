@@ -61,7 +61,7 @@ class ListedImages:
     are stat-ed once."""
 
     def __init__(self, images, xattrs) -> None:
-        self.images = images             # a backends.image_set.ImageSet
+        self.images = images             # a backends.plates.image_set.ImageSet
         self.names: Sequence[str] = images.names
         self.xattrs = xattrs             # name -> {xattr: value}, asked only with --xattrs
         self.lock = threading.Lock()

@@ -204,7 +204,7 @@ class PathSource(Protocol):
 class PlaneSourceFactory(Protocol):
     """Shared by the synthesized TIFFs of one directory."""
 
-    def plane(self, name: str): ...                 # a backends.planes.PlaneSource
+    def plane(self, name: str): ...                 # a backends.storage.planes.PlaneSource
     def xattrs(self, name: str) -> dict[bytes, bytes]: ...
 
 
@@ -406,7 +406,7 @@ class PassthroughFile(FileNode):
         return self._seen[0]
 
     def open(self) -> "_ReadAhead":
-        # through the source's race-free containment (backends.containment) when it has one
+        # through the source's race-free containment (backends.guards.containment) when it has one
         opener = getattr(self._source, "open_fd", None)
         fd = opener(self.name) if opener else os.open(self.path(), os.O_RDONLY | os.O_CLOEXEC)
         return _ReadAhead(fd)

@@ -729,7 +729,7 @@ def _check_pages(tif) -> None:
 def _decode(fd: int, rel: str):
     """The staged TIFF's single 2D plane: one parse for the checks and the data."""
     import numpy as np
-    from backends.tiff_guard import decode_checked, read_tiff_checked
+    from backends.guards.tiff import decode_checked, read_tiff_checked
     try:
         with _tiff(fd) as tif:
             _check_pages(tif)

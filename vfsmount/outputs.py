@@ -15,7 +15,7 @@ gets the node protocol's default refusal (EROFS, ``nodes.Node``). A writable are
 ``WritableOutDir``/``WritableOutFile``, and only they reach ``area.disk``.
 
 The file nodes are in ``outfile.py``. Every path below the root is reached through
-``backends.containment`` (openat2 beneath a descriptor held for the folder, no symlinks
+``backends.guards.containment`` (openat2 beneath a descriptor held for the folder, no symlinks
 followed): a symlink found there is listed as a refused entry (mode 000, EACCES on open).
 
 Writes go to a staging file in the staging folder (``PLATE/.vfsmount-staging/``: the same
@@ -39,12 +39,12 @@ import uuid
 
 from natsort import natsorted
 
-from backends import containment
+from backends.guards import containment
 from backends.errors import PathEscapeError, StorageError
-from backends.handlers.imagexpress import parse_name as parse_imagexpress_name
+from backends.plates.handlers.imagexpress import parse_name as parse_imagexpress_name
 from backends.layout import OUTPUTS_DIR, ZARR_SUFFIX
-from backends.metadata import record_output_folder
-from backends.mountinfo import on_local_disk
+from backends.plates.metadata import record_output_folder
+from backends.storage.mountinfo import on_local_disk
 from backends.naming import try_parse_virtual_name
 
 from .errors import CommitError
@@ -314,8 +314,8 @@ class OutputsArea:
         with self.lock:
             st = self._stores.get(sub)
             if st is None and (create or self.has_store(sub)):
-                from backends.zarr_backend import ZarrStorageBackend, output_store
-                from backends.zarr_ngff import output_physics
+                from backends.ngff.backend import ZarrStorageBackend, output_store
+                from backends.ngff.documents import output_physics
                 # the path is only used once containment says the store is a real folder
                 path = os.path.join(self.root_path, sub + ZARR_SUFFIX)
                 if self.disk is None:

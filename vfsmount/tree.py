@@ -10,7 +10,7 @@
       processed/<pipeline>/    computed on read                        views/processed.py
       openhcs_metadata.json    the plate's metadata, read-only         views/metadata_file.py
 
-Each view turns the plate's image sets (``backends.image_set.ImageSet``) into root entries
+Each view turns the plate's image sets (``backends.plates.image_set.ImageSet``) into root entries
 from what they can serve; a new view is a module in ``views/`` and one line in ``VIEWS``.
 Folders fill themselves on first use, so mounting a 100,000-image plate only reads its
 metadata.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from natsort import natsorted
 
-from backends.plate import Plate
+from backends.plates.plate import Plate
 
 from .listing import release_freed_memory
 from .nodes import DirNode

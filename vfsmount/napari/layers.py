@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from backends.cache import ArrayCache
+from backends.storage.cache import ArrayCache
 
 from .levels import Reduced
 
@@ -86,7 +86,7 @@ def _limits(given: list[float] | None, sample) -> list[float]:
     """The plate's window, else one measured on a sample of the pixels."""
     if given and given[1] > given[0]:
         return given
-    from backends.zarr_ngff import display_window
+    from backends.ngff.documents import display_window
     return display_window(np.asarray(sample()))
 
 

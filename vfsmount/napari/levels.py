@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from backends.cache import ArrayCache
+from backends.storage.cache import ArrayCache
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Reduced:
     def _store(self):
         import zarr.storage
         backend = self.image_set.backend
-        from backends.chunk_guard import guard_store
+        from backends.guards.chunk import guard_store
         if backend.remote:                       # s3:// : level 0 through the backend
             return None
         # every chunk checked before a decoder sees it, as the mount's reads are
@@ -255,7 +255,7 @@ _OTHER = object()      # a level array the direct path does not read (zarr does)
 class _DirectV2:
     """A zarr v2 level array of one chunk (a pyramid's small levels), read without zarr's
     per-array machinery: the chunk file's bytes, checked against the codec's format
-    (backends.chunk_guard, as every chunk vfsmount reads), decoded by the array's numcodecs
+    (backends.guards.chunk, as every chunk vfsmount reads), decoded by the array's numcodecs
     compressor. Used for an array whose ``.zarray`` is byte-equal to the template's; any other
     (another writer, another shape, filters, an unchecked codec) is left to zarr."""
 
@@ -270,7 +270,7 @@ class _DirectV2:
     def of(cls, template, doc: bytes, root: Path) -> "_DirectV2 | None":
         import json
         import numcodecs
-        from backends.chunk_guard import array_guard
+        from backends.guards.chunk import array_guard
         meta = json.loads(doc)
         guard = array_guard(template.path, meta)
         if meta.get("zarr_format") != 2 or meta.get("chunks") != meta.get("shape") or \
@@ -283,7 +283,7 @@ class _DirectV2:
     def read(self, path: str, index: tuple, expected, step: int):
         """The plane at ``index`` of level array ``path``, strided; _OTHER when zarr must read
         it; None when it cannot be read (level 0 then)."""
-        from backends.chunk_guard import ChunkFault
+        from backends.guards.chunk import ChunkFault
         whole = (str(self.root), path, step)
         data = _cached(whole)
         if data is None:

@@ -21,7 +21,7 @@ HYPERSTACK = re.compile(r"^(?P<well>[A-Z]{1,2}\d{2})_s(?P<site>\d+)(?:_t(?P<t>\d
 
 @dataclass
 class Source:
-    plate: object                    # backends.plate.Plate
+    plate: object                    # backends.plates.plate.Plate
     key: str                         # the image set
     field: tuple[str, int] | None = None   # (well, site) when one field was named
     t: int | None = None             # a hyperstack split by time point
@@ -51,7 +51,7 @@ def get_reader(path):
 
 def resolve(path: str | os.PathLike) -> Source | None:
     """What ``path`` is, or None when it is nothing the plugin opens."""
-    from backends.handlers.ome_zarr import is_plate_store, root_attributes
+    from backends.plates.handlers.ome_zarr import is_plate_store, root_attributes
     path = Path(os.fspath(path))
     if path.is_file():
         return _hyperstack(path)
@@ -67,15 +67,15 @@ def resolve(path: str | os.PathLike) -> Source | None:
 
 def _is_mount(path: Path) -> bool:
     from backends.layout import FS_TYPE
-    from backends.mountinfo import mount_type
+    from backends.storage.mountinfo import mount_type
     return mount_type(path) == FS_TYPE
 
 
 def _looks_like_plate(path: Path) -> bool:
     """A plate folder: it has metadata, or a handler recognizes it (a few listings)."""
     from backends.errors import PlateFormatError
-    from backends.handlers import detect_handler
-    from backends.metadata import metadata_path
+    from backends.plates.handlers import detect_handler
+    from backends.plates.metadata import metadata_path
     if metadata_path(path).is_file():
         return True
     try:
@@ -86,7 +86,7 @@ def _looks_like_plate(path: Path) -> bool:
 
 
 def _plate(path: Path) -> Source:
-    from backends.plate import Plate
+    from backends.plates.plate import Plate
     plate = Plate.open(path)
     return Source(plate, plate.main)
 
@@ -103,7 +103,7 @@ def _hyperstack(path: Path) -> Source | None:
 
 def _mount(mnt: Path) -> Source:
     """The plate a mount serves (its record), with the image set its ``images/`` shows."""
-    from backends.plate import Plate
+    from backends.plates.plate import Plate
     from vfsmount.control import active_mounts
     real = os.path.realpath(mnt)
     record = next((r for r in active_mounts() if r.mountpoint == real), None)
@@ -119,8 +119,8 @@ def _mount_files(mnt: Path) -> Source:
     """A mount with no record here (another user's): its ``images/`` as a folder of files,
     with the physics of the metadata it serves."""
     from backends.layout import MAIN_ALIAS
-    from backends.metadata import image_set_entry, main_subdirectory, read_metadata
-    from backends.plate import Plate
+    from backends.plates.metadata import image_set_entry, main_subdirectory, read_metadata
+    from backends.plates.plate import Plate
     doc = read_metadata(mnt)
     if doc is None:
         raise ValueError(f"{mnt}: a vfsmount mount without openhcs_metadata.json")

@@ -1,5 +1,5 @@
 """The mount's views: each folder (or root file) of the mounted tree, built from a plate's
-image sets and what they can do (``backends.image_set.ImageSet``), nothing else.
+image sets and what they can do (``backends.plates.image_set.ImageSet``), nothing else.
 
 A view is a function ``view(mount: views.base.Mount) -> iterable of (name, node)``: the root
 entries it adds. ``vfsmount/tree.py`` lists them (``VIEWS``) and puts their entries side by

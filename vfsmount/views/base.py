@@ -6,10 +6,10 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from backends.image_set import ImageSet
+from backends.plates.image_set import ImageSet
 from backends.layout import OUTPUTS_DIR, XATTR_PREFIX, display_name
 from backends.naming import try_parse_virtual_name
-from backends.plate import Plate
+from backends.plates.plate import Plate
 
 
 @dataclass

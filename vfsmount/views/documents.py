@@ -1,7 +1,7 @@
 """The plate views in the mount (the view ``plate_documents``): ``load_data.csv``, ``load_data_with_illum.csv`` and
 ``plate.companion.ome`` in the root, ``load_data.csv`` in each ``processed/<pipeline>/``.
 
-Their bytes come from ``backends/loaddata.py`` and ``backends/companion.py`` (the command
+Their bytes come from ``backends/plates/loaddata.py`` and ``backends/plates/companion.py`` (the command
 line writes the same bytes without a mount). They are made once, from names and metadata only
 (no plane is read), in one background thread started when the tree is built, so mounting does
 not wait for them; a ``stat`` or read that comes first waits until they are ready (0.4 s of
@@ -96,15 +96,15 @@ class PlateViews:
         return self._node("load_data_with_illum.csv", lambda: self._loaddata(illum=True))
 
     def companion(self) -> GeneratedFile:
-        from backends.companion import companion_xml
+        from backends.plates.companion import companion_xml
         return self._node("plate.companion.ome",
                           lambda: companion_xml(self.image_set, fields=self.fields(),
                                                 image_dir=MAIN_ALIAS))
 
     def computed_loaddata(self, factory) -> GeneratedFile:
         """``processed/<pipeline>/load_data.csv``: the planes the pipeline computes on read."""
-        from backends.image_set import fields_of
-        from backends.loaddata import loaddata_csv, plate_label
+        from backends.plates.image_set import fields_of
+        from backends.plates.loaddata import loaddata_csv, plate_label
         from backends.naming import parse_virtual_name
         folder = os.path.join(self.mount, PROCESSED_DIR, factory.pipeline.name)
 
@@ -121,7 +121,7 @@ class PlateViews:
 
     @cached_property
     def config(self):
-        from backends.loaddata import LoadDataConfig
+        from backends.plates.loaddata import LoadDataConfig
         return LoadDataConfig.read(self.config_path) if self.config_path else None
 
     def fields(self):
@@ -135,7 +135,7 @@ class PlateViews:
     @cached_property
     def table(self):
         """One table for both CSVs (with and without the illumination columns)."""
-        from backends.loaddata import loaddata_table, plate_label
+        from backends.plates.loaddata import loaddata_table, plate_label
         return loaddata_table(self.fields(), self.image_set.physics,
                               plate=plate_label(self.image_set),
                               images_dir=os.path.join(self.mount, MAIN_ALIAS), config=self.config,

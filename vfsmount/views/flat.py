@@ -12,7 +12,7 @@ import time
 from functools import partial
 
 from backends.errors import PathEscapeError
-from backends.image_set import ImageSet
+from backends.plates.image_set import ImageSet
 from backends.layout import display_name
 
 from ..listing import ImageDir, ListedImages

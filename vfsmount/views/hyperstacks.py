@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backends.image_set import Field, ImageSet
+from backends.plates.image_set import Field, ImageSet
 from backends.layout import HYPERSTACKS_DIR, XATTR_PREFIX
 
 from ..nodes import SYNTHESIZED_MODE, DirNode, FileNode

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from backends.image_set import ImageSet, Physics
+from backends.plates.image_set import ImageSet, Physics
 from backends.layout import MAIN_ALIAS, is_tiff_name
 
 from ..listing import Columns, ImageDir, ListedFile, ListedImages, reserve_inodes

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from natsort import natsorted
 
-from backends.containment import Anchor
+from backends.guards.containment import Anchor
 from backends.errors import PathEscapeError
 from backends.layout import ORIGINAL_DIR, XATTR_PREFIX
-from backends.paths import contained_path
+from backends.storage.paths import contained_path
 
 from ..nodes import DirNode, PassthroughFile
 from .base import Mount, mtime_ns

@@ -1,0 +1,620 @@
+"""Reading a store's NGFF structure (ours or another tool's) into a plane index.
+
+The index maps each flat plane name (``A01_s001_w1_z001_t001.tif``) to an array and the
+integer position of the plane in it, and describes every array from its metadata alone:
+the plate's wells, each well's images, each image's level-0 dataset, and that array's
+shape, dtype and chunks. No chunk is ever read, and every metadata document of one level
+(all wells, then all images, then all arrays) is fetched concurrently through the store's
+own async API, so a local directory and an ``s3://`` store take the same path.
+
+What real writers produce, all read here: NGFF 0.4 (zarr v2, ``.zattrs``), 0.5 (zarr v3,
+attributes under ``ome``) and 0.6 (``coordinateSystems``, ``sequence`` transformations);
+sharded arrays; wells without ``well`` attributes (their images are the child groups that
+hold ``multiscales``); integer or string ``path`` fields; columns ``1`` or ``01``; any subset
+of t, c, z before y, x; pyramids (level 0 is served). ``labels/`` and ``tables/`` are never
+images: only the datasets a ``multiscales`` entry lists are.
+
+Names: site = position in the well's image list, channel/z/t = index + 1. A store written
+by vfsmount carries the real t/c/z values on each array (``attrs["vfsmount"]``), and older
+ones a root index of every name (``attrs["vfsmount"]["files"]``); both are honoured.
+
+A malformed part (a listed well that is missing, a missing dataset, axes that do not
+match the array) is one problem line naming the group; the rest of the plate is indexed.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..errors import MetadataError
+from ..naming import ParsedName, normalize_well
+from ..physics import to_micrometers
+from .documents import decode_present
+
+log = logging.getLogger(__name__)
+
+INDEX_KEY = "vfsmount"
+AXES = ("t", "c", "z", "y", "x")
+_CONCURRENT_READS = 512          # metadata documents in flight at once
+
+
+@dataclass
+class ArrayInfo:
+    path: str                       # store-relative array path, e.g. "A/01/0/0"
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...]
+    axes: tuple[str, ...]           # e.g. ("t", "c", "z", "y", "x") or ("c", "y", "x")
+    pixel_size: float | None = None  # micrometres per pixel (x)
+    z_spacing: float | None = None   # micrometres between z-planes
+    unit: str | None = None          # the store's own spatial unit, as written
+
+
+@dataclass
+class PlaneRef:
+    array: str
+    index: tuple[int, ...]          # one integer per non-(y, x) axis
+
+
+class PlaneIndex:
+    """What planes a store holds and where: flat name -> :class:`PlaneRef`, array path ->
+    :class:`ArrayInfo` (shape, dtype, chunks, axes, physics), and what was found wrong.
+
+    A value: :func:`read_plate` and :func:`read_own_index` build one from a store's metadata,
+    the field writer adds to it, the reader looks planes up in it. Nothing here touches zarr.
+
+    A foreign plate's index may hold wells not read yet (:meth:`defer`): a well is read when
+    one of its planes is first looked up (:meth:`ref`), every pending well when all names
+    are asked for (:attr:`files`, :attr:`arrays`, :meth:`names`). So opening a plate of any
+    size reads its plate document only, and a broken well fails only its own planes.
+    """
+
+    def __init__(self, arrays: dict[str, ArrayInfo] | None = None,
+                 files: dict[str, PlaneRef] | None = None) -> None:
+        self._arrays: dict[str, ArrayInfo] = dict(arrays or {})
+        self._files: dict[str, PlaneRef] = dict(files or {})
+        self.problems: list[str] = []                  # one line each, naming the group
+        self.channel_names: dict[int, str] = {}        # from omero.channels[].label
+        self._pending: dict[str, Any] = {}             # well name -> what reading it needs
+        self._read_wells: Any = None                   # (list of pending values) -> PlaneIndex
+        self._loading = threading.Lock()
+
+    # -- wells read on first use ----------------------------------------------------------
+    def defer(self, wells: dict[str, Any], read_wells) -> None:
+        """Wells to read later: ``read_wells([wells[name], ...])`` returns their index."""
+        self._pending.update(wells)
+        self._read_wells = read_wells
+
+    @property
+    def pending_wells(self) -> list[str]:
+        return list(self._pending)
+
+    def loaded_names(self) -> list[str]:
+        """The names of the wells read so far (reads nothing)."""
+        return list(self._files)
+
+    def loaded_arrays(self) -> dict[str, ArrayInfo]:
+        return dict(self._arrays)
+
+    def loaded_wells(self) -> set[str]:
+        return {n.split("_", 1)[0] for n in self._files}
+
+    def load_wells(self, names: Iterable[str] | None = None) -> None:
+        """Read the pending wells ``names`` (all of them by default), in one concurrent pass."""
+        if not self._pending:
+            return
+        with self._loading:
+            todo = [n for n in (self._pending if names is None else names) if n in self._pending]
+            if not todo:
+                return
+            loaded = self._read_wells([self._pending[n] for n in todo])
+            self._arrays.update(loaded._arrays)
+            self._files.update(loaded._files)
+            self.problems.extend(loaded.problems)
+            self.channel_names = self.channel_names or dict(loaded.channel_names)
+            for n in todo:
+                del self._pending[n]
+
+    # -- lookups ---------------------------------------------------------------------------
+    @property
+    def arrays(self) -> dict[str, ArrayInfo]:
+        self.load_wells()
+        return self._arrays
+
+    @property
+    def files(self) -> dict[str, PlaneRef]:
+        self.load_wells()
+        return self._files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __contains__(self, name: str) -> bool:
+        return self.ref(name) is not None
+
+    def ref(self, name: str) -> PlaneRef | None:
+        ref = self._files.get(name)
+        if ref is None and self._pending:
+            well = name.split("_", 1)[0]
+            if well in self._pending:
+                self.load_wells([well])
+                ref = self._files.get(name)
+        return ref
+
+    def names(self) -> list[str]:
+        return list(self.files)
+
+    def info(self, array: str) -> ArrayInfo:
+        return self._arrays[array]           # an array reached through a ref is read already
+
+    # -- building --------------------------------------------------------------------------
+    def add_array(self, info: ArrayInfo) -> None:
+        self._arrays[info.path] = info
+
+    def add_planes(self, planes: dict[str, PlaneRef]) -> None:
+        self._files.update(planes)
+
+    def add_field(self, info: ArrayInfo, planes: dict[str, PlaneRef], where: str) -> None:
+        """One image's array and planes; ValueError if a name is already another array's."""
+        clash = next((n for n in planes if n in self._files), None)
+        if clash:
+            raise ValueError(f"image {where!r}: plane {clash} is also in "
+                             f"{self._files[clash].array!r}")
+        self._arrays[info.path] = info
+        self._files.update(planes)
+
+    def remove_plane(self, name: str) -> PlaneRef:
+        return self._files.pop(name)
+
+    def refs_of(self, array: str) -> list[PlaneRef]:
+        return [r for r in self.files.values() if r.array == array]
+
+    def forget_arrays(self, paths: Iterable[str]) -> None:
+        """Drop arrays and every plane in them (before taking them in again)."""
+        paths = set(paths)
+        self._files = {n: r for n, r in self.files.items() if r.array not in paths}
+        for p in paths:
+            self._arrays.pop(p, None)
+
+    def update(self, other: "PlaneIndex") -> None:
+        """Take in another index, its pending wells included."""
+        self._arrays.update(other._arrays)
+        self._files.update(other._files)
+        self.problems.extend(other.problems)
+        self.channel_names = self.channel_names or dict(other.channel_names)
+        if other._pending:
+            self.defer(other._pending, other._read_wells)
+
+
+@dataclass
+class Node:
+    """One zarr node's metadata document (never its chunks)."""
+
+    kind: str | None                 # "group", "array", or None when missing
+    attrs: dict
+    shape: tuple[int, ...] = ()
+    dtype: Any = None
+    chunks: tuple[int, ...] = ()
+
+
+def _ome(attrs: dict) -> dict:
+    """NGFF 0.5+ nests everything under "ome"; 0.4 keeps it at the top."""
+    ome = attrs.get("ome")
+    return ome if isinstance(ome, dict) else attrs
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+# -- metadata documents ---------------------------------------------------------------------
+
+class NodeReader:
+    """Metadata of many nodes at once. Documents are fetched concurrently through the store's
+    async API (``s3://`` and any other zarr store), or, for a local directory, read straight
+    from disk: thousands of small files read in a loop beat a thread hop per file."""
+
+    def __init__(self, store, zarr_format: int, *, with_array_attrs: bool = False) -> None:
+        from zarr.storage import LocalStore
+        self.store = store
+        self.zarr_format = zarr_format
+        self.with_array_attrs = with_array_attrs   # zarr v2 keeps array attributes apart
+        base = getattr(store, "wrapped", store)    # under backends.guards.chunk's check
+        self.local_root = str(base.root) if isinstance(base, LocalStore) else None
+        self.problems: list[str] = []            # documents that are not JSON objects
+
+    def groups(self, paths: list[str]) -> list[Node]:
+        return self._nodes(paths, "group")
+
+    def arrays(self, paths: list[str]) -> list[Node]:
+        return self._nodes(paths, "array")
+
+    def children(self, paths: list[str]) -> list[list[str]]:
+        async def all_children() -> list[list[str]]:
+            return list(await asyncio.gather(*(self._children(p) for p in paths)))
+        return self._run(all_children())
+
+    def _nodes(self, paths: list[str], kind: str) -> list[Node]:
+        if self.zarr_format == 3:
+            return [_node_v3(d) for d in self.fetch([_join(p, "zarr.json") for p in paths])]
+        attrs: list[dict | None] = [None] * len(paths)
+        if kind == "group" or self.with_array_attrs:
+            attrs = self.fetch([_join(p, ".zattrs") for p in paths])
+        # a group with attributes exists: only the others need their .zgroup looked at
+        need = [i for i, a in enumerate(attrs) if kind == "array" or a is None]
+        found = self.fetch([_join(paths[i], ".zarray" if kind == "array" else ".zgroup")
+                            for i in need])
+        meta: list[dict | None] = [{} for _ in paths]
+        for i, m in zip(need, found):
+            meta[i] = m
+        nodes = []
+        for m, a in zip(meta, attrs):
+            if m is None and (kind == "array" or a is None):
+                nodes.append(Node(None, {}))
+            elif kind == "group":
+                nodes.append(Node("group", a or {}))
+            else:
+                nodes.append(Node("array", a or {}, tuple(m["shape"]), m["dtype"],
+                                  tuple(m["chunks"])))
+        return nodes
+
+    def fetch(self, keys: list[str]) -> list[dict | None]:
+        """The JSON documents at ``keys`` (None where missing)."""
+        if self.local_root is not None:
+            return [self._parse(k, _read_local(f"{self.local_root}/{k}")) for k in keys]
+        return self._run(self._fetch_async(keys))
+
+    async def _fetch_async(self, keys: list[str]) -> list[dict | None]:
+        from zarr.core.buffer import default_buffer_prototype
+        gate = asyncio.Semaphore(_CONCURRENT_READS)
+
+        async def one(key: str) -> dict | None:
+            async with gate:
+                try:
+                    buf = await self.store.get(key, prototype=default_buffer_prototype())
+                except FileNotFoundError:
+                    return None
+            return None if buf is None else self._parse(key, buf.to_bytes())
+        return list(await asyncio.gather(*(one(k) for k in keys)))
+
+    def _parse(self, key: str, raw: bytes | None) -> dict | None:
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+        except ValueError as e:
+            doc = e
+        if not isinstance(doc, dict):
+            self.problems.append(f"{key!r} is not a JSON object; read as missing")
+            return None
+        return doc
+
+    @staticmethod
+    def _run(coro):
+        from zarr.core.sync import sync
+        return sync(coro)
+
+    async def _children(self, path: str) -> list[str]:
+        prefix = path.strip("/")
+        return [name async for name in self.store.list_dir(prefix)
+                if not name.startswith(".") and name not in ("zarr.json",)]
+
+
+def _read_local(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+
+
+def _node_v3(doc: dict | None) -> Node:
+    if doc is None:
+        return Node(None, {})
+    attrs = doc.get("attributes") or {}
+    if doc.get("node_type") != "array":
+        return Node("group", attrs)
+    # a sharded array's chunk grid is its shards: the unit a read fetches
+    chunks = doc["chunk_grid"]["configuration"]["chunk_shape"]
+    return Node("array", attrs, tuple(doc["shape"]), doc["data_type"], tuple(chunks))
+
+
+# -- the plate walk -------------------------------------------------------------------------
+
+@dataclass
+class Field:
+    """One image of a well, on its way to the index."""
+
+    path: str                        # the image group, e.g. "B/3/0"
+    well: str                        # normalized, e.g. "B03"
+    site: int
+    node: Node | None = None         # its group metadata, once read
+    multiscales: dict | None = None
+    dataset: dict | None = None
+
+    @property
+    def array_path(self) -> str:
+        return _join(self.path, str(self.dataset["path"]))
+
+
+IMAGE_WELL = "A01"      # the one well a single OME-Zarr image is served as (site 1)
+
+
+def read_plate(store, root_attrs: dict, zarr_format: int, where: str, *,
+               lazy: bool = False) -> PlaneIndex:
+    """The plane index of an OME-Zarr HCS plate, from metadata documents alone; a single
+    OME-Zarr image (``multiscales`` at the root, as ome-zarr-py's ``write_image`` and
+    ngff-zarr write it) is a plate of one well, :data:`IMAGE_WELL`, with one field.
+
+    ``lazy``: only the plate document and the first well are read now; each other well when
+    first needed (see :class:`PlaneIndex`), its problems logged then. A plate none of whose
+    wells can be read is refused either way: now, or when its names are first asked for."""
+    ome = _ome(root_attrs)
+    plate = ome.get("plate")
+    reader = NodeReader(store, zarr_format, with_array_attrs=INDEX_KEY in root_attrs)
+    index = PlaneIndex()
+    if isinstance(plate, dict) and isinstance(plate.get("wells"), list):
+        wells = _plate_wells(plate, index)
+    elif "multiscales" in ome:
+        wells, lazy = [("", IMAGE_WELL, Node("group", root_attrs))], False
+    else:
+        raise MetadataError("not an OME-Zarr HCS plate nor image: root attributes have no "
+                            "'plate' with 'wells' and no 'multiscales'", backend="zarr",
+                            path=where)
+    for problem in index.problems:
+        log.warning("%s: %s (the rest of the plate is served)", where, problem)
+    tally = {"read": 0, "planes": 0}
+
+    def read_wells(chosen: list[list[tuple]]) -> PlaneIndex:
+        part = _read_wells(reader, [w for group in chosen for w in group])
+        for problem in part.problems:
+            log.warning("%s: %s (the rest of the plate is served)", where, problem)
+        tally["read"] += len(chosen)
+        tally["planes"] += len(part._files)
+        if tally["read"] == len(by_well) and not tally["planes"]:
+            detail = "; ".join((index.problems + part.problems)[:3]) or "no well lists an image"
+            raise MetadataError(f"OME-Zarr plate has no readable images: {detail}",
+                                backend="zarr", path=where)
+        return part
+
+    by_well: dict[str, list[tuple]] = {}
+    for w in wells:
+        by_well.setdefault(w[1], []).append(w)
+    if not by_well:
+        raise MetadataError("OME-Zarr plate has no readable images: "
+                            + ("; ".join(index.problems[:3]) or "the plate lists no well"),
+                            backend="zarr", path=where)
+    index.defer(by_well, read_wells)
+    # the first well is read now either way: a plate of one well is refused here, and the
+    # first well is what a lazy plate's description is inferred from
+    index.load_wells(list(by_well)[:1] if lazy else None)
+    return index
+
+
+def _read_wells(reader: NodeReader, wells: list[tuple]) -> PlaneIndex:
+    """The index of some wells: (group path, well name[, its group node]) each."""
+    index = PlaneIndex()
+    known = [w for w in wells if len(w) == 3]
+    fields = [Field(path, name, 1, node) for path, name, node in known]
+    fields += _well_fields(reader, [w[:2] for w in wells if len(w) == 2], index)
+    _read_images(reader, fields, index)
+    _index_arrays(reader, [f for f in fields if f.dataset is not None], index)
+    index.problems[:0] = reader.problems
+    reader.problems = []
+    return index
+
+
+def _plate_wells(plate: dict, index: PlaneIndex) -> list[tuple[str, str]]:
+    """(group path, normalized well name) of every well the plate lists."""
+    wells = []
+    for well in plate["wells"]:
+        path = str(well.get("path", "")).strip("/") if isinstance(well, dict) else ""
+        parts = path.split("/")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            wells.append((path, normalize_well(parts[0] + parts[1])))
+        except ValueError:
+            index.problems.append(f"plate well path {path!r} is not 'row/column'")
+    return wells
+
+
+def _well_fields(reader: NodeReader, wells: list[tuple[str, str]], index: PlaneIndex) -> list[Field]:
+    fields: list[Field] = []
+    bare: list[tuple[str, str]] = []
+    for (path, name), node in zip(wells, reader.groups([p for p, _ in wells])):
+        if node.kind is None:
+            index.problems.append(f"plate lists well {path!r} but the store has no such group")
+            continue
+        well = _ome(node.attrs).get("well")
+        images = well.get("images") if isinstance(well, dict) else None
+        if not isinstance(images, list):
+            bare.append((path, name))
+            continue
+        for site, image in enumerate(images, 1):
+            image_path = image.get("path") if isinstance(image, dict) else None
+            fields.append(Field(_join(path, str(image_path)), name, site))   # may be an int
+    return fields + _fields_from_children(reader, bare)
+
+
+def _fields_from_children(reader: NodeReader, wells: list[tuple[str, str]]) -> list[Field]:
+    """A well group without ``well`` attributes: its images are the child groups holding
+    ``multiscales``, in natural order."""
+    from natsort import natsorted
+    if not wells:
+        return []
+    candidates = [(path, name, child)
+                  for (path, name), children in zip(wells, reader.children([p for p, _ in wells]))
+                  for child in natsorted(children) if child not in ("labels", "tables")]
+    nodes = reader.groups([_join(p, c) for p, _n, c in candidates])
+    fields: list[Field] = []
+    sites: dict[str, int] = {}
+    for (path, name, child), node in zip(candidates, nodes):
+        if node.kind == "group" and "multiscales" in _ome(node.attrs):
+            sites[path] = sites.get(path, 0) + 1
+            fields.append(Field(_join(path, child), name, sites[path], node))
+    return fields
+
+
+def _read_images(reader: NodeReader, fields: list[Field], index: PlaneIndex) -> None:
+    """Each image's multiscales entry and its level-0 dataset."""
+    todo = [f for f in fields if f.node is None]
+    for f, node in zip(todo, reader.groups([f.path for f in todo])):
+        f.node = node
+    for f in fields:
+        ms = _ome(f.node.attrs).get("multiscales")
+        if f.node.kind is None:
+            index.problems.append(f"well lists image {f.path!r} but the store has no such group")
+        elif not isinstance(ms, list) or not ms or not isinstance(ms[0], dict) \
+                or not ms[0].get("datasets"):
+            index.problems.append(f"image {f.path!r} has no multiscales datasets")
+        else:
+            f.multiscales, f.dataset = ms[0], ms[0]["datasets"][0]   # level 0 of the pyramid
+
+
+def _index_arrays(reader: NodeReader, fields: list[Field], index: PlaneIndex) -> None:
+    for f, node in zip(fields, reader.arrays([f.array_path for f in fields])):
+        if node.kind is None:
+            index.problems.append(f"image {f.path!r}: multiscales dataset "
+                                  f"{str(f.dataset['path'])!r} is missing")
+            continue
+        try:
+            info = _array_info(f, node)
+            _add_planes(index, info, f, node.attrs.get(INDEX_KEY))
+        except (ValueError, TypeError, KeyError) as e:
+            index.problems.append(str(e) if isinstance(e, ValueError) else
+                                  f"image {f.path!r}: unreadable metadata ({type(e).__name__}: {e})")
+            continue
+        if not index.channel_names:
+            index.channel_names = _channel_names(f.node.attrs)
+
+
+def _array_info(f: Field, node: Node) -> ArrayInfo:
+    path = f.array_path
+    axes_meta = _axes(f.multiscales)
+    axes = tuple(a["name"].lower() for a in axes_meta) or AXES[-len(node.shape):]
+    lead = axes[:-2]
+    if len(axes) != len(node.shape) or axes[-2:] != ("y", "x") or \
+            not set(lead) <= {"t", "c", "z"} or len(set(lead)) != len(lead):
+        raise ValueError(f"array {path!r}: axes {axes} do not match its shape {node.shape} "
+                         "(need any of t, c, z, then y, x)")
+    try:
+        dtype = np.dtype(node.dtype)
+    except TypeError:
+        raise ValueError(f"array {path!r}: data type {node.dtype!r} cannot be served") from None
+    scale = _scale(f.multiscales, f.dataset, len(axes))
+    units = {a["name"].lower(): a.get("unit") for a in axes_meta}
+    # a length only where the axis names its unit (one that converts to micrometres): an
+    # axis without one counts pixels or planes (ome-zarr-py's default scale 1), not microns
+    pixel = to_micrometers(scale[-1], units.get("x")) if scale else None
+    z_spacing = to_micrometers(scale[axes.index("z")], units.get("z")) \
+        if "z" in axes and scale and node.shape[axes.index("z")] > 1 else None   # 1 plane: none
+    return ArrayInfo(path, tuple(node.shape), dtype, tuple(node.chunks), axes, pixel,
+                     z_spacing, units.get("x"))
+
+
+def _is_ours(own: Any) -> bool:
+    """An array record of vfsmount's index-free format (see documents.PLANES_FORMAT)."""
+    return isinstance(own, dict) and isinstance(own.get("format"), int) and own["format"] >= 2
+
+
+def _axes(ms: dict) -> list[dict]:
+    """Axis dicts of a multiscales entry: ``axes`` (0.4/0.5, strings in 0.3) or the coordinate
+    system the datasets map into (0.6)."""
+    axes = ms.get("axes")
+    if axes is None:
+        systems = [s for s in ms.get("coordinateSystems", []) if isinstance(s, dict)]
+        outputs = {((t.get("output") or {}).get("name") if isinstance(t.get("output"), dict)
+                    else t.get("output"))
+                   for t in ms["datasets"][0].get("coordinateTransformations", [])}
+        named = [s for s in systems if s.get("name") in outputs]
+        axes = (named or systems or [{}])[0].get("axes", [])
+    return [a if isinstance(a, dict) else {"name": str(a)} for a in axes]
+
+
+def _scale(ms: dict, dataset: dict, n: int) -> list[float] | None:
+    """The product of every scale on the way from the level-0 array to physical space
+    (the dataset's own, nested ``sequence`` ones, then the multiscales-wide ones)."""
+    found = [s for t in dataset.get("coordinateTransformations", []) + ms.get(
+        "coordinateTransformations", []) for s in _scales(t)]
+    vectors = [s for s in found if len(s) == n]
+    if not vectors:
+        return None
+    return [float(math.prod(v)) for v in zip(*vectors)]
+
+
+def _scales(t: Any) -> Iterable[list]:
+    if not isinstance(t, dict):
+        return
+    if t.get("type") == "scale" and isinstance(t.get("scale"), list):
+        yield t["scale"]
+    for inner in t.get("transformations", []) or []:     # 0.6 "sequence"
+        yield from _scales(inner)
+
+
+def _channel_names(image_attrs: dict) -> dict[int, str]:
+    channels = (_ome(image_attrs).get("omero") or {}).get("channels") or []
+    return {i: str(c["label"]) for i, c in enumerate(channels, 1)
+            if isinstance(c, dict) and c.get("label") not in (None, "")}
+
+
+def _add_planes(index: PlaneIndex, info: ArrayInfo, f: Field, own: Any) -> None:
+    """Name every plane of one image: ours by the values we wrote, others by position."""
+    own = own if isinstance(own, dict) else {}
+    lead = info.axes[:-2]
+    values = tuple((a, tuple(own[a])) for a in lead if isinstance(own.get(a), list))
+    site, present = f.site, None
+    if _is_ours(own):          # its site, and which planes exist when not all do
+        site = int(own.get("site", f.site))
+        try:
+            present = decode_present(own, info.shape[:-2]) if own.get("present") else None
+        except ValueError as e:
+            raise ValueError(f"array {info.path!r}: unreadable present-planes record ({e})") \
+                from None
+    planes = {ParsedName(f.well, site, c, z, t).virtual_name(): PlaneRef(info.path, position)
+              for position, c, z, t in _plane_coordinates(lead, info.shape[:-2], values)
+              if present is None or present[position]}
+    index.add_field(info, planes, f.path)
+
+
+@functools.lru_cache(maxsize=256)
+def _plane_coordinates(lead: tuple, shape: tuple, values: tuple) -> tuple:
+    """(position, channel, z, t) of every plane; every field of a plate usually shares one."""
+    known = dict(values)
+    out = []
+    for position in np.ndindex(*shape):
+        coords = {a: (known[a][i] if a in known else i + 1) for a, i in zip(lead, position)}
+        if any(not isinstance(v, int) or v < 1 for v in coords.values()):
+            continue              # a slot of ours never written
+        out.append((position, coords.get("c", 1), coords.get("z", 1), coords.get("t", 1)))
+    return tuple(out)
+
+
+def read_own_index(own: dict, where: str) -> PlaneIndex:
+    """A vfsmount store's root index of every name (kept for stores written before the
+    names were derived from the NGFF structure; also what a Dask worker hands back)."""
+    index = PlaneIndex()
+    try:
+        for path, a in own["arrays"].items():
+            index.add_array(ArrayInfo(path, tuple(a["shape"]), np.dtype(a["dtype"]),
+                                      tuple(a["chunks"]), tuple(a["axes"]), a.get("pixel_size")))
+        for name, (path, *pos) in own["files"].items():
+            info = index.info(path)
+            if len(pos) != len(info.shape) - 2 or any(
+                    not 0 <= i < n for i, n in zip(pos, info.shape)):
+                raise ValueError(f"{name}: index {pos} outside array {path} {info.shape}")
+            index.files[name] = PlaneRef(path, tuple(pos))
+    except (KeyError, TypeError, ValueError) as e:
+        raise MetadataError("inconsistent vfsmount index in zarr store attributes",
+                            backend="zarr", path=where, cause=e) from e
+    return index
