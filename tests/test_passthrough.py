@@ -79,11 +79,25 @@ def test_vendor_files_are_read_without_the_daemon(plate, mounts):
                    + len(names))
     assert state["passthrough_opens"] >= before["passthrough_opens"] + len(names), state
     assert state["read_requests"] == before["read_requests"] == 0, state
+    # each source opened and registered once; after the last close its backing file stays
+    # registered (kept) for the next open
+    kept = _state(mnt, until=lambda s: s["backing_kept"] == len(names))
+    assert kept["backing_kept"] == kept["backing_ids"] == kept["backing_registrations"] \
+        == len(names), kept
+    # reading them again opens no source: the kept backing files serve, nothing reaches READ
+    for name in names:
+        assert _md5(_cat(mnt / "workspace" / name)) in sources, name
+    again = _state(mnt, until=lambda s: s["backing_reuses"] >= len(names)
+                   and s["backing_kept"] == len(names))
+    assert again["backing_reuses"] == kept["backing_reuses"] + len(names), again
+    assert again["backing_registrations"] == len(names) and again["read_requests"] == 0, again
     # a second reader of an open file shares its inode's one backing id
     with open(mnt / "workspace" / names[0], "rb") as a, open(mnt / "workspace" / names[0], "rb") as b:
         assert a.read() == b.read()
-        assert _state(mnt, until=lambda s: s["backing_ids"] == 1)["backing_ids"] == 1
-    assert _state(mnt, until=lambda s: s["backing_ids"] == 0)["backing_ids"] == 0   # last release
+        both = _state(mnt, until=lambda s: s["backing_kept"] == len(names) - 1)
+        assert both["backing_ids"] == len(names) and both["backing_kept"] == len(names) - 1, both
+    assert _state(mnt, until=lambda s: s["backing_kept"] == len(names))["backing_ids"] \
+        == len(names)   # last release: kept again
     # images/ is calibrated (a new first IFD): other bytes than the vendor's, so the daemon
     calibrated = _cat(mnt / "images" / sorted(os.listdir(mnt / "images"))[0])
     assert _md5(calibrated) not in sources
@@ -125,6 +139,8 @@ def test_source_replaced_while_mounted(plate, mounts):
         capture_output=True, text=True, check=True).stdout.split("source:")[1].split()[0]
     old = source.read_bytes()
     new = b"II*\x00" + os.urandom(len(old) + 1000)
+    # backing files kept from earlier opens (`info` opens the file): none in use
+    base = _state(mnt, until=lambda s: s["backing_kept"] == s["backing_ids"])["backing_ids"]
     with open(mnt / "workspace" / name, "rb") as held:
         assert held.read(64) == old[:64]
         tmp = source.with_name("replacement.tmp")
@@ -133,8 +149,19 @@ def test_source_replaced_while_mounted(plate, mounts):
         assert _cat(mnt / "workspace" / name)[:len(old)] == old     # the open version
         held.seek(0)
         assert held.read() == old
-    assert _state(mnt, until=lambda s: s["backing_ids"] == 0)["backing_ids"] == 0
+    # the old version's backing file is released at its last close, never kept
+    closed = _state(mnt, until=lambda s: s["backing_ids"] == s["backing_kept"] == base)
+    assert closed["backing_ids"] == closed["backing_kept"] == base, closed
     assert _cat(mnt / "workspace" / name) == new                # next open: the new file
+    kept = _state(mnt, until=lambda s: s["backing_kept"] == base + 1)
+    assert kept["backing_kept"] == kept["backing_ids"] == base + 1, kept
+    assert _cat(mnt / "workspace" / name) == new                # the kept one, reused
+    assert _state(mnt, until=lambda s: s["backing_reuses"] > kept["backing_reuses"])[
+        "backing_reuses"] == kept["backing_reuses"] + 1
+    newest = b"II*\x00" + os.urandom(len(old))                  # replaced while kept
+    tmp.write_bytes(newest)
+    os.replace(tmp, source)
+    assert _cat(mnt / "workspace" / name) == newest
     newer = os.urandom(4096)
     source.write_bytes(newer)                                   # changed in place
     assert _cat(mnt / "workspace" / name) == newer

@@ -77,6 +77,7 @@ async def _keep_state(ops: VfsOperations, mountpoint: str) -> None:
     from .control import write_state
     last = None
     while True:
+        ops.data_path.expire()            # kept backing files idle for too long
         state = ops.data_path.state()
         if state != last and state["reason"] != "waiting for the kernel's answer at init":
             try:

@@ -371,6 +371,11 @@ class WritableOutFile(OutFile):
         return self.state in (State.DIRTY, State.REFUSED, State.FAILED)
 
     @property
+    def passes_through(self) -> bool:
+        """The kernel writes the staged bytes itself (see nodes.Node.passes_through)."""
+        return self.passed_through
+
+    @property
     def size(self) -> int:
         fd = self.staging_fd          # one read: a commit in a worker thread may close it
         if fd is not None and self.state is not State.REFUSED:   # refused bytes: not the size
