@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from backends.plate import Plate
 from backends.sample_plates import PlateSpec, make_imagexpress_plate
 from vfsmount.control import state_path
 from vfsmount.passthrough import DataPath
@@ -134,13 +135,10 @@ def test_source_replaced_while_mounted(plate, mounts):
     mnt = mounts.mount(plate)
     _require_passthrough(mnt)
     name = sorted(os.listdir(mnt / "workspace"))[0]
-    source = plate / subprocess.run(
-        [sys.executable, "-m", "vfsmount", "info", str(mnt / "workspace" / name)],
-        capture_output=True, text=True, check=True).stdout.split("source:")[1].split()[0]
+    # (from the mapping: `vfsmount info` of the file would open it, and keep a backing file)
+    source = plate / Plate.open(plate).entry("workspace")["workspace_mapping"][name]
     old = source.read_bytes()
     new = b"II*\x00" + os.urandom(len(old) + 1000)
-    # backing files kept from earlier opens (`info` opens the file): none in use
-    base = _state(mnt, until=lambda s: s["backing_kept"] == s["backing_ids"])["backing_ids"]
     with open(mnt / "workspace" / name, "rb") as held:
         assert held.read(64) == old[:64]
         tmp = source.with_name("replacement.tmp")
@@ -150,18 +148,23 @@ def test_source_replaced_while_mounted(plate, mounts):
         held.seek(0)
         assert held.read() == old
     # the old version's backing file is released at its last close, never kept
-    closed = _state(mnt, until=lambda s: s["backing_ids"] == s["backing_kept"] == base)
-    assert closed["backing_ids"] == closed["backing_kept"] == base, closed
+    closed = _state(mnt, until=lambda s: s["release_requests"] >= 2)    # held's and cat's
+    assert closed["release_requests"] == closed["open_requests"] == 2, closed
+    assert closed["backing_ids"] == closed["backing_kept"] == 0, closed
     assert _cat(mnt / "workspace" / name) == new                # next open: the new file
-    kept = _state(mnt, until=lambda s: s["backing_kept"] == base + 1)
-    assert kept["backing_kept"] == kept["backing_ids"] == base + 1, kept
+    kept = _state(mnt, until=lambda s: s["release_requests"] >= 3)
+    assert kept["backing_kept"] == kept["backing_ids"] == 1, kept
     assert _cat(mnt / "workspace" / name) == new                # the kept one, reused
-    assert _state(mnt, until=lambda s: s["backing_reuses"] > kept["backing_reuses"])[
-        "backing_reuses"] == kept["backing_reuses"] + 1
+    reused = _state(mnt, until=lambda s: s["release_requests"] >= 4)
+    assert reused["backing_reuses"] == kept["backing_reuses"] + 1, reused
+    assert reused["backing_registrations"] == kept["backing_registrations"], reused
     newest = b"II*\x00" + os.urandom(len(old))                  # replaced while kept
     tmp.write_bytes(newest)
     os.replace(tmp, source)
     assert _cat(mnt / "workspace" / name) == newest
+    swapped = _state(mnt, until=lambda s: s["release_requests"] >= 5)
+    assert swapped["backing_registrations"] == kept["backing_registrations"] + 1, swapped
+    assert swapped["backing_ids"] == 1, swapped     # the old version's released, not kept
     newer = os.urandom(4096)
     source.write_bytes(newer)                                   # changed in place
     assert _cat(mnt / "workspace" / name) == newer

@@ -205,6 +205,7 @@ class VfsOperations(pyfuse3.Operations):
     # -- lookups and attributes ---------------------------------------------------
     @fuse_operation
     async def lookup(self, parent_inode, name, ctx=None):
+        self.data_path.counters.lookup_requests += 1
         if len(name) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         parent = self._node(parent_inode)
@@ -217,6 +218,7 @@ class VfsOperations(pyfuse3.Operations):
 
     @fuse_operation
     async def getattr(self, inode, ctx=None):
+        self.data_path.counters.getattr_requests += 1
         return self._attr(self._node(inode))
 
     async def forget(self, inode_list):
@@ -313,6 +315,7 @@ class VfsOperations(pyfuse3.Operations):
     # -- files --------------------------------------------------------------------
     @fuse_operation
     async def open(self, inode, flags, ctx):
+        self.data_path.counters.open_requests += 1
         node = self._node(inode)
         if self.data_path.kept(inode):   # its backing file is still registered: the node
             opened = await self._work(node, "open_file", flags, True)   # checks the source
@@ -351,6 +354,7 @@ class VfsOperations(pyfuse3.Operations):
 
     @fuse_operation
     async def flush(self, fh):
+        self.data_path.counters.flush_requests += 1
         node, handle = self._handle(fh)
         await self._committing(node, "flush", handle)
 
@@ -361,6 +365,7 @@ class VfsOperations(pyfuse3.Operations):
 
     @fuse_operation
     async def release(self, fh):
+        self.data_path.counters.release_requests += 1
         node, handle = self._handles.pop(fh)
         self._forget_handle(fh)
         await self._committing(node, "release", handle)
@@ -395,6 +400,7 @@ class VfsOperations(pyfuse3.Operations):
     # -- writes: nodes with write capabilities (outputs/); EROFS everywhere else ----------
     @fuse_operation
     async def create(self, parent_inode, name, mode, flags, ctx):
+        self.data_path.counters.open_requests += 1
         parent = self._node(parent_inode)
         if parent.inline("create"):       # a new staging file: both cheap on a local disk
             node = parent.create(name)

@@ -74,6 +74,12 @@ class Counters:
 
     read_requests: int = 0
     write_requests: int = 0
+    # the other requests a file costs (what is left per file with passthrough; benchmarks)
+    lookup_requests: int = 0
+    getattr_requests: int = 0
+    open_requests: int = 0            # OPEN and CREATE
+    flush_requests: int = 0
+    release_requests: int = 0
     passthrough_opens: int = 0
     daemon_opens: int = 0
     backing_ids: int = 0              # registered now (open, or kept for the next open)
