@@ -222,7 +222,7 @@ class PlaneStorage:
         plane = _decode(fd, self.beside.rel)
         store = area.store(self.sub, create=True)
         # The plane's chunk is written now; the store's metadata (shapes, records, NGFF)
-        # is batched (the daemon's recorder, once a second; unmount; fsync). The
+        # is batched (the daemon's recorder, once requests pause; unmount; fsync). The
         # store says it is unflushed meanwhile, and its next opening rebuilds the index
         # from the chunks on disk: a kill -9 right after close() loses nothing.
         try:
