@@ -35,18 +35,19 @@ BENCHMARKS = {
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks")
-    p.add_argument("name", choices=["list", "all", *BENCHMARKS])
+    p.add_argument("name", nargs="+", choices=["list", "all", *BENCHMARKS],
+                   help="one or more benchmarks (run in that order)")
     p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     p.add_argument("--size-gb", type=float, default=1.0, help="zarr: synthetic plate size")
     p.add_argument("--memory-only", action="store_true",
                    help="zarr: only the conversion's peak memory (for plates larger than RAM/4)")
     args = p.parse_args(argv)
-    if args.name == "list":
+    if "list" in args.name:
         for name, text in BENCHMARKS.items():
             print(f"{name:12s} {text}")
         return 0
     print(f"# vfsmount benchmarks, {time.strftime('%Y-%m-%d %H:%M')}, {machine()}")
-    for name in (BENCHMARKS if args.name == "all" else [args.name]):
+    for name in (BENCHMARKS if "all" in args.name else args.name):
         importlib.import_module(f"benchmarks.{name}").run(args)
     return 0
 

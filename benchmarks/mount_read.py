@@ -38,27 +38,87 @@ def _time(fn) -> float:
 
 def data_path(mnt: Path) -> str:
     """What the mount says it uses (its state file, as `vfsmount list` shows it)."""
+    return state(mnt).get("data_path", "?")
+
+
+def state(mnt: Path) -> dict:
+    """The daemon's state file: data path and request counters (rewritten within 0.2 s of a
+    change)."""
     from vfsmount.control import state_path
     for _ in range(100):
         try:
-            return json.loads(state_path(mnt).read_text())["data_path"]
-        except (OSError, ValueError, KeyError):
+            return json.loads(state_path(mnt).read_text())
+        except (OSError, ValueError):
             time.sleep(0.05)
-    return "?"
+    return {}
 
 
-def read_rounds(real: list[Path], virt: list[Path]) -> dict[str, list[float]]:
+def daemon_cpu(pid: int) -> float:
+    """CPU seconds the daemon's threads have run (schedstat: ns, unlike the 10 ms ticks of
+    /proc/PID/stat); 0 where unavailable."""
+    total = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return total / 1e9
+
+
+REQUESTS = ("lookup", "getattr", "open", "flush", "release", "read", "write")
+
+
+class PerFile:
+    """What each file costs the mount, measured around one run of a command: wall time
+    beyond the baseline's, the daemon's CPU time and the requests it served (load moves the
+    first, hardly the others)."""
+
+    def __init__(self) -> None:
+        self.extra_us: list[float] = []
+        self.cpu_us: list[float] = []
+        self.requests: dict[str, list[float]] = {r: [] for r in REQUESTS}
+
+    def measure(self, mnt: Path, pid: int, n: int, fn, baseline_s: float) -> float:
+        time.sleep(0.4)                      # the state file catches up
+        before, cpu = state(mnt), daemon_cpu(pid)
+        took = _time(fn)
+        cpu = daemon_cpu(pid) - cpu
+        time.sleep(0.4)
+        after = state(mnt)
+        self.extra_us.append((took - baseline_s) / n * 1e6)
+        self.cpu_us.append(cpu / n * 1e6)
+        for r in REQUESTS:
+            key = f"{r}_requests"
+            self.requests[r].append((after.get(key, 0) - before.get(key, 0)) / n)
+        return took
+
+    def row(self, what: str) -> tuple:
+        med = statistics.median
+        reqs = " / ".join(f"{med(self.requests[r]):.1f}" for r in REQUESTS)
+        return (what, f"{med(self.extra_us):,.0f}", f"{med(self.cpu_us):,.0f}", reqs)
+
+
+PER_FILE_HEADERS = ("what", "extra wall per file, us (median)", "daemon CPU per file, us",
+                    "requests per file: " + " / ".join(r.upper() for r in REQUESTS))
+
+
+def read_rounds(real: list[Path], virt: list[Path], mnt: Path, pid: int,
+                per_file: dict[str, PerFile]) -> dict[str, list[float]]:
     """Cold and warm `cat` of the real files and of the mount's, side by side, ROUNDS times."""
     t: dict[str, list[float]] = {"cat_cold": [], "mnt_cold": [], "cat_warm": [], "mnt_warm": []}
+    n = len(virt)
     for _ in range(ROUNDS):
         drop_caches(real + virt)
         t["cat_cold"].append(_time(lambda: cat(real)))
         drop_caches(real + virt)
-        t["mnt_cold"].append(_time(lambda: cat(virt)))
+        t["mnt_cold"].append(per_file["cold"].measure(mnt, pid, n, lambda: cat(virt),
+                                                      t["cat_cold"][-1]))
         cat(real)
         cat(virt)
         t["cat_warm"].append(_time(lambda: cat(real)))
-        t["mnt_warm"].append(_time(lambda: cat(virt)))
+        t["mnt_warm"].append(per_file["warm"].measure(mnt, pid, n, lambda: cat(virt),
+                                                      t["cat_warm"][-1]))
     return t
 
 
@@ -75,15 +135,18 @@ def run(args) -> None:
         real = [plate_dir / mapping[n] for n in names]
         nbytes = sum(p.stat().st_size for p in real)
         size = f"{len(names)} x {nbytes / len(names) / 2**20:.0f} MiB"
-        rows, ratio_rows = [], []
+        rows, ratio_rows, per_file_rows = [], [], []
         mnt = base / "mnt"
         for label, extra in (("default", []), ("passthrough forced off", ["--no-passthrough"])):
             for folder in ("workspace", "images"):
                 if folder == "images" and extra:
                     continue        # images/ is served by the daemon either way
-                with mounted(plate_dir, mnt, *extra):
+                per_file = {"cold": PerFile(), "warm": PerFile()}
+                with mounted(plate_dir, mnt, *extra) as pid:
                     path = data_path(mnt)
-                    t = read_rounds(real, [mnt / folder / n for n in names])
+                    t = read_rounds(real, [mnt / folder / n for n in names], mnt, pid, per_file)
+                for kind in ("cold", "warm"):
+                    per_file_rows.append(per_file[kind].row(f"{folder}/, {kind}, {label}"))
                 for kind, goal in (("cold", ">= 0.9"), ("warm", ">= 0.95")):
                     base_t, mnt_t = t[f"cat_{kind}"], t[f"mnt_{kind}"]
                     ratios = [b / m for b, m in zip(base_t, mnt_t)]
@@ -105,6 +168,10 @@ def run(args) -> None:
             ratio_rows.append((f"workspace/, {kind}", off, on, on / off))
         table("Passthrough vs forced off (ratios to cat of the same run)", ratio_rows,
               ("what", "forced off", "default", "default / forced off"))
+        table(f"What each of the {len(names)} files costs the mount (medians of {ROUNDS} rounds; "
+              "daemon CPU from schedstat; requests from the daemon's counters)", per_file_rows,
+              PER_FILE_HEADERS)
+        print(f"load average at the end: {os.getloadavg()[0]:.2f} (2-core machine)")
         rows = []
 
         for strategy in (("file",) if args.quick else ("file", "well")):

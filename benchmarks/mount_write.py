@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import subprocess
@@ -24,7 +25,7 @@ from backends.naming import ParsedName, parse_virtual_name
 from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate, synthetic_image
 
 from .common import drop_caches, mib_s, mounted, table
-from .mount_read import data_path
+from .mount_read import PER_FILE_HEADERS, PerFile, data_path
 
 PLANE = (1024, 1024)
 ROUNDS = 3
@@ -83,16 +84,19 @@ def run(args) -> None:
         rows = []
 
         local, mount = {"default": [], "passthrough forced off": []}, {"default": [], "passthrough forced off": []}
-        paths = {}
+        paths, per_file = {}, {label: PerFile() for label in local}
         for _ in range(ROUNDS):          # side by side: the machine's load drifts
             for label, extra in (("default", []), ("passthrough forced off", ["--no-passthrough"])):
                 drop_caches(files)
                 local[label].append(timed_cp(src, base / "local_copy"))
                 shutil.rmtree(base / "local_copy")
-                with mounted(plate, base / "mnt", "--writable", "--materialize", "disk", *extra):
-                    paths[label] = data_path(base / "mnt")
+                mnt = base / "mnt"
+                with mounted(plate, mnt, "--writable", "--materialize", "disk", *extra) as pid:
+                    paths[label] = data_path(mnt)
                     drop_caches(files)
-                    mount[label].append(timed_cp(src, base / "mnt" / "outputs" / "disk_copy"))
+                    mount[label].append(per_file[label].measure(
+                        mnt, pid, n, lambda: timed_cp(src, mnt / "outputs" / "disk_copy"),
+                        local[label][-1]))
                 shutil.rmtree(plate / "outputs" / "disk_copy")
         ratio = {}
         for label in local:
@@ -124,6 +128,10 @@ def run(args) -> None:
               "throughput)", rows,
               ("what", "data", "baseline MiB/s", "mount MiB/s", "ratio (median)", "ratio range",
                "goal"))
+        table(f"What each of the {n} files costs the mount (cp -r into outputs/, disk; medians "
+              f"of {ROUNDS} rounds)", [per_file[label].row(label) for label in per_file],
+              PER_FILE_HEADERS)
+        print(f"load average at the end: {os.getloadavg()[0]:.2f} (2-core machine)")
         table("Passthrough vs forced off (ratios to the local cp of the same run)",
               [("cp -r into outputs/ (disk)", ratio["passthrough forced off"], ratio["default"],
                 ratio["default"] / ratio["passthrough forced off"])],

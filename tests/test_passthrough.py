@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from backends.plates.plate import Plate
 from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
 from vfsmount.control import state_path
 from vfsmount.passthrough import DataPath
@@ -79,11 +80,25 @@ def test_vendor_files_are_read_without_the_daemon(plate, mounts):
                    + len(names))
     assert state["passthrough_opens"] >= before["passthrough_opens"] + len(names), state
     assert state["read_requests"] == before["read_requests"] == 0, state
+    # each source opened and registered once; after the last close its backing file stays
+    # registered (kept) for the next open
+    kept = _state(mnt, until=lambda s: s["backing_kept"] == len(names))
+    assert kept["backing_kept"] == kept["backing_ids"] == kept["backing_registrations"] \
+        == len(names), kept
+    # reading them again opens no source: the kept backing files serve, nothing reaches READ
+    for name in names:
+        assert _md5(_cat(mnt / "workspace" / name)) in sources, name
+    again = _state(mnt, until=lambda s: s["backing_reuses"] >= len(names)
+                   and s["backing_kept"] == len(names))
+    assert again["backing_reuses"] == kept["backing_reuses"] + len(names), again
+    assert again["backing_registrations"] == len(names) and again["read_requests"] == 0, again
     # a second reader of an open file shares its inode's one backing id
     with open(mnt / "workspace" / names[0], "rb") as a, open(mnt / "workspace" / names[0], "rb") as b:
         assert a.read() == b.read()
-        assert _state(mnt, until=lambda s: s["backing_ids"] == 1)["backing_ids"] == 1
-    assert _state(mnt, until=lambda s: s["backing_ids"] == 0)["backing_ids"] == 0   # last release
+        both = _state(mnt, until=lambda s: s["backing_kept"] == len(names) - 1)
+        assert both["backing_ids"] == len(names) and both["backing_kept"] == len(names) - 1, both
+    assert _state(mnt, until=lambda s: s["backing_kept"] == len(names))["backing_ids"] \
+        == len(names)   # last release: kept again
     # images/ is calibrated (a new first IFD): other bytes than the vendor's, so the daemon
     calibrated = _cat(mnt / "images" / sorted(os.listdir(mnt / "images"))[0])
     assert _md5(calibrated) not in sources
@@ -120,9 +135,8 @@ def test_source_replaced_while_mounted(plate, mounts):
     mnt = mounts.mount(plate)
     _require_passthrough(mnt)
     name = sorted(os.listdir(mnt / "workspace"))[0]
-    source = plate / subprocess.run(
-        [sys.executable, "-m", "vfsmount", "info", str(mnt / "workspace" / name)],
-        capture_output=True, text=True, check=True).stdout.split("source:")[1].split()[0]
+    # (from the mapping: `vfsmount info` of the file would open it, and keep a backing file)
+    source = plate / Plate.open(plate).entry("workspace")["workspace_mapping"][name]
     old = source.read_bytes()
     new = b"II*\x00" + os.urandom(len(old) + 1000)
     with open(mnt / "workspace" / name, "rb") as held:
@@ -133,8 +147,24 @@ def test_source_replaced_while_mounted(plate, mounts):
         assert _cat(mnt / "workspace" / name)[:len(old)] == old     # the open version
         held.seek(0)
         assert held.read() == old
-    assert _state(mnt, until=lambda s: s["backing_ids"] == 0)["backing_ids"] == 0
+    # the old version's backing file is released at its last close, never kept
+    closed = _state(mnt, until=lambda s: s["release_requests"] >= 2)    # held's and cat's
+    assert closed["release_requests"] == closed["open_requests"] == 2, closed
+    assert closed["backing_ids"] == closed["backing_kept"] == 0, closed
     assert _cat(mnt / "workspace" / name) == new                # next open: the new file
+    kept = _state(mnt, until=lambda s: s["release_requests"] >= 3)
+    assert kept["backing_kept"] == kept["backing_ids"] == 1, kept
+    assert _cat(mnt / "workspace" / name) == new                # the kept one, reused
+    reused = _state(mnt, until=lambda s: s["release_requests"] >= 4)
+    assert reused["backing_reuses"] == kept["backing_reuses"] + 1, reused
+    assert reused["backing_registrations"] == kept["backing_registrations"], reused
+    newest = b"II*\x00" + os.urandom(len(old))                  # replaced while kept
+    tmp.write_bytes(newest)
+    os.replace(tmp, source)
+    assert _cat(mnt / "workspace" / name) == newest
+    swapped = _state(mnt, until=lambda s: s["release_requests"] >= 5)
+    assert swapped["backing_registrations"] == kept["backing_registrations"] + 1, swapped
+    assert swapped["backing_ids"] == 1, swapped     # the old version's released, not kept
     newer = os.urandom(4096)
     source.write_bytes(newer)                                   # changed in place
     assert _cat(mnt / "workspace" / name) == newer

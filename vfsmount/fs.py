@@ -30,12 +30,16 @@ from .config import DEFAULT_THREADS
 from .errors import fuse_operation
 from .listing import LISTED_INODES, find_listed
 from .nodes import DirNode, Node, OpenFile
-from .passthrough import DataPath
+from .passthrough import PASSTHROUGH, DataPath
 from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 1 << 20           # st_blksize: cp/cat size their reads from it
+# st_blksize of a file whose bytes the kernel passes through: no request per read or write,
+# so cp/cat use the buffer they use on a local disk (coreutils' IO_BUFSIZE). A larger one
+# costs them a fresh buffer per file (glibc mmaps 1 MiB: 256 page faults per file).
+PASSTHROUGH_BLOCK_SIZE = 128 << 10
 XATTR_PREFIX = layout.XATTR_PREFIX.encode()
 READDIR_CHUNK = 4096           # rows of a columnar folder sliced at once for one readdir reply
 DIR_HANDLES = 1 << 40          # snapshot directory handles live above every inode number
@@ -129,7 +133,8 @@ class VfsOperations(pyfuse3.Operations):
         e.entry_timeout = e.attr_timeout = node.entry_timeout
         e.st_mode = node.mode
         e.st_uid, e.st_gid = self.uid, self.gid
-        e.st_blksize = BLOCK_SIZE
+        e.st_blksize = (PASSTHROUGH_BLOCK_SIZE if node.passes_through
+                        and self.data_path.mode == PASSTHROUGH else BLOCK_SIZE)
         e.st_nlink = node.nlink
         e.st_size = 0 if node.is_dir else self._size(node, lookup)
         if e.st_size < 0:                  # content gone (unlinked, refused): no links, as on disk
@@ -167,13 +172,17 @@ class VfsOperations(pyfuse3.Operations):
         self._handles[fh] = (node, handle)
         return fh
 
-    def _file_info(self, node: Node, opened: OpenFile) -> pyfuse3.FileInfo:
+    def _file_info(self, node: Node, opened: OpenFile) -> pyfuse3.FileInfo | None:
         """The reply to open/create: the data path of this open, decided here once (passthrough
-        where the node offers a backing file and the kernel takes it, else the daemon)."""
+        where the node offers a backing file and the kernel takes it, else the daemon). None
+        if a kept backing file the open counted on is gone (open the node again)."""
+        inode = node.inode
+        path = self.data_path.open(inode, opened, lambda: self._label(inode))
+        if path is None:
+            return None
+        backing_id, direct_io = path
         fh = self._new_handle(node, opened.handle)
-        backing_id, direct_io = self.data_path.open(node.inode, opened.backing_fd,
-                                                    opened.direct_io, self._label(node.inode))
-        self._paths[fh] = (node.inode, backing_id, direct_io)
+        self._paths[fh] = (inode, backing_id, direct_io)
         if backing_id:
             node.passthrough_started(opened.handle)
         # keep_cache on a passthrough open would make the kernel refuse it
@@ -196,6 +205,7 @@ class VfsOperations(pyfuse3.Operations):
     # -- lookups and attributes ---------------------------------------------------
     @fuse_operation
     async def lookup(self, parent_inode, name, ctx=None):
+        self.data_path.counters.lookup_requests += 1
         if len(name) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         parent = self._node(parent_inode)
@@ -208,6 +218,7 @@ class VfsOperations(pyfuse3.Operations):
 
     @fuse_operation
     async def getattr(self, inode, ctx=None):
+        self.data_path.counters.getattr_requests += 1
         return self._attr(self._node(inode))
 
     async def forget(self, inode_list):
@@ -304,13 +315,20 @@ class VfsOperations(pyfuse3.Operations):
     # -- files --------------------------------------------------------------------
     @fuse_operation
     async def open(self, inode, flags, ctx):
+        self.data_path.counters.open_requests += 1
         node = self._node(inode)
-        opened = await self._work(node, "open_file", flags)
+        if self.data_path.kept(inode):   # its backing file is still registered: the node
+            opened = await self._work(node, "open_file", flags, True)   # checks the source
+        else:
+            opened = await self._work(node, "open_file", flags)
         if opened.invalidate:
             log.info("%s: source changed since last opened; dropping cached pages",
                      self._label(inode))
             self._invalidate_later(inode)
-        return self._file_info(node, opened)
+        info = self._file_info(node, opened)
+        if info is None:                 # the kept backing file was released meanwhile
+            info = self._file_info(node, await self._work(node, "open_file", flags))
+        return info
 
     @fuse_operation
     async def read(self, fh, off, size):
@@ -336,6 +354,7 @@ class VfsOperations(pyfuse3.Operations):
 
     @fuse_operation
     async def flush(self, fh):
+        self.data_path.counters.flush_requests += 1
         node, handle = self._handle(fh)
         await self._committing(node, "flush", handle)
 
@@ -346,6 +365,7 @@ class VfsOperations(pyfuse3.Operations):
 
     @fuse_operation
     async def release(self, fh):
+        self.data_path.counters.release_requests += 1
         node, handle = self._handles.pop(fh)
         self._forget_handle(fh)
         await self._committing(node, "release", handle)
@@ -380,6 +400,7 @@ class VfsOperations(pyfuse3.Operations):
     # -- writes: nodes with write capabilities (outputs/); EROFS everywhere else ----------
     @fuse_operation
     async def create(self, parent_inode, name, mode, flags, ctx):
+        self.data_path.counters.open_requests += 1
         parent = self._node(parent_inode)
         if parent.inline("create"):       # a new staging file: both cheap on a local disk
             node = parent.create(name)

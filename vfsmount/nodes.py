@@ -27,7 +27,11 @@ answers the right errno (EROFS for writes, ENOTDIR/EISDIR for the wrong kind):
 - data path: per open, ``OpenFile.backing_fd`` -- a descriptor of a real file holding exactly
   this file's bytes, so the kernel may serve reads (and writes) from it without the daemon
   (FUSE passthrough; ``fs.py`` decides, and falls back to ``read``/``write``); and
-  ``passthrough_started(handle)``, told when it did;
+  ``passthrough_started(handle)``, told when it did. A read-only source's backing file may
+  stay registered after the last close (``OpenFile.keep_backing``): the next
+  ``open_file(flags, kept=True)`` then only checks that the source is unchanged and opens
+  nothing. ``passes_through``: the kernel normally serves this file's bytes itself (its
+  preferred I/O size is then a local disk's, see fs.py);
 - directories: ``lookup(name)``, ``listing()`` (names by offset, and their nodes);
   ``needs_worker()``/``prepare()`` when the first listing must read the disk;
 - threads: ``inline(op)`` says whether a call may run on the trio loop (cheap, no lock a
@@ -97,6 +101,13 @@ class OpenFile:
     # A real file with exactly this open file's bytes (for writers: where writes belong),
     # open for as long as the handle is: the kernel may use it instead of read()/write().
     backing_fd: int | None = None
+    # backing_fd holds the version of the source this node has seen, and stays this file's
+    # bytes for as long as the source is unchanged: it may stay registered after the last
+    # close and serve later opens (read-only sources only)
+    keep_backing: bool = False
+    # the answer to open_file(flags, kept=True): the source is unchanged, so this open uses
+    # the backing file still registered from an earlier one (no handle, no descriptor)
+    kept: bool = False
 
 
 class Node:
@@ -105,6 +116,7 @@ class Node:
     __slots__ = ("inode", "mode", "mtime_ns")
     entry_timeout = ATTR_TIMEOUT
     blocking_handles = False     # open/flush/fsync/release do I/O: run them in a worker
+    passes_through = False       # opens normally pass through (FUSE passthrough; see fs.py)
 
     def __init__(self, mode: int, mtime_ns: int, inode: int | None = None) -> None:
         self.inode = inode if inode is not None else next_inode()
@@ -303,14 +315,26 @@ class FileNode(Node):
         """
         return self.read(handle, offset, length) if self.cheap else None
 
-    def open_file(self, flags: int) -> OpenFile:
+    def open_file(self, flags: int, kept: bool = False) -> OpenFile:
+        """``kept``: the kernel still holds a backing file this node gave with
+        ``keep_backing``; if the source is unchanged since, that open needs no descriptor."""
         if flags & WRITE_FLAGS:
             raise _read_only()
         changed = self.source_changed()
+        if kept and not changed:
+            return OpenFile(None, noflush=True, kept=True)
         handle = self.open()
+        backing_fd = self.backing_fd(handle)
         # read-only: a flush has nothing to do
         return OpenFile(handle, keep_cache=self.immutable and not changed, invalidate=changed,
-                        noflush=True, backing_fd=self.backing_fd(handle))
+                        noflush=True, backing_fd=backing_fd,
+                        keep_backing=backing_fd is not None and self.is_seen_version(backing_fd))
+
+    def is_seen_version(self, fd: int) -> bool:
+        """True if ``fd`` holds the version of the source that ``source_changed`` last saw
+        (not one swapped in between its stat and the open), so it may serve later opens for
+        as long as the source stays unchanged."""
+        return False
 
     def backing_fd(self, handle: object) -> int | None:
         """A descriptor of a real file whose bytes are exactly this file's (see OpenFile)."""
@@ -419,6 +443,16 @@ class PassthroughFile(FileNode):
     def backing_fd(self, handle: "_ReadAhead") -> int | None:
         return handle.fd if self.bytes_are_source() else None
 
+    @property
+    def passes_through(self) -> bool:
+        return self.bytes_are_source()
+
+    def is_seen_version(self, fd: int) -> bool:
+        # size and mtime as seen by the stat before the open (the inode number, which
+        # source_changed compares too, is not part of every node's attributes)
+        st = os.fstat(fd)
+        return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
+
     def read(self, handle: "_ReadAhead", offset: int, length: int) -> bytes:
         # A worker reads READ_AHEAD bytes at once, so the kernel's next 128 KiB requests
         # are answered inline from memory instead of each hopping to a thread.
@@ -442,8 +476,9 @@ class PassthroughFile(FileNode):
             return None   # partly cached: let a worker read the rest
         return bytes(memoryview(buf)[:n])
 
-    def release(self, handle: "_ReadAhead") -> bool:
-        os.close(handle.fd)
+    def release(self, handle: "_ReadAhead | None") -> bool:
+        if handle is not None:         # (None: an open served by a kept backing file)
+            os.close(handle.fd)
         return False
 
 

@@ -222,7 +222,7 @@ class PlaneStorage:
         plane = _decode(fd, self.beside.rel)
         store = area.store(self.sub, create=True)
         # The plane's chunk is written now; the store's metadata (shapes, records, NGFF)
-        # is batched (the daemon's recorder, once a second; unmount; fsync). The
+        # is batched (the daemon's recorder, once requests pause; unmount; fsync). The
         # store says it is unflushed meanwhile, and its next opening rebuilds the index
         # from the chunks on disk: a kill -9 right after close() loses nothing.
         try:
@@ -369,6 +369,11 @@ class WritableOutFile(OutFile):
 
     def _unsaved(self) -> bool:
         return self.state in (State.DIRTY, State.REFUSED, State.FAILED)
+
+    @property
+    def passes_through(self) -> bool:
+        """The kernel writes the staged bytes itself (see nodes.Node.passes_through)."""
+        return self.passed_through
 
     @property
     def size(self) -> int:

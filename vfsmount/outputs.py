@@ -167,6 +167,7 @@ class OutputsArea:
         self.plate = plate
         self.writable, self.materialize, self.sync_on_close = writable, materialize, sync_on_close
         self.lock = threading.RLock()
+        self._recording = threading.Lock()     # one metadata recorder at a time
         self._moves = 0            # odd while a rename moves disk and nodes (see settled)
         self._stores: dict[str, object] = {}
         self.stores_dirty: set[str] = set()       # zarr stores whose metadata awaits a flush
@@ -358,29 +359,38 @@ class OutputsArea:
         """Record every first-level output folder (and outputs/ itself) in the metadata,
         derived from what is committed, through ``record_output_folder``. A folder that
         cannot be recorded (removed meanwhile, unreadable) is logged and skipped. ``force``:
-        at mount and unmount, whatever changed. Only a writable area records anything."""
+        at mount and unmount, whatever changed. Only a writable area records anything.
+        What is committed is listed under the area's lock; the metadata file is written
+        (fsynced) after it is released, so that commits never wait for that fsync."""
         if self.disk is None:
             return
-        self.flush_stores(final=force)
-        if not (self._metadata_dirty or force):
-            return
-        self._metadata_dirty = False
-        recorded = {}
-        with self.lock:
-            folders = [n for n, is_dir in self.scandir("") if is_dir and not n.endswith(ZARR_SUFFIX)]
-            for sub in natsorted(folders) + [""]:
+        with self._recording:
+            self.flush_stores(final=force)
+            if not (self._metadata_dirty or force):
+                return
+            self._metadata_dirty = False
+            listed = []
+            with self.lock:
+                folders = [n for n, is_dir in self.scandir("")
+                           if is_dir and not n.endswith(ZARR_SUFFIX)]
+                for sub in natsorted(folders) + [""]:
+                    try:
+                        files = [n for n, is_dir in self.scandir(sub) if is_dir is False]
+                        listed.append((sub, files, self.store_names(sub) if sub else []))
+                    except (OSError, StorageError) as e:
+                        log.warning("outputs/%s not recorded in the metadata: %s", sub, e)
+            recorded = {}
+            for sub, files, zarr_names in listed:
                 try:
-                    entry = self._record(sub)
+                    entry = self._record(sub, files, zarr_names)
                 except (OSError, StorageError) as e:
                     log.warning("outputs/%s not recorded in the metadata: %s", sub, e)
                     continue
                 if entry:
                     recorded[f"{OUTPUTS_DIR}/{sub}" if sub else OUTPUTS_DIR] = entry
-        self.plate.metadata["subdirectories"].update(recorded)
+            self.plate.metadata["subdirectories"].update(recorded)
 
-    def _record(self, sub: str) -> dict:
-        files = [n for n, is_dir in self.scandir(sub) if is_dir is False]
-        zarr_names = self.store_names(sub) if sub else []
+    def _record(self, sub: str, files: list[str], zarr_names: list[str]) -> dict:
         if not zarr_names:
             return record_output_folder(self.plate.path, sub, files, "disk")
         path = os.path.join(self.root_path, sub + ZARR_SUFFIX)

@@ -11,8 +11,12 @@ The decisions, once per mount and once per open, live here (``fs.py`` only asks)
 - per mount: is passthrough wanted (``--no-passthrough``, ``VFSMOUNT_PASSTHROUGH=0``), does
   this pyfuse3 have it, did the kernel grant it at init, may this process register backing
   files (CAP_SYS_ADMIN). The answer and its reason are logged and shown by `vfsmount list`.
-- per open: one backing id per inode (registered at its first passthrough open, released at
-  its last release, as libfuse's example/passthrough_hp does); the kernel refuses (EIO) an
+- per open: one backing id per inode (registered at its first passthrough open, as
+  libfuse's example/passthrough_hp does). At its last release it is released, or, for a
+  read-only source whose node says so (``OpenFile.keep_backing``), kept registered for a
+  while (``KEEP_BACKINGS``, ``KEEP_SECONDS``): the next open of that inode asks the node
+  whether the source is unchanged (one stat) and reuses it, opening nothing; a changed
+  source gets a new one. The kernel refuses (EIO) an
   open whose io mode contradicts the inode's other opens, so an inode with page-cached opens
   gets no passthrough, and every open of an inode in passthrough shares its backing file.
   The daemon's view lags the kernel's (it hears of a release after the kernel has done it),
@@ -25,6 +29,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -37,15 +43,18 @@ CAP_SYS_ADMIN = 21
 PASSTHROUGH = "passthrough"
 DAEMON = "daemon"
 
+# Backing files kept registered after their last close, so that reopening a vendor file
+# costs one stat instead of opening the source and registering it again (libfuse's
+# passthrough_hp keeps one per inode for as long as the kernel knows the inode). Bounded in
+# number and in time, so that a source deleted or replaced in the plate is not held open
+# (its disk space pinned) for long.
+KEEP_BACKINGS = 512
+KEEP_SECONDS = 30.0
+
 
 def supported() -> bool:
     """This pyfuse3 can register backing files (built with the patch against libfuse >= 3.17.1)."""
     return hasattr(pyfuse3, "passthrough_open")
-
-
-def _identity(fd: int) -> tuple[int, int]:
-    st = os.fstat(fd)
-    return st.st_dev, st.st_ino
 
 
 def _has_cap_sys_admin() -> bool:
@@ -65,16 +74,26 @@ class Counters:
 
     read_requests: int = 0
     write_requests: int = 0
+    # the other requests a file costs (what is left per file with passthrough; benchmarks)
+    lookup_requests: int = 0
+    getattr_requests: int = 0
+    open_requests: int = 0            # OPEN and CREATE
+    flush_requests: int = 0
+    release_requests: int = 0
     passthrough_opens: int = 0
     daemon_opens: int = 0
-    backing_ids: int = 0              # registered now
+    backing_ids: int = 0              # registered now (open, or kept for the next open)
+    backing_kept: int = 0             # of which no open uses now
+    backing_registrations: int = 0    # sources opened and registered with the kernel
+    backing_reuses: int = 0           # opens served by a kept backing file (no source opened)
 
 
 @dataclass
 class _Backing:
     backing_id: int
-    file: tuple[int, int]         # (st_dev, st_ino) of the backing file
     opens: int = 1
+    keep: bool = False            # may stay registered once no open uses it (see OpenFile)
+    idle_since: float = 0.0
 
 
 @dataclass
@@ -85,7 +104,8 @@ class DataPath:
     mode: str = DAEMON
     reason: str = "not mounted yet"
     counters: Counters = field(default_factory=Counters)
-    _backing: dict = field(default_factory=dict)         # inode -> _Backing
+    _backing: dict = field(default_factory=dict)         # inode -> _Backing (open or kept)
+    _idle: OrderedDict = field(default_factory=OrderedDict)   # inode -> None, oldest first
     _cached: dict = field(default_factory=dict)          # inode -> opens in page-cache mode
     _refusals: set = field(default_factory=set)          # errnos already logged
 
@@ -124,45 +144,65 @@ class DataPath:
         return f"{self.mode}: {self.reason}"
 
     # -- per open --------------------------------------------------------------------
-    def open(self, inode: int, backing_fd: int | None, direct_io: bool, label: str) -> tuple[int, bool]:
-        """(backing id or 0, direct_io) for one open; call ``release`` with the same inode
-        and the id returned when the handle is released."""
+    def kept(self, inode: int) -> bool:
+        """True if ``inode`` has a backing file that may serve its next open if its source
+        is unchanged (ask the node: ``open_file(flags, kept=True)``)."""
+        backing = self._backing.get(inode)
+        return backing is not None and backing.keep
+
+    def open(self, inode: int, opened, label) -> tuple[int, bool] | None:
+        """(backing id or 0, direct_io) for one open (``opened``: the node's ``OpenFile``;
+        ``label()`` names the file in log lines); call ``release`` with the same inode and
+        the id returned when the handle is released. None if ``opened.kept`` but the kept
+        backing file is gone meanwhile: open the node again without ``kept``."""
         backing = self._backing.get(inode)
         if backing is not None:
-            # The kernel refuses (EIO) any open of an inode in passthrough that is not a
-            # passthrough open of the same backing file: share it, even if the node now has
-            # another file (a source replaced while a file opened before still reads it;
-            # this open sees that version, the next one after it closes the new one).
-            if backing_fd is not None and _identity(backing_fd) != backing.file:
-                log.info("%s: source replaced while open; shares the open version until "
-                         "it is closed", label)
-            backing.opens += 1
-            self.counters.passthrough_opens += 1
-            return backing.backing_id, False
+            if opened.kept or backing.opens:
+                # The kernel refuses (EIO) any open of an inode in passthrough that is not a
+                # passthrough open of the same backing file: share it, even if the node now
+                # has another file (a source replaced while a file opened before still reads
+                # it; this open sees that version, the next one after it closes the new one).
+                if backing.opens == 0:
+                    del self._idle[inode]
+                    self.counters.backing_kept -= 1
+                elif opened.invalidate and opened.backing_fd is not None:
+                    backing.keep = False      # an old version: closed at its last release
+                    log.info("%s: source replaced while open; shares the open version until "
+                             "it is closed", label())
+                backing.opens += 1
+                self.counters.passthrough_opens += 1
+                if opened.kept:
+                    self.counters.backing_reuses += 1
+                return backing.backing_id, False
+            self._close(inode)            # kept, but its source changed since: a new one
+        if opened.kept:
+            return None
+        backing_fd, direct_io = opened.backing_fd, opened.direct_io
         if backing_fd is not None and self.mode == PASSTHROUGH and not self._cached.get(inode):
             backing_id = self._register(backing_fd, label)
             if backing_id:
-                self._backing[inode] = _Backing(backing_id, _identity(backing_fd))
+                self._backing[inode] = _Backing(backing_id, keep=opened.keep_backing)
                 self.counters.passthrough_opens += 1
                 self.counters.backing_ids += 1
+                self.counters.backing_registrations += 1
                 return backing_id, False
         self.counters.daemon_opens += 1
         if not direct_io:
             self._cached[inode] = self._cached.get(inode, 0) + 1
         return 0, direct_io
 
-    def _register(self, fd: int, label: str) -> int:
+    def _register(self, fd: int, label) -> int:
         try:
             return pyfuse3.passthrough_open(fd)
         except OSError as e:
             if e.errno == errno.EPERM:
                 self.mode, self.reason = DAEMON, ("no CAP_SYS_ADMIN: the kernel refused to "
                                                   "register a backing file (EPERM)")
-                log.warning("%s: data path now %s", label, self.summary)
+                log.warning("%s: data path now %s", label(), self.summary)
             elif e.errno not in self._refusals:
                 self._refusals.add(e.errno)
                 log.warning("%s: no passthrough (%s: %s); served by the daemon (further "
-                            "refusals of this kind are not logged)", label,
+                            "refusals of this kind are not logged)", label(),
                             errno.errorcode.get(e.errno, e.errno), e.strerror)
             return 0
 
@@ -173,18 +213,45 @@ class DataPath:
                 return
             backing.opens -= 1
             if backing.opens == 0:
-                del self._backing[inode]
-                self.counters.backing_ids -= 1
-                try:
-                    pyfuse3.passthrough_close(backing_id)
-                except OSError as e:
-                    log.warning("inode %d: releasing backing id %d: %s", inode, backing_id, e)
+                if backing.keep and KEEP_BACKINGS:
+                    backing.idle_since = time.monotonic()
+                    self._idle[inode] = None
+                    self.counters.backing_kept += 1
+                    self.expire(backing.idle_since)
+                else:
+                    self._close(inode)
         elif not direct_io:
             left = self._cached.get(inode, 0) - 1
             if left > 0:
                 self._cached[inode] = left
             else:
                 self._cached.pop(inode, None)
+
+    def expire(self, now: float | None = None) -> None:
+        """Release the kept backing files beyond KEEP_BACKINGS or idle for KEEP_SECONDS
+        (called at each release, and periodically by the daemon)."""
+        idle = self._idle
+        if not idle:
+            return
+        deadline = (time.monotonic() if now is None else now) - KEEP_SECONDS
+        while idle:
+            oldest = next(iter(idle))
+            if len(idle) <= KEEP_BACKINGS and self._backing[oldest].idle_since > deadline:
+                break
+            del idle[oldest]
+            self.counters.backing_kept -= 1
+            self._close(oldest)
+
+    def _close(self, inode: int) -> None:
+        backing = self._backing.pop(inode)
+        if backing.opens == 0 and inode in self._idle:
+            del self._idle[inode]
+            self.counters.backing_kept -= 1
+        self.counters.backing_ids -= 1
+        try:
+            pyfuse3.passthrough_close(backing.backing_id)
+        except OSError as e:
+            log.warning("inode %d: releasing backing id %d: %s", inode, backing.backing_id, e)
 
     def state(self) -> dict:
         """For `vfsmount list` and the tests (the mount's state file)."""
