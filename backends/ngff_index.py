@@ -334,10 +334,11 @@ class WellPlanes:
             lo, k = stop, k + 1
         return out
 
-    def formats(self) -> list[tuple[int, ArrayInfo]]:
-        """(rows, array) of each field in row order: every plane of a field shares its array's
-        shape, dtype and physics, so one file size per field."""
-        return [(len(f.planes.keys), f.info) for f in self.fields]
+    def formats(self) -> list[tuple]:
+        """(rows, plane shape, dtype, pixel size, z spacing) of each field in row order: every
+        plane of a field shares its array's, so one file size per field, known unread."""
+        return [(len(f.planes.keys), f.info.shape[-2:], f.info.dtype, f.info.pixel_size,
+                 f.info.z_spacing) for f in self.fields]
 
     def _locate(self, name: str) -> tuple[int, FieldPlanes, int] | None:
         p = try_parse_virtual_name(name)
