@@ -95,6 +95,7 @@ class PlaneIndex:
         self._read_wells: Any = None                   # (list of pending values) -> PlaneIndex
         self._loading = threading.RLock()
         self.wells_read = 0                            # wells whose metadata was read (lazily)
+        self._order: tuple[list[str], dict[str, int]] | None = None   # explicit names, sorted
 
     # -- wells read on first use ----------------------------------------------------------
     def defer(self, wells: dict[str, Any], read_wells) -> None:
@@ -215,13 +216,22 @@ class PlaneIndex:
         return list(self._files) + [n for w in self._wells.values() for n in w.names()]
 
     def next_name(self, name: str) -> str | None:
-        """The name after ``name`` in natural order within its well (reads nothing; None at
-        a well's end or where not known): what a reader going through the planes wants next."""
+        """The name after ``name`` in natural order (reads nothing; a compact well's planes
+        within the well only): what a reader going through the planes wants next."""
         wp = self._wells.get(name.split("_", 1)[0])
-        if wp is None:
+        i = None if wp is None else wp.offset(name)
+        if i is not None:
+            return wp.names(i + 1, i + 2)[0] if i + 1 < wp.count else None
+        if name not in self._files:
             return None
-        i = wp.offset(name)
-        return None if i is None or i + 1 >= wp.count else wp.names(i + 1, i + 2)[0]
+        with self._loading:
+            if self._order is None or len(self._order[0]) != len(self._files):
+                from natsort import natsorted
+                order = natsorted(self._files)
+                self._order = (order, {n: i for i, n in enumerate(order)})
+            order, position = self._order
+        i = position.get(name)
+        return order[i + 1] if i is not None and i + 1 < len(order) else None
 
     def info(self, array: str) -> ArrayInfo:
         return self._arrays[array]           # an array reached through a ref is read already
@@ -253,6 +263,7 @@ class PlaneIndex:
         """Drop arrays and every plane in them (before taking them in again)."""
         paths = set(paths)
         self._files = {n: r for n, r in self.files.items() if r.array not in paths}
+        self._order = None
         for p in paths:
             self._arrays.pop(p, None)
 
@@ -333,6 +344,12 @@ class WellPlanes:
             out.extend(self._name(f, key) for key in f.planes.keys[lo - base:stop - base])
             lo, k = stop, k + 1
         return out
+
+    def coordinates(self) -> Iterable[tuple[int, int, int, int]]:
+        """(site, channel, z, t) of every plane, in row order (no name made)."""
+        for f in self.fields:
+            for c, z, t in f.planes.keys:
+                yield f.site, c, z, t
 
     def formats(self) -> list[tuple]:
         """(rows, plane shape, dtype, pixel size, z spacing) of each field in row order: every
