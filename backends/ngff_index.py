@@ -270,6 +270,7 @@ class PlaneIndex:
     def update(self, other: "PlaneIndex") -> None:
         """Take in another index, its pending wells included."""
         self._take(other)
+        self.wells_read += other.wells_read
         if other._pending:
             self.defer(other._pending, other._read_wells)
 

@@ -349,6 +349,7 @@ class ListedPlanes:
         self._read_until(stop, some=True)
 
     def _read_until(self, stop: int, *, some: bool = False) -> None:
+        self.load()
         if self.ready >= stop or self.complete:
             return
         with self.lock:
@@ -366,6 +367,7 @@ class ListedPlanes:
 
     def _well(self, k: int):
         """Well ``k``'s planes (read now, alone, if the listing has not reached it)."""
+        self.load()
         if k < len(self.read):
             return self.read[k]
         return self.images.read_wells([self.wells[k]])[0]
