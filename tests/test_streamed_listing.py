@@ -22,6 +22,7 @@ from backends.zarr_backend import ZarrStorageBackend
 from benchmarks.foreign_zarr import write_plate
 
 from .conftest import run_cli
+from .test_scaleout import s3  # noqa: F401  (the local seaweedfs S3 fixture)
 
 COLUMNS, FIELDS = 3, 2          # 16 rows x 3 columns = 48 wells x 2 fields x 6 planes
 
@@ -200,3 +201,22 @@ def test_info_names_a_broken_well(store):
     out = run_cli("info", str(store)).stdout
     assert "plate lists well 'B/2' but the store has no such group" in out
     assert "  B02: no images (see the problems below)" in out
+
+
+def test_a_store_in_object_storage_is_listed_well_by_well_too(store, s3, mounts):
+    """The same store uploaded as is to a local S3 (seaweedfs): mounted, a plane of a well no
+    listing reached is served, the listing is the eager one, `info` prints a line per well."""
+    from backends.remote import filesystem
+
+    from .test_scaleout import _unique
+    url = s3.url(_unique("streamed"))
+    fs, path = filesystem(url)
+    fs.put(str(store), path, recursive=True)
+    mnt = mounts.mount(url)
+    name = f"P{COLUMNS:02d}_s001_w1_z002_t001.tif"
+    data = zarr.open_group(store, mode="r")[f"P/{COLUMNS}/0/0"][0, 1]
+    assert tifffile.imread(mnt / "images" / name).tobytes() == np.ascontiguousarray(data).tobytes()
+    assert os.listdir(mnt / "images") == eager_names(store)
+    out = run_cli("info", url).stdout
+    assert f"  A01: {FIELDS} sites, {FIELDS * 6} images" in out
+    assert f"[zarr] (main)  {16 * COLUMNS * FIELDS * 6} images via zarr" in out
