@@ -220,3 +220,20 @@ def test_a_store_in_object_storage_is_listed_well_by_well_too(store, s3, mounts)
     out = run_cli("info", url).stdout
     assert f"  A01: {FIELDS} sites, {FIELDS * 6} images" in out
     assert f"[zarr] (main)  {16 * COLUMNS * FIELDS * 6} images via zarr" in out
+
+
+def test_wells_without_planes_do_not_end_the_listing(store):
+    """Wells the plate lists but the store lacks add no row: readdir's next ask reads on
+    past them instead of ending the listing there."""
+    from backends.plate import Plate
+    from vfsmount.listing import ListedPlanes, PlaneDir
+    for well in ("A/2", "A/3", "B/1"):
+        shutil.rmtree(store / well)
+    folder = PlaneDir(0, ListedPlanes(Plate.open(store, lazy=True).image_set(), lambda n: {}, 0))
+    folder.wait_rows(4096)
+    first = folder.columns().ready
+    assert first == FIELDS * 6                      # A01
+    folder.wait_rows(first + 4096)
+    columns = folder.columns()
+    assert columns.ready > first and next(iter(columns.names[first:columns.ready])) == \
+        "B02_s001_w1_z001_t001.tif"

@@ -344,8 +344,8 @@ class ListedPlanes:
         return self._loaded and len(self.read) >= len(self.wells)
 
     def wait_rows(self, stop: int) -> None:
-        """Read wells until rows [0, stop) are known, or at least one more well was read
-        (readdir answers with the rows known and the kernel asks again), or all are."""
+        """Read wells until rows [0, stop) are known, or at least one more row is (readdir
+        answers with the rows known and the kernel asks again), or every well is read."""
         self._read_until(stop, some=True)
 
     def _read_until(self, stop: int, *, some: bool = False) -> None:
@@ -353,8 +353,8 @@ class ListedPlanes:
         if self.ready >= stop or self.complete:
             return
         with self.lock:
-            before = len(self.read)
-            while self.ready < stop and not self.complete and not (some and len(self.read) > before):
+            before = self.ready          # (wells of no plane add no row: read on past them)
+            while self.ready < stop and not self.complete and not (some and self.ready > before):
                 batch = self.wells[len(self.read):len(self.read) + self._batch]
                 self._batch = min(self._batch * 2, MAX_WELL_BATCH)
                 for wp in self.images.read_wells(batch):
