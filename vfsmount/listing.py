@@ -533,7 +533,8 @@ class PlaneDir(DirNode):
         self.planes.wait_rows(stop)
 
     def needs_worker(self) -> bool:
-        return True            # a lookup or a listing may read a well
+        # a lookup or a listing may read a well until every well is read
+        return self._populate is not None or not self.planes.complete
 
     def names(self) -> _PlaneNames:
         self._ensure()
