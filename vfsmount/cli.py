@@ -52,8 +52,92 @@ def _cmd_info(args) -> int:
                         "for files of a mount; for a plate, give its folder")
     from backends.plates.plate import Plate
     _apply_plate_settings(args, args.plate)
+    if not args.json and _is_store(args.plate):
+        return _stream_store_info(Plate.open(args.plate, lazy=True))
     return _report(args, info_report(Plate.open(args.plate, rescan=not args.no_rescan)),
                    _print_info)
+
+
+def _is_store(location: str) -> bool:
+    """An OME-Zarr store given directly (local or object storage): read well by well."""
+    from backends.plates.handlers.ome_zarr import is_zarr_store
+    return _is_remote(location) or is_zarr_store(location)
+
+
+def _stream_store_info(plate) -> int:
+    """`info STORE` as text, printed as it reads: the plate, then one line per well as each
+    well's metadata is read (in natural order, a few wells at a time), then the totals. A store
+    of any size starts printing at once and keeps no name in memory (``--json`` prints one
+    document, when everything is read)."""
+    report = {"plate": plate.location, "format": plate.handler_name,
+              **where_writes_go(plate.location), "main": plate.main,
+              "primary_backend": plate.primary_backend()}
+    _print_header(report)
+    for key, e in plate.subdirectories.items():
+        images = plate.image_set(key)
+        if images.streams_wells:
+            s = _streamed_subdirectory(plate, key, e)
+        else:
+            s = _subdirectory_report(plate, key, e)
+        _print_subdirectory(key, s)
+    return 0
+
+
+STREAM_BATCH = 16     # wells read at once by a streamed `info` (one concurrent pass each)
+
+
+def _streamed_subdirectory(plate, key: str, e: dict) -> dict:
+    """What `_subdirectory_report` gives, from the wells read one batch at a time (a line
+    printed per well): counts, sites, channels, z, t and complete image sets over every well."""
+    from collections import Counter
+    images = plate.image_set(key)
+    wells = images.well_order()
+    star = " (main)" if e.get("main") else ""
+    print(f"\n[{key}]{star}  reading {len(wells)} wells, a line each as read:", flush=True)
+    total, sites, channels, zs, ts, combos = 0, set(), set(), set(), set(), Counter()
+    listed, plane = [], None
+    for start in range(0, len(wells), STREAM_BATCH):
+        for wp in images.read_wells(wells[start:start + STREAM_BATCH]):
+            by_set: dict[tuple, set] = {}
+            for site, c, z, t in wp.coordinates():
+                by_set.setdefault((site, z, t), set()).add(c)
+            well_sites = {k[0] for k in by_set}
+            total += wp.count
+            if wp.count:
+                listed.append(wp.well)
+            sites |= well_sites
+            for (_site, z, t), cs in by_set.items():
+                channels |= cs
+                zs.add(z)
+                ts.add(t)
+                combos[frozenset(cs)] += 1
+            if plane is None and wp.count:
+                _rows, shape, dtype, _px, _dz = wp.formats()[0]
+                plane = (int(shape[-1]), int(shape[-2]), str(dtype),
+                         int(shape[-1]) * int(shape[-2]) * dtype.itemsize)
+            print(f"  {wp.well}: {len(well_sites)} sites, {wp.count} images" if wp.count else
+                  f"  {wp.well}: no images (see the problems below)", flush=True)
+    every = frozenset(channels)
+    complete = sum(n for cs, n in combos.items() if cs == every)
+    names = {str(k): v for k, v in (e.get("channels") or {}).items()}
+    return {
+        **_subdirectory_report_keys(e), "images": total, "wells": listed,
+        "sites": sorted(sites), "channels": {str(c): names.get(str(c)) for c in sorted(channels)},
+        "z_indexes": sorted(zs), "timepoints": sorted(ts),
+        "problems": list(images.backend.index.problems),
+        **dict(zip(("width", "height", "dtype", "bytes_per_plane"), plane or (None,) * 4)),
+        "image_sets": {"complete": complete, "incomplete": sum(combos.values()) - complete},
+    }
+
+
+def _subdirectory_report_keys(e: dict) -> dict:
+    """The keys of a subdirectory's report that its metadata entry gives as they are."""
+    return {"pixel_size_um": e.get("pixel_size"), "grid_dimensions": e.get("grid_dimensions"),
+            "z_spacing_um": e.get("z_spacing"), "time_interval_s": e.get("time_interval"),
+            "unknown": e.get("physics_unknown", {}), "unit": e.get("unit"),
+            "other_files": e.get("other_files"),
+            "available_backends": [k for k, v in e.get("available_backends", {}).items() if v],
+            "main": e.get("main", False)}
 
 
 def _report(args, data, print_text: Callable[[Any], None]) -> int:
@@ -102,18 +186,14 @@ def where_writes_go(location: str) -> dict:
 
 def _subdirectory_report(plate, key: str, e: dict) -> dict:
     return {
+        **_subdirectory_report_keys(e),
         "images": len(e.get("image_files", [])),
         "wells": e.get("wells", []), "sites": e.get("sites", []),
         "channels": e.get("channels", {}), "z_indexes": e.get("z_indexes", []),
-        "timepoints": e.get("timepoints", []), "pixel_size_um": e.get("pixel_size"),
-        "grid_dimensions": e.get("grid_dimensions"),
-        "z_spacing_um": e.get("z_spacing"), "time_interval_s": e.get("time_interval"),
-        "unknown": e.get("physics_unknown", {}), "unit": e.get("unit"),
-        "problems": e.get("problems", []), "other_files": e.get("other_files"),
+        "timepoints": e.get("timepoints", []),
+        "problems": e.get("problems", []),
         **_plane_format(plate, key, e),
         "image_sets": _image_set_counts(plate, key),
-        "available_backends": [k for k, v in e.get("available_backends", {}).items() if v],
-        "main": e.get("main", False),
     }
 
 
@@ -147,48 +227,56 @@ def _image_set_counts(plate, key: str) -> dict:
 
 
 def _print_info(report: dict) -> None:
-    print(f"plate:     {report['plate']}")
-    print(f"format:    {report['format']}")
-    print(f"metadata:  {report['metadata_file']}")
-    print(f"outputs:   {report['outputs_dir'] or 'none yet: name a folder with --outputs-dir DIR'}")
-    if report["hands_off"]:
-        print(f"hands-off: {report['hands_off']}: nothing is written into the plate folder")
-    print(f"main:      {report['main']} (read through {report['primary_backend']})")
+    _print_header(report)
     for key, s in report["subdirectories"].items():
-        star = " (main)" if s["main"] else ""
-        print(f"\n[{key}]{star}  {s['images']} images via {', '.join(s['available_backends'])}")
-        wells = s["wells"]
-        more = " ..." if len(wells) > 24 else ""
-        print(f"  wells:     {len(wells)}: {' '.join(wells[:24])}{more}")
-        print(f"  sites:     {s['sites']}")
-        chans = ", ".join(f"w{c}" + (f"={n}" if n else "") for c, n in s["channels"].items())
-        print(f"  channels:  {chans}")
-        print(f"  z:         {s['z_indexes']}, spacing " + (
-            f"{s['z_spacing_um']} um" if s["z_spacing_um"] else
-            f"unknown ({s['unknown'].get('z_spacing', 'not recorded')})"))
-        print(f"  t:         {s['timepoints']}")
-        plane = "unknown" if s["width"] is None else \
-            f"{s['width']} x {s['height']} {s['dtype']}, {s['bytes_per_plane']} bytes"
-        print(f"  plane:     {plane}")
-        sets = s["image_sets"]
-        if sets["complete"] is not None:
-            print(f"  image sets: {sets['complete']} complete" + (
-                f", {sets['incomplete']} incomplete left out of load_data.csv"
-                if sets["incomplete"] else ""))
-        pixel = "unknown" if s["pixel_size_um"] is None else f"{s['pixel_size_um']} um"
-        grid = f", grid {s['grid_dimensions']}" if s["grid_dimensions"] else ""
-        print(f"  pixel:     {pixel}{grid}" + (f" (stored in {s['unit']})" if s["unit"] else ""))
-        if s["other_files"]:
-            n = s["other_files"]
-            print(f"  other:     {n} file{'s' if n > 1 else ''} not named like a plate image")
-        for problem in s["problems"]:
-            print(f"  problem:   {problem}")
+        _print_subdirectory(key, s)
     if report["unparsed_tiffs"]:
         print(f"\n{len(report['unparsed_tiffs'])} TIFF names did not parse and are not mapped:")
         for rel in report["unparsed_tiffs"][:10]:
             print(f"  {rel}")
     if report["ignored_thumbnails"]:
         print(f"\n{report['ignored_thumbnails']} thumbnails ignored")
+
+
+def _print_header(report: dict) -> None:
+    print(f"plate:     {report['plate']}")
+    print(f"format:    {report['format']}")
+    print(f"metadata:  {report['metadata_file']}")
+    print(f"outputs:   {report['outputs_dir'] or 'none yet: name a folder with --outputs-dir DIR'}")
+    if report["hands_off"]:
+        print(f"hands-off: {report['hands_off']}: nothing is written into the plate folder")
+    print(f"main:      {report['main']} (read through {report['primary_backend']})", flush=True)
+
+
+def _print_subdirectory(key: str, s: dict) -> None:
+    star = " (main)" if s["main"] else ""
+    print(f"\n[{key}]{star}  {s['images']} images via {', '.join(s['available_backends'])}")
+    wells = s["wells"]
+    more = " ..." if len(wells) > 24 else ""
+    print(f"  wells:     {len(wells)}: {' '.join(wells[:24])}{more}")
+    print(f"  sites:     {s['sites']}")
+    chans = ", ".join(f"w{c}" + (f"={n}" if n else "") for c, n in s["channels"].items())
+    print(f"  channels:  {chans}")
+    print(f"  z:         {s['z_indexes']}, spacing " + (
+        f"{s['z_spacing_um']} um" if s["z_spacing_um"] else
+        f"unknown ({s['unknown'].get('z_spacing', 'not recorded')})"))
+    print(f"  t:         {s['timepoints']}")
+    plane = "unknown" if s["width"] is None else \
+        f"{s['width']} x {s['height']} {s['dtype']}, {s['bytes_per_plane']} bytes"
+    print(f"  plane:     {plane}")
+    sets = s["image_sets"]
+    if sets["complete"] is not None:
+        print(f"  image sets: {sets['complete']} complete" + (
+            f", {sets['incomplete']} incomplete left out of load_data.csv"
+            if sets["incomplete"] else ""))
+    pixel = "unknown" if s["pixel_size_um"] is None else f"{s['pixel_size_um']} um"
+    grid = f", grid {s['grid_dimensions']}" if s["grid_dimensions"] else ""
+    print(f"  pixel:     {pixel}{grid}" + (f" (stored in {s['unit']})" if s["unit"] else ""))
+    if s["other_files"]:
+        n = s["other_files"]
+        print(f"  other:     {n} file{'s' if n > 1 else ''} not named like a plate image")
+    for problem in s["problems"]:
+        print(f"  problem:   {problem}")
 
 
 def _is_file_of_a_mount(path: str) -> bool:

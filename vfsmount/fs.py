@@ -271,6 +271,8 @@ class VfsOperations(pyfuse3.Operations):
             if rows.ready <= start:      # a first listing: its rows are still being stat-ed
                 await self.workers.run(listing.wait_rows, start + READDIR_CHUNK)
                 rows = columns()
+                if rows.ready <= start:  # a listing of a length not known before: it ends here
+                    return
             self._reply_rows(token, rows, self._attr(listing.child_at(start)), start)
             return
         for i in range(start, len(names)):
@@ -291,17 +293,18 @@ class VfsOperations(pyfuse3.Operations):
         of listing 100,000s of files: locals only, the columns sliced a reply's worth at a
         time (a reply holds a few thousand rows). A reply that stops at the last row stat-ed
         so far is short, not empty: the kernel asks again from there."""
-        first_inode, names, sizes, mtimes, ready, modes = columns
+        _first, names, sizes, mtimes, ready, modes, _inodes = columns
+        inodes = columns.inode_column()
         reply = pyfuse3.readdir_reply
         file_type = attr.st_mode & ~0o7777
         for chunk in range(start, ready, READDIR_CHUNK):
             end = min(chunk + READDIR_CHUNK, ready)   # only rows already stat-ed
-            rows = zip(range(chunk, end), names[chunk:end], sizes[chunk:end], mtimes[chunk:end],
-                       modes[chunk:end])
-            for row, name, size, mtime_ns, mode in rows:
+            rows = zip(range(chunk, end), inodes[chunk:end], names[chunk:end], sizes[chunk:end],
+                       mtimes[chunk:end], modes[chunk:end])
+            for row, inode, name, size, mtime_ns, mode in rows:
                 if size < 0:
                     size = 0               # a missing source, listed as its node's size says
-                attr.st_ino = first_inode + row
+                attr.st_ino = inode
                 attr.st_mode = file_type | mode
                 attr.st_size = size
                 attr.st_blocks = (size + 511) >> 9

@@ -7,6 +7,11 @@ with the plate's mapping, not copied), and the source's size, mtime and inode nu
 (readdir serves the rows stat-ed so far; see ``ListedImages.load``). A file node is made on
 demand from a row (``child_at``/``get``) and dropped when the FUSE layer is done with it.
 
+A store opened lazily (``ImageSet.streams_wells``) names its planes well by well as its
+wells are read: a ``PlaneDir`` lists the wells read so far and reads the next ones as the
+kernel asks for more rows (``ListedPlanes``), so the first entries of a million-plane store
+come after one well is read, and a lookup reads only its own well.
+
 Inode numbers are a contiguous range per image set (``LISTED_INODES`` and up, above every
 node-counter inode), so the FUSE layer finds a node from its inode without a dictionary of
 a million entries: ``find_listed(inode)``.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import itertools
 import logging
 import os
 import stat as stat_mod
@@ -24,13 +30,15 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from .nodes import DirNode, PassthroughFile, _ReadAhead, file_mode
+from .nodes import (SYNTHESIZED_MODE, DirNode, PassthroughFile, SynthesizedTiff, _ReadAhead,
+                    file_mode, layout_for)
 
 log = logging.getLogger(__name__)
 
 LISTED_INODES = 1 << 40          # node-counter inodes stay far below this
 _ranges_lock = threading.Lock()
 _range_starts: list[int] = []
+_range_spans: list[int] = []
 _range_sets: list["ListedImages"] = []
 
 
@@ -42,15 +50,18 @@ def find_listed(inode: int) -> "ListedFile | None":
     if i < 0:
         return None
     images = _range_sets[i]
-    row = inode - images.first_inode
-    return images.node(row) if row < len(images.names) else None
+    offset = inode - images.first_inode
+    return images.node(offset) if offset < _range_spans[i] else None
 
 
-def reserve_inodes(images: "ListedImages") -> int:
+def reserve_inodes(images, span: int | None = None) -> int:
+    """The first of ``span`` inodes (default: one per name of ``images``); ``images.node(i)``
+    is the node of inode first + i."""
+    span = len(images.names) if span is None else span
     with _ranges_lock:
-        first = _range_starts[-1] + len(_range_sets[-1].names) + 1 if _range_starts \
-            else LISTED_INODES
+        first = _range_starts[-1] + _range_spans[-1] + 1 if _range_starts else LISTED_INODES
         _range_starts.append(first)
+        _range_spans.append(span)
         _range_sets.append(images)
         return first
 
@@ -144,10 +155,11 @@ class ListedImages:
 
 
 class Columns(NamedTuple):
-    """A columnar listing: row i is ``names[i]``, inode ``first_inode + i``, ``sizes[i]``
-    (negative: the source is missing, listed as 0 bytes), ``mtimes[i]`` in ns and
-    ``modes[i]`` (permission bits); rows [0, ready) are final (``wait_rows`` for more). The
-    columns are sliced, never indexed."""
+    """A columnar listing: row i is ``names[i]``, inode ``first_inode + i`` (or ``inodes[i]``
+    where given), ``sizes[i]`` (negative: the source is missing, listed as 0 bytes),
+    ``mtimes[i]`` in ns and ``modes[i]`` (permission bits); rows [0, ready) are final
+    (``wait_rows`` for more). The columns are sliced, never indexed; a slice may be any
+    iterable (a lazy one costs only the rows a reply takes)."""
 
     first_inode: int
     names: Sequence[str]
@@ -155,6 +167,11 @@ class Columns(NamedTuple):
     mtimes: Sequence[int]
     ready: int
     modes: Sequence[int]
+    inodes: Sequence[int] | None = None
+
+    def inode_column(self) -> Sequence[int]:
+        return range(self.first_inode, self.first_inode + self.ready) if self.inodes is None \
+            else self.inodes
 
 
 class ListedFile(PassthroughFile):
@@ -273,6 +290,265 @@ class ImageDir(DirNode):
 
     def __len__(self) -> int:
         return len(self.images.names)
+
+
+#: Inodes per well of a ListedPlanes: a well's planes are numbered within its own block.
+WELL_INODES = 1 << 32
+#: Wells read at once by a listing, at most (one concurrent pass over their documents: over
+#: object storage, the round trips of a batch overlap); the first batch is one well.
+MAX_WELL_BATCH = 64
+
+
+class ListedPlanes:
+    """The planes of an image set that names them well by well (``ImageSet.streams_wells``),
+    shared by its folder and ``images/``. Rows are the planes of the wells read so far, in
+    natural order (wells in natural order, each well's names in natural order, which is the
+    set's natural order); ``wait_rows`` reads the next wells (one, then more at a time). A
+    well keeps a record per field and names are made per row, so a listing keeps no object
+    per plane; a node is made when a row is looked up, listed or opened. The inode of a
+    plane is its well's block (``WELL_INODES`` each, wells in natural order) plus its row in
+    the well: a lookup in a well no listing has reached reads that well only, and gets the
+    inode a listing shows later."""
+
+    def __init__(self, images, xattrs, mtime_ns: int) -> None:
+        self.images = images              # a backends.plates.image_set.ImageSet (streams_wells)
+        self.xattrs = xattrs              # name -> {xattr: value}, asked only with --xattrs
+        self.mtime_ns = mtime_ns
+        self.lock = threading.RLock()     # one reader of the next wells at a time
+        self.wells: list[str] = []
+        self.ordinal: dict[str, int] = {}
+        self.read: list = []              # the wells read in order (backends WellPlanes)
+        self.starts: list[int] = [0]      # first row of each read well, then the rows known
+        self.sizes: list[list[tuple[int, int]]] = []   # per read well: (rows, file size) runs
+        self.first_inode = 0
+        self._batch = 1
+        self._loaded = False
+
+    def load(self) -> None:
+        """Learn the wells (reads nothing: the plate document named them)."""
+        with self.lock:
+            if self._loaded:
+                return
+            self.wells = self.images.well_order()
+            self.ordinal = {w: i for i, w in enumerate(self.wells)}
+            self.first_inode = reserve_inodes(self, span=max(len(self.wells), 1) * WELL_INODES)
+            self._loaded = True
+
+    # -- rows ------------------------------------------------------------------------------
+    @property
+    def ready(self) -> int:
+        return self.starts[-1]
+
+    @property
+    def complete(self) -> bool:
+        return self._loaded and len(self.read) >= len(self.wells)
+
+    def wait_rows(self, stop: int) -> None:
+        """Read wells until rows [0, stop) are known, or at least one more row is (readdir
+        answers with the rows known and the kernel asks again), or every well is read."""
+        self._read_until(stop, some=True)
+
+    def _read_until(self, stop: int, *, some: bool = False) -> None:
+        self.load()
+        if self.ready >= stop or self.complete:
+            return
+        with self.lock:
+            before = self.ready          # (wells of no plane add no row: read on past them)
+            while self.ready < stop and not self.complete and not (some and self.ready > before):
+                batch = self.wells[len(self.read):len(self.read) + self._batch]
+                self._batch = min(self._batch * 2, MAX_WELL_BATCH)
+                for wp in self.images.read_wells(batch):
+                    self.sizes.append([(rows, layout_for(tuple(shape), dtype, pixel_size,
+                                                         z_spacing).size)
+                                       for rows, shape, dtype, pixel_size, z_spacing
+                                       in wp.formats()])
+                    self.read.append(wp)
+                    self.starts.append(self.starts[-1] + wp.count)   # last: the row is known
+
+    def _well(self, k: int):
+        """Well ``k``'s planes (read now, alone, if the listing has not reached it)."""
+        self.load()
+        if k < len(self.read):
+            return self.read[k]
+        return self.images.read_wells([self.wells[k]])[0]
+
+    def columns(self) -> Columns:
+        ready = self.ready
+        return Columns(self.first_inode, _WellColumn(self, self._names, ready),
+                       _WellColumn(self, self._sizes, ready), _Constant(self.mtime_ns, ready),
+                       ready, _Constant(SYNTHESIZED_MODE, ready),
+                       _WellColumn(self, self._inodes, ready))
+
+    def _rows(self, part, lo: int, hi: int):
+        """``part(k, well, a, b)`` for the rows [lo, hi), well by well (lazily)."""
+        k = bisect.bisect_right(self.starts, lo) - 1
+        while lo < hi:
+            stop = min(hi, self.starts[k + 1])
+            base = self.starts[k]
+            yield from part(k, self.read[k], lo - base, stop - base)
+            lo, k = stop, k + 1
+
+    @staticmethod
+    def _names(k: int, well, a: int, b: int):
+        return well.names(a, b)
+
+    def _sizes(self, k: int, well, a: int, b: int):
+        pos = 0
+        for rows, size in self.sizes[k]:
+            lo, hi = max(a, pos), min(b, pos + rows)
+            if lo < hi:
+                yield from itertools.repeat(size, hi - lo)
+            pos += rows
+
+    def _inodes(self, k: int, well, a: int, b: int):
+        base = self.first_inode + k * WELL_INODES
+        return range(base + a, base + b)
+
+    # -- nodes -----------------------------------------------------------------------------
+    def _node(self, k: int, well, i: int, name: str | None = None) -> "ListedPlane":
+        name = name if name is not None else well.names(i, i + 1)[0]
+        return ListedPlane(self, name, self.first_inode + k * WELL_INODES + i)
+
+    def row_node(self, row: int) -> "ListedPlane":
+        self._read_until(row + 1)
+        if row >= self.ready:
+            raise IndexError(f"row {row} past the {self.ready} planes")
+        k = bisect.bisect_right(self.starts, row) - 1
+        return self._node(k, self.read[k], row - self.starts[k])
+
+    def node(self, offset: int) -> "ListedPlane | None":
+        """The node of inode ``first_inode + offset`` (see find_listed)."""
+        k, i = divmod(offset, WELL_INODES)
+        if k >= len(self.wells):
+            return None
+        well = self._well(k)
+        return self._node(k, well, i) if i < well.count else None
+
+    def lookup(self, name: str) -> "ListedPlane | None":
+        k = self.ordinal.get(name.split("_", 1)[0])
+        if k is None:
+            return None
+        well = self._well(k)
+        i = well.offset(name)
+        return None if i is None else self._node(k, well, i, name)
+
+    def all_rows(self) -> int:
+        self._read_until(1 << 62)
+        return self.ready
+
+    # -- what a SynthesizedTiff asks of its directory's source ------------------------------
+    def plane(self, name: str):
+        return self.images.plane(name)
+
+
+class _WellColumn:
+    """A column of a ListedPlanes up to ``ready`` rows; a slice is a lazy iterable."""
+
+    __slots__ = ("planes", "part", "ready")
+
+    def __init__(self, planes: ListedPlanes, part, ready: int) -> None:
+        self.planes, self.part, self.ready = planes, part, ready
+
+    def __len__(self) -> int:
+        return self.ready
+
+    def __getitem__(self, rows: slice):
+        return self.planes._rows(self.part, rows.start or 0, min(rows.stop, self.ready))
+
+
+class _Constant:
+    """A column of one value."""
+
+    __slots__ = ("value", "ready")
+
+    def __init__(self, value: int, ready: int) -> None:
+        self.value, self.ready = value, ready
+
+    def __len__(self) -> int:
+        return self.ready
+
+    def __getitem__(self, rows: slice):
+        return itertools.repeat(self.value, max(min(rows.stop, self.ready) - (rows.start or 0), 0))
+
+
+class ListedPlane(SynthesizedTiff):
+    """A plane of a ListedPlanes, as a synthesized TIFF with its listing's inode."""
+
+    __slots__ = ()
+
+    def __init__(self, planes: ListedPlanes, name: str, inode: int) -> None:
+        super().__init__(name, planes, planes.mtime_ns)
+        self.inode = inode
+
+
+class _PlaneNames:
+    """The names readdir pages through: the rows known, and one more while wells are left
+    unread, so that readdir asks the folder for more (``wait_rows``) instead of ending."""
+
+    __slots__ = ("planes",)
+
+    def __init__(self, planes: ListedPlanes) -> None:
+        self.planes = planes
+
+    def __len__(self) -> int:
+        return self.planes.ready + (0 if self.planes.complete else 1)
+
+    def __getitem__(self, i: int) -> bytes:
+        return self.planes.row_node(i).name.encode("utf-8", "surrogateescape")
+
+
+class PlaneDir(DirNode):
+    """A read-only folder of a ListedPlanes: rows as the wells are read (see above)."""
+
+    __slots__ = ("planes",)
+
+    def __init__(self, mtime_ns: int, planes: ListedPlanes) -> None:
+        super().__init__(mtime_ns)
+        self.planes = planes
+        self._populate = PlaneDir._load
+
+    def _load(self) -> None:
+        self.planes.load()
+
+    def add(self, name, node):
+        raise TypeError("a PlaneDir lists the planes of its image set only")
+
+    def alias(self) -> "PlaneDir":
+        """Another folder (own inode) showing the same files (same inodes)."""
+        return PlaneDir(self.mtime_ns, self.planes)
+
+    def get(self, name: bytes):
+        self._ensure()
+        return self.planes.lookup(os.fsdecode(name))
+
+    def child_at(self, index: int):
+        self._ensure()
+        return self.planes.row_node(index)
+
+    def columns(self) -> Columns:
+        self._ensure()
+        return self.planes.columns()
+
+    def wait_rows(self, stop: int) -> None:
+        self.planes.wait_rows(stop)
+
+    def needs_worker(self) -> bool:
+        # a lookup or a listing may read a well until every well is read
+        return self._populate is not None or not self.planes.complete
+
+    def names(self) -> _PlaneNames:
+        self._ensure()
+        return _PlaneNames(self.planes)
+
+    def children(self):
+        self._ensure()
+        for row in range(self.planes.all_rows()):
+            node = self.planes.row_node(row)
+            yield node.name.encode("utf-8", "surrogateescape"), node
+
+    def __len__(self) -> int:
+        self._ensure()
+        return self.planes.all_rows()
 
 
 def release_freed_memory() -> None:

@@ -24,6 +24,7 @@ match the array) is one problem line naming the group; the rest of the plate is 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import json
 import logging
@@ -35,7 +36,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import MetadataError
-from ..naming import ParsedName, normalize_well
+from ..naming import ParsedName, normalize_well, split_well, try_parse_virtual_name
 from ..physics import to_micrometers
 from .documents import decode_present
 
@@ -72,20 +73,29 @@ class PlaneIndex:
     the field writer adds to it, the reader looks planes up in it. Nothing here touches zarr.
 
     A foreign plate's index may hold wells not read yet (:meth:`defer`): a well is read when
-    one of its planes is first looked up (:meth:`ref`), every pending well when all names
-    are asked for (:attr:`files`, :attr:`arrays`, :meth:`names`). So opening a plate of any
-    size reads its plate document only, and a broken well fails only its own planes.
+    one of its planes is first looked up (:meth:`ref`) or it is asked for (:meth:`well`,
+    :meth:`read_wells`: a listing, well by well), every pending well when all names are asked
+    for (:attr:`files`, :attr:`arrays`, :meth:`names`). So opening a plate of any size reads
+    its plate document only, and a broken well fails only its own planes.
+
+    Wells read from NGFF metadata are kept compact (:class:`WellPlanes`: a record per field,
+    names made when asked), so a million planes cost kilobytes; a caller that wants the
+    dictionary of every name (:attr:`files`, and every change: the field writer) turns them
+    into one entry per plane first.
     """
 
     def __init__(self, arrays: dict[str, ArrayInfo] | None = None,
                  files: dict[str, PlaneRef] | None = None) -> None:
         self._arrays: dict[str, ArrayInfo] = dict(arrays or {})
         self._files: dict[str, PlaneRef] = dict(files or {})
+        self._wells: dict[str, WellPlanes] = {}        # compact wells (see WellPlanes)
         self.problems: list[str] = []                  # one line each, naming the group
         self.channel_names: dict[int, str] = {}        # from omero.channels[].label
         self._pending: dict[str, Any] = {}             # well name -> what reading it needs
         self._read_wells: Any = None                   # (list of pending values) -> PlaneIndex
-        self._loading = threading.Lock()
+        self._loading = threading.RLock()
+        self.wells_read = 0                            # wells whose metadata was read (lazily)
+        self._order: tuple[list[str], dict[str, int]] | None = None   # explicit names, sorted
 
     # -- wells read on first use ----------------------------------------------------------
     def defer(self, wells: dict[str, Any], read_wells) -> None:
@@ -99,29 +109,71 @@ class PlaneIndex:
 
     def loaded_names(self) -> list[str]:
         """The names of the wells read so far (reads nothing)."""
-        return list(self._files)
+        return list(self._files) + [n for w in self._wells.values() for n in w.names()]
 
     def loaded_arrays(self) -> dict[str, ArrayInfo]:
         return dict(self._arrays)
 
     def loaded_wells(self) -> set[str]:
-        return {n.split("_", 1)[0] for n in self._files}
+        return {n.split("_", 1)[0] for n in self._files} | {w for w, p in self._wells.items()
+                                                           if p.count}
 
     def load_wells(self, names: Iterable[str] | None = None) -> None:
-        """Read the pending wells ``names`` (all of them by default), in one concurrent pass."""
+        """Read the pending wells ``names`` (all of them by default), in one concurrent pass.
+        A well whose documents cannot be fetched at all (an I/O error, not a malformed
+        document: that is a problem line already) is logged, named, and served empty."""
         if not self._pending:
             return
         with self._loading:
             todo = [n for n in (self._pending if names is None else names) if n in self._pending]
             if not todo:
                 return
-            loaded = self._read_wells([self._pending[n] for n in todo])
-            self._arrays.update(loaded._arrays)
-            self._files.update(loaded._files)
-            self.problems.extend(loaded.problems)
-            self.channel_names = self.channel_names or dict(loaded.channel_names)
+            try:
+                loaded = self._read_wells([self._pending[n] for n in todo])
+            except MetadataError:
+                raise
+            except Exception as e:
+                if len(todo) > 1:             # find the well that fails; read the others
+                    for n in todo:
+                        self.load_wells([n])
+                    return
+                problem = f"well {todo[0]}: its metadata cannot be read ({type(e).__name__}: {e})"
+                log.error("%s; its planes are not served", problem)
+                self.problems.append(problem)
+                self.wells_read += 1
+                del self._pending[todo[0]]
+                return
+            self.wells_read += len(todo)
+            self._take(loaded)
             for n in todo:
                 del self._pending[n]
+
+    def _take(self, other: "PlaneIndex") -> None:
+        self._arrays.update(other._arrays)
+        self._files.update(other._files)
+        self._wells.update(other._wells)
+        self.problems.extend(other.problems)
+        self.channel_names = self.channel_names or dict(other.channel_names)
+
+    # -- wells in listing order ------------------------------------------------------------
+    def well_order(self) -> list[str]:
+        """Every well, read or not, in the natural order of the names (reads nothing)."""
+        wells = {*self._wells, *self._pending, *(n.split("_", 1)[0] for n in self._files)}
+        return sorted(wells, key=split_well)
+
+    def well(self, name: str) -> "WellPlanes":
+        """The planes of one well, read now if pending (empty if it has none)."""
+        if name in self._pending:
+            self.load_wells([name])
+        wp = self._wells.get(name)
+        if wp is None and self._files:       # explicit names (a writer's, an own index)
+            wp = WellPlanes.explicit(name, self._files, self._arrays)
+        return wp if wp is not None else WellPlanes(name, ())
+
+    def read_wells(self, names: list[str]) -> list["WellPlanes"]:
+        """Several wells at once (one concurrent pass over their documents), in order."""
+        self.load_wells(names)
+        return [self.well(n) for n in names]
 
     # -- lookups ---------------------------------------------------------------------------
     @property
@@ -131,26 +183,55 @@ class PlaneIndex:
 
     @property
     def files(self) -> dict[str, PlaneRef]:
+        """Every name's ref, as one dictionary: reads every pending well and turns compact
+        wells into one entry per plane (kept so: what is changed is this dictionary)."""
         self.load_wells()
+        with self._loading:
+            for wp in self._wells.values():
+                self._files.update(wp.refs())
+            self._wells.clear()
         return self._files
 
     def __len__(self) -> int:
-        return len(self.files)
+        self.load_wells()
+        return len(self._files) + sum(w.count for w in self._wells.values())
 
     def __contains__(self, name: str) -> bool:
         return self.ref(name) is not None
 
     def ref(self, name: str) -> PlaneRef | None:
         ref = self._files.get(name)
-        if ref is None and self._pending:
+        if ref is None and (self._pending or self._wells):
             well = name.split("_", 1)[0]
             if well in self._pending:
                 self.load_wells([well])
                 ref = self._files.get(name)
+            wp = self._wells.get(well)
+            if ref is None and wp is not None:
+                ref = wp.ref(name)
         return ref
 
     def names(self) -> list[str]:
-        return list(self.files)
+        self.load_wells()
+        return list(self._files) + [n for w in self._wells.values() for n in w.names()]
+
+    def next_name(self, name: str) -> str | None:
+        """The name after ``name`` in natural order (reads nothing; a compact well's planes
+        within the well only): what a reader going through the planes wants next."""
+        wp = self._wells.get(name.split("_", 1)[0])
+        i = None if wp is None else wp.offset(name)
+        if i is not None:
+            return wp.names(i + 1, i + 2)[0] if i + 1 < wp.count else None
+        if name not in self._files:
+            return None
+        with self._loading:
+            if self._order is None or len(self._order[0]) != len(self._files):
+                from natsort import natsorted
+                order = natsorted(self._files)
+                self._order = (order, {n: i for i, n in enumerate(order)})
+            order, position = self._order
+        i = position.get(name)
+        return order[i + 1] if i is not None and i + 1 < len(order) else None
 
     def info(self, array: str) -> ArrayInfo:
         return self._arrays[array]           # an array reached through a ref is read already
@@ -160,19 +241,20 @@ class PlaneIndex:
         self._arrays[info.path] = info
 
     def add_planes(self, planes: dict[str, PlaneRef]) -> None:
-        self._files.update(planes)
+        self.files.update(planes)
 
     def add_field(self, info: ArrayInfo, planes: dict[str, PlaneRef], where: str) -> None:
         """One image's array and planes; ValueError if a name is already another array's."""
-        clash = next((n for n in planes if n in self._files), None)
+        files = self.files
+        clash = next((n for n in planes if n in files), None)
         if clash:
             raise ValueError(f"image {where!r}: plane {clash} is also in "
-                             f"{self._files[clash].array!r}")
+                             f"{files[clash].array!r}")
         self._arrays[info.path] = info
-        self._files.update(planes)
+        files.update(planes)
 
     def remove_plane(self, name: str) -> PlaneRef:
-        return self._files.pop(name)
+        return self.files.pop(name)
 
     def refs_of(self, array: str) -> list[PlaneRef]:
         return [r for r in self.files.values() if r.array == array]
@@ -181,17 +263,126 @@ class PlaneIndex:
         """Drop arrays and every plane in them (before taking them in again)."""
         paths = set(paths)
         self._files = {n: r for n, r in self.files.items() if r.array not in paths}
+        self._order = None
         for p in paths:
             self._arrays.pop(p, None)
 
     def update(self, other: "PlaneIndex") -> None:
         """Take in another index, its pending wells included."""
-        self._arrays.update(other._arrays)
-        self._files.update(other._files)
-        self.problems.extend(other.problems)
-        self.channel_names = self.channel_names or dict(other.channel_names)
+        self._take(other)
+        self.wells_read += other.wells_read
         if other._pending:
             self.defer(other._pending, other._read_wells)
+
+
+class _Planes:
+    """The planes of one array layout in natural (channel, z, t) order: shared by every field
+    with that layout (a plate's fields usually share one)."""
+
+    __slots__ = ("keys", "positions", "ordinal")
+
+    def __init__(self, coordinates: Iterable[tuple]) -> None:
+        ordered = sorted(coordinates, key=lambda p: (p[1], p[2], p[3]))
+        self.keys = tuple((c, z, t) for _p, c, z, t in ordered)
+        self.positions = tuple(p for p, *_ in ordered)
+        self.ordinal = {k: i for i, k in enumerate(self.keys)}
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_planes(lead: tuple, shape: tuple, values: tuple) -> _Planes:
+    return _Planes(_plane_coordinates(lead, shape, values))
+
+
+@dataclass(frozen=True)
+class FieldPlanes:
+    """One image of a well: its site, level-0 array and planes."""
+
+    site: int
+    info: ArrayInfo
+    planes: _Planes
+
+
+class WellPlanes:
+    """The planes of one well read from its NGFF metadata: a record per field; the names, in
+    natural order (site, channel, z, t), are made when asked, so a well keeps no object per
+    plane. ``formats()`` gives what a plane's file size follows from, without a read."""
+
+    __slots__ = ("well", "fields", "starts", "count")
+
+    def __init__(self, well: str, fields: Iterable[FieldPlanes]) -> None:
+        self.well = well
+        self.fields = tuple(sorted(fields, key=lambda f: f.site))
+        starts = [0]
+        for f in self.fields:
+            starts.append(starts[-1] + len(f.planes.keys))
+        self.starts = tuple(starts)
+        self.count = starts[-1]
+
+    @classmethod
+    def explicit(cls, well: str, files: dict[str, PlaneRef],
+                 arrays: dict[str, ArrayInfo]) -> "WellPlanes | None":
+        """A well of explicit names (an index built name by name) as fields."""
+        by_field: dict[tuple[int, str], list] = {}
+        for name, ref in files.items():
+            p = try_parse_virtual_name(name)
+            if p is not None and p.well == well:
+                by_field.setdefault((p.site, ref.array), []).append(
+                    (ref.index, p.channel, p.z, p.t))
+        return cls(well, [FieldPlanes(site, arrays[a], _Planes(coords))
+                          for (site, a), coords in by_field.items()]) if by_field else None
+
+    def _name(self, f: FieldPlanes, key: tuple[int, int, int]) -> str:
+        return ParsedName(self.well, f.site, *key).virtual_name()
+
+    def names(self, lo: int = 0, hi: int | None = None) -> list[str]:
+        """The names of rows [lo, hi) of this well."""
+        hi = self.count if hi is None else min(hi, self.count)
+        out: list[str] = []
+        k = bisect.bisect_right(self.starts, lo) - 1
+        while lo < hi:
+            f, base = self.fields[k], self.starts[k]
+            stop = min(hi, self.starts[k + 1])
+            out.extend(self._name(f, key) for key in f.planes.keys[lo - base:stop - base])
+            lo, k = stop, k + 1
+        return out
+
+    def coordinates(self) -> Iterable[tuple[int, int, int, int]]:
+        """(site, channel, z, t) of every plane, in row order (no name made)."""
+        for f in self.fields:
+            for c, z, t in f.planes.keys:
+                yield f.site, c, z, t
+
+    def formats(self) -> list[tuple]:
+        """(rows, plane shape, dtype, pixel size, z spacing) of each field in row order: every
+        plane of a field shares its array's, so one file size per field, known unread."""
+        return [(len(f.planes.keys), f.info.shape[-2:], f.info.dtype, f.info.pixel_size,
+                 f.info.z_spacing) for f in self.fields]
+
+    def _locate(self, name: str) -> tuple[int, FieldPlanes, int] | None:
+        p = try_parse_virtual_name(name)
+        if p is None or p.well != self.well:
+            return None
+        for k, f in enumerate(self.fields):
+            if f.site == p.site:
+                i = f.planes.ordinal.get((p.channel, p.z, p.t))
+                if i is None or self._name(f, f.planes.keys[i]) != name:   # canonical only
+                    return None
+                return k, f, i
+        return None
+
+    def offset(self, name: str) -> int | None:
+        """The row of ``name`` in this well, or None."""
+        found = self._locate(name)
+        return None if found is None else self.starts[found[0]] + found[2]
+
+    def ref(self, name: str) -> PlaneRef | None:
+        found = self._locate(name)
+        return None if found is None else PlaneRef(found[1].info.path,
+                                                   found[1].planes.positions[found[2]])
+
+    def refs(self) -> dict[str, PlaneRef]:
+        return {self._name(f, key): PlaneRef(f.info.path, pos) for f in self.fields
+                for key, pos in zip(f.planes.keys, f.planes.positions)}
 
 
 @dataclass
@@ -380,7 +571,7 @@ def read_plate(store, root_attrs: dict, zarr_format: int, where: str, *,
         for problem in part.problems:
             log.warning("%s: %s (the rest of the plate is served)", where, problem)
         tally["read"] += len(chosen)
-        tally["planes"] += len(part._files)
+        tally["planes"] += len(part._files) + sum(w.count for w in part._wells.values())
         if tally["read"] == len(by_well) and not tally["planes"]:
             detail = "; ".join((index.problems + part.problems)[:3]) or "no well lists an image"
             raise MetadataError(f"OME-Zarr plate has no readable images: {detail}",
@@ -408,7 +599,10 @@ def _read_wells(reader: NodeReader, wells: list[tuple]) -> PlaneIndex:
     fields = [Field(path, name, 1, node) for path, name, node in known]
     fields += _well_fields(reader, [w[:2] for w in wells if len(w) == 2], index)
     _read_images(reader, fields, index)
-    _index_arrays(reader, [f for f in fields if f.dataset is not None], index)
+    by_well: dict[str, list[FieldPlanes]] = {}
+    _index_arrays(reader, [f for f in fields if f.dataset is not None], index, by_well)
+    for well, planes in by_well.items():
+        index._wells[well] = WellPlanes(well, planes)
     index.problems[:0] = reader.problems
     reader.problems = []
     return index
@@ -482,7 +676,8 @@ def _read_images(reader: NodeReader, fields: list[Field], index: PlaneIndex) -> 
             f.multiscales, f.dataset = ms[0], ms[0]["datasets"][0]   # level 0 of the pyramid
 
 
-def _index_arrays(reader: NodeReader, fields: list[Field], index: PlaneIndex) -> None:
+def _index_arrays(reader: NodeReader, fields: list[Field], index: PlaneIndex,
+                  by_well: dict[str, list[FieldPlanes]]) -> None:
     for f, node in zip(fields, reader.arrays([f.array_path for f in fields])):
         if node.kind is None:
             index.problems.append(f"image {f.path!r}: multiscales dataset "
@@ -490,7 +685,7 @@ def _index_arrays(reader: NodeReader, fields: list[Field], index: PlaneIndex) ->
             continue
         try:
             info = _array_info(f, node)
-            _add_planes(index, info, f, node.attrs.get(INDEX_KEY))
+            _add_planes(index, info, f, node.attrs.get(INDEX_KEY), by_well)
         except (ValueError, TypeError, KeyError) as e:
             index.problems.append(str(e) if isinstance(e, ValueError) else
                                   f"image {f.path!r}: unreadable metadata ({type(e).__name__}: {e})")
@@ -568,7 +763,8 @@ def _channel_names(image_attrs: dict) -> dict[int, str]:
             if isinstance(c, dict) and c.get("label") not in (None, "")}
 
 
-def _add_planes(index: PlaneIndex, info: ArrayInfo, f: Field, own: Any) -> None:
+def _add_planes(index: PlaneIndex, info: ArrayInfo, f: Field, own: Any,
+                by_well: dict[str, list[FieldPlanes]]) -> None:
     """Name every plane of one image: ours by the values we wrote, others by position."""
     own = own if isinstance(own, dict) else {}
     lead = info.axes[:-2]
@@ -581,10 +777,17 @@ def _add_planes(index: PlaneIndex, info: ArrayInfo, f: Field, own: Any) -> None:
         except ValueError as e:
             raise ValueError(f"array {info.path!r}: unreadable present-planes record ({e})") \
                 from None
-    planes = {ParsedName(f.well, site, c, z, t).virtual_name(): PlaneRef(info.path, position)
-              for position, c, z, t in _plane_coordinates(lead, info.shape[:-2], values)
-              if present is None or present[position]}
-    index.add_field(info, planes, f.path)
+    if present is None:
+        planes = _shared_planes(lead, info.shape[:-2], values)
+    else:
+        planes = _Planes(p for p in _plane_coordinates(lead, info.shape[:-2], values)
+                         if present[p[0]])
+    same = next((g for g in by_well.get(f.well, ()) if g.site == site), None)
+    if same is not None:
+        raise ValueError(f"image {f.path!r}: site {site} of well {f.well} is also "
+                         f"{same.info.path!r}'s")
+    index._arrays[info.path] = info
+    by_well.setdefault(f.well, []).append(FieldPlanes(site, info, planes))
 
 
 @functools.lru_cache(maxsize=256)

@@ -15,7 +15,6 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import zarr
-from natsort import natsorted
 
 from ..storage.cache import ArrayCache
 from ..errors import StorageError, StorageNotFoundError
@@ -70,9 +69,7 @@ class ZarrReader:
         self.owner = owner
         self._lock = threading.RLock()
         self._open: dict[str, zarr.Array] = {}
-        self._order: list[str] | None = None         # read-ahead state (remote stores)
-        self._position: dict[str, int] = {}
-        self._last_started: int | None = None
+        self._expected: str | None = None            # read-ahead: the name after the last read
         self._prefetcher = None
 
     def failure(self, what: str, rel: str, e: BaseException) -> StorageError:
@@ -99,7 +96,7 @@ class ZarrReader:
         with self._lock:
             for path in paths:
                 self._open.pop(path, None)
-            self._order = None
+            self._expected = None
         self.cache.clear()
 
     def ref(self, path: str | os.PathLike) -> tuple[str, PlaneRef]:
@@ -130,17 +127,14 @@ class ZarrReader:
 
     def _read_ahead(self, name: str) -> None:
         """A reader going through the planes in order (cp, rsync, cat *) is about to want the
-        next one: fetch it in the background so the network wait overlaps this plane's reads."""
+        next one: fetch it in the background so the network wait overlaps this plane's reads.
+        The next name comes from the index (a well read lazily: from its own records, never
+        by reading or sorting every name)."""
         with self._lock:
-            if self._order is None:
-                self._order = natsorted(self.index.names())
-                self._position = {n: i for i, n in enumerate(self._order)}
-            i = self._position.get(name)
-            sequential = i is not None and self._last_started == i - 1
-            self._last_started = i
-            if not sequential or i + 1 >= len(self._order):
+            sequential = self._expected == name
+            nxt = self._expected = self.index.next_name(name)
+            if not sequential or nxt is None:
                 return
-            nxt = self._order[i + 1]
             if self._prefetcher is None:
                 from concurrent.futures import ThreadPoolExecutor
                 self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="zarr-read-ahead")

@@ -184,6 +184,23 @@ class ImageSet:
             raise TypeError(f"{self!r} does not stat its files in bulk")
         self.backend.stat_sources(names, columns, on_progress)
 
+    # -- names well by well (a store opened lazily) ------------------------------------------
+    @property
+    def streams_wells(self) -> bool:
+        """True if the names come well by well as the store's wells are read (a store opened
+        lazily: its entry lists no names), so a listing need not read every well first."""
+        return self._kind == "zarr" and "image_files" not in self.entry \
+            and bool(self.entry.get("inferred_from"))
+
+    def well_order(self) -> list[str]:
+        """Every well, in the natural order of the names (reads nothing; ``streams_wells``)."""
+        return self.backend.index.well_order()
+
+    def read_wells(self, wells: list[str]) -> list:
+        """The planes of ``wells`` (read now where not yet), each with ``count``,
+        ``names(lo, hi)`` in natural order, ``offset(name)`` and ``formats()``."""
+        return self.backend.index.read_wells(wells)
+
     def source(self, name: str) -> str:
         """Where ``name``'s pixels live, for people: the real file, or the store and array."""
         return str(self.real_path(name)) if self.serves_files else self.backend.plane(name).source

@@ -80,8 +80,8 @@ class PlateViews:
         self._fields = None
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._wanted = threading.Event()
-        try:
-            eager = len(self.image_set.names) <= EAGER_PLANES
+        try:                          # (a store read well by well: its size is not known)
+            eager = not self.image_set.streams_wells and len(self.image_set.names) <= EAGER_PLANES
         except Exception:             # made (and their error logged) when first used
             eager = False
         if eager:

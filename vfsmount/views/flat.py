@@ -15,7 +15,7 @@ from backends.errors import PathEscapeError
 from backends.plates.image_set import ImageSet
 from backends.layout import display_name
 
-from ..listing import ImageDir, ListedImages
+from ..listing import ImageDir, ListedImages, ListedPlanes, PlaneDir
 from ..nodes import DirNode, PassthroughFile, SynthesizedTiff
 from .base import Mount, source_xattrs
 
@@ -46,8 +46,12 @@ def folder(mount: Mount, images: ImageSet) -> DirNode:
 
 
 def image_folder(images: ImageSet, mtime_ns: int) -> DirNode:
-    """Files stat-ed in bulk listed in columns (see listing.py); anything else one node per
-    image, made on first listing."""
+    """Files stat-ed in bulk listed in columns, planes of a store opened lazily listed well by
+    well as its wells are read (see listing.py); anything else one node per image, made on
+    first listing."""
+    if images.streams_wells:
+        return PlaneDir(mtime_ns, ListedPlanes(
+            images, partial(source_xattrs, source_of=images.source_rel), images.mtime_ns))
     if not images.stats_in_bulk:
         return DirNode(mtime_ns, partial(_fill, images))
     try:

@@ -41,7 +41,7 @@ def calibrated(images: ImageSet, plain: DirNode) -> DirNode:
     """``plain`` (the folder of ``images``) with its vendor TIFFs calibrated."""
     physics = images.physics
     if images.serves_planes or not physics.pixel_size:
-        return plain.alias() if images.stats_in_bulk else _shared(plain)
+        return plain.alias() if images.stats_in_bulk or images.streams_wells else _shared(plain)
     if images.stats_in_bulk:
         return ImageDir(plain.mtime_ns, CalibratedView(plain.images, physics))
     return DirNode(plain.mtime_ns, lambda d: _fill(d, plain, images))
