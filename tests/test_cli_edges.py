@@ -361,23 +361,13 @@ def test_readme_command_table_matches_help():
 # -- a plain install -------------------------------------------------------------------------
 
 @pytest.mark.install
-def test_plain_install_runs_the_readme_pipeline(plate, tmp_path):
+def test_plain_install_runs_the_readme_pipeline(plate, tmp_path, plain_install):
     """`pip install .` without extras (a fresh venv that sees no other site-packages) runs
-    `vfsmount run cells PLATE` (the example installed with the package); a missing extra is named with its install line."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, src / name)
-    for package in ("backends", "compute", "vfsmount", "benchmarks"):   # as pyproject lists
-        # (vfsmount/examples/ comes with vfsmount/: the checkout's examples/ is a link to it)
-        shutil.copytree(REPO / package, src / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-compile", str(src)],
-                         env=env, capture_output=True, text=True, timeout=1200)
-    assert pip.returncode == 0, pip.stdout + pip.stderr
+    `vfsmount run cells PLATE` (the example installed with the package); a missing extra is
+    named with its install line. The install is started at collection (tests/conftest.py)."""
+    code, out = plain_install.wait()
+    assert code == 0, out
+    venv, env = plain_install.venv, plain_install.env
 
     def vfsmount(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(venv / "bin" / "vfsmount"), *args], env=env, cwd=tmp_path,

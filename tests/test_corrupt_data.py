@@ -245,7 +245,7 @@ def test_fuzz_six_codecs_six_readers(tmp_path, mounts):
                             codec))
     failures: list[str] = []
     outcomes: dict[str, set] = {}
-    stop = time.monotonic() + float(os.environ.get("VFSMOUNT_FUZZ_SECONDS", "12"))
+    stop = time.monotonic() + float(os.environ.get("VFSMOUNT_FUZZ_SECONDS", "6"))
 
     def reader(i: int) -> None:
         local = random.Random(SEED + i)

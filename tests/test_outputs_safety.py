@@ -81,10 +81,10 @@ def test_symlinks_inside_outputs_are_never_followed(plate, mounts, secret_dir, w
     assert "never followed" in mounts.log(mnt)
 
 
-# -- 2. check-then-open races: 20 s of swapping, 0 outside bytes ---------------------------
+# -- 2. check-then-open races: 8 s of swapping in CI (VFSMOUNT_RACE_SECONDS=20 for the long run), 0 outside bytes ---------------------------
 
 def test_symlink_swap_race_serves_no_outside_bytes(plate, mounts, secret_dir):
-    duration = float(os.environ.get("VFSMOUNT_RACE_SECONDS", "20"))
+    duration = float(os.environ.get("VFSMOUNT_RACE_SECONDS", "8"))
     out = plate / "outputs"
     out.mkdir()
     (out / "x.bin").write_bytes(b"inside" * 500)
@@ -306,7 +306,7 @@ def test_directory_times_and_reserved_names(plate, mounts):
 
 @pytest.mark.parametrize("materialize", ["disk", "zarr"])
 def test_sigkill_during_tifffile_overwrites(plate, mounts, materialize):
-    rounds = int(os.environ.get("VFSMOUNT_KILL_ROUNDS", "30"))
+    rounds = int(os.environ.get("VFSMOUNT_KILL_ROUNDS", "10"))
     rng = random.Random(11)
     versions = _versions(8, (256, 256))
     for rnd in range(rounds):
@@ -368,9 +368,9 @@ def _is_whole(data: bytes) -> bool:
 
 
 def test_writers_and_readers_stress(plate, mounts):
-    """Duration: VFSMOUNT_STRESS_SECONDS (the issue asks 60 s; CI default 15 s)."""
+    """Duration: VFSMOUNT_STRESS_SECONDS (the issue asks 60 s; CI default 8 s: the suite's 15-minute budget)."""
     import psutil
-    duration = float(os.environ.get("VFSMOUNT_STRESS_SECONDS", "15"))
+    duration = float(os.environ.get("VFSMOUNT_STRESS_SECONDS", "8"))
     mnt = mounts.mount(plate, "--writable")
     files = [mnt / "outputs" / f"s{i}.bin" for i in range(4)]    # one writer each, as on ext4
     for f in files:
