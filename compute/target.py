@@ -18,7 +18,7 @@ import numpy as np
 from natsort import natsorted
 
 from backends.storage.disk import DiskStorageBackend
-from backends.layout import FS_TYPE, MAIN_ALIAS, OUTPUTS_DIR
+from backends.layout import FS_TYPE, MAIN_ALIAS, OUTPUTS_DIR, is_tiff_name
 from backends.storage.mountinfo import mount_type, vfsmount_plate_name
 
 from .errors import PipelineError
@@ -75,7 +75,7 @@ class Target:
 
     def _open_mount(self) -> None:
         self.names = natsorted(n for n in os.listdir(self.path / MAIN_ALIAS)
-                               if n.lower().endswith((".tif", ".tiff")))
+                               if is_tiff_name(n))
         self.reader_spec = ReaderSpec(str(self.path / MAIN_ALIAS))
         self.sink = OutputSink(str(self.path / OUTPUTS_DIR), self.output, through_mount=True,
                                physics=mount_physics(self.path),

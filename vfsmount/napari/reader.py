@@ -118,16 +118,16 @@ def _mount(mnt: Path) -> Source:
 def _mount_files(mnt: Path) -> Source:
     """A mount with no record here (another user's): its ``images/`` as a folder of files,
     with the physics of the metadata it serves."""
-    from backends.layout import MAIN_ALIAS
+    from backends.layout import MAIN_ALIAS, METADATA_FILE, is_tiff_name
     from backends.plates.metadata import image_set_entry, main_subdirectory, read_metadata
     from backends.plates.plate import Plate
     doc = read_metadata(mnt)
     if doc is None:
         raise ValueError(f"{mnt}: a vfsmount mount without openhcs_metadata.json")
     _key, served = main_subdirectory(doc)
-    names = [n for n in os.listdir(mnt / MAIN_ALIAS) if n.lower().endswith((".tif", ".tiff"))]
+    names = [n for n in os.listdir(mnt / MAIN_ALIAS) if is_tiff_name(n)]
     keep = {k: served[k] for k in ("pixel_size", "z_spacing", "time_interval", "channel_names",
                                    "channel_info", "grid_dimensions") if served.get(k)}
     entry = {**image_set_entry(names, "disk", **keep), "main": True}
-    return Source(Plate(mnt, {"subdirectories": {MAIN_ALIAS: entry}}, mnt / "openhcs_metadata.json"),
+    return Source(Plate(mnt, {"subdirectories": {MAIN_ALIAS: entry}}, mnt / METADATA_FILE),
                   MAIN_ALIAS)
