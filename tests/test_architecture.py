@@ -216,6 +216,20 @@ def test_is_it_a_url_is_asked_where_a_location_is_made():
     assert not callers, f"is_url asked again (ask the Location or Plate.remote): {callers}"
 
 
+def _tiff_rule_copies(tree: ast.Module) -> list[int]:
+    """Lines that spell the TIFF-extension rule out: a tuple or set holding ".tif"."""
+    return [n.lineno for n in ast.walk(tree) if isinstance(n, (ast.Tuple, ast.Set))
+            and any(isinstance(e, ast.Constant) and e.value == ".tif" for e in n.elts)]
+
+
+def test_the_tiff_extension_rule_is_defined_once():
+    """``backends/layout.py`` (``TIFF_EXTENSIONS``, ``is_tiff_name``) is the one place."""
+    copies = [f"{_rel(path)}:{line}" for path in _all_modules()
+              if _rel(path) != "backends/layout.py" for line in _tiff_rule_copies(_tree(path))]
+    assert not copies, f"the TIFF rule again (use backends.layout.is_tiff_name): {copies}"
+    assert _tiff_rule_copies(ast.parse('ok = name.endswith((".tif", ".tiff"))')) == [1]
+
+
 def _class_checks(path: Path, classes: set[str]) -> list[str]:
     """``isinstance(x, C)`` and ``type(x) is C`` with C one of ``classes``."""
     out = []
