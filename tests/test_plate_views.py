@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from .conftest import REAL_PLATES, REPO, Mounts, run_cli
+from .conftest import REAL_PLATES, REPO, SAMPLES_MISSING, Mounts, run_cli
 
 TOOLS = Path(__file__).parent / "tools"
 NAME = re.compile(r"^(?P<well>[A-Z]+\d+)_s(?P<site>\d+)_w(?P<c>\d+)_z(?P<z>\d+)_t(?P<t>\d+)\.tif$")
@@ -77,7 +77,7 @@ def plates(tmp_path_factory):
     """name -> (plate, mount point); unmounted at the end, also on failure."""
     for name in ("Projection-Mix", "Version1", "1well-3C-2S-Zmix-T"):
         if not REAL_PLATES[name].is_dir():
-            pytest.skip(f"shared sample plate {REAL_PLATES[name]} is not present")
+            pytest.skip(SAMPLES_MISSING)
     tmp = tmp_path_factory.mktemp("plate-views")
     copies = {}
     for key, name in (("ix", "Projection-Mix"), ("phenix", "Version1"),
