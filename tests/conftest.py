@@ -191,12 +191,15 @@ class PlainInstall:
         self.env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         script = (f"{sys.executable} -m venv {self.venv} && "
                   f"{self.venv}/bin/pip install -q --no-compile {src}")
-        self.proc = subprocess.Popen(["nice", "-n", "19", "sh", "-c", script], env=self.env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # its output to a file: a pipe nobody reads until the test runs could fill and stall pip
+        self.log = root / "pip.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(["nice", "-n", "19", "sh", "-c", script], env=self.env,
+                                         stdout=log, stderr=subprocess.STDOUT)
 
     def wait(self, timeout: float = 1200) -> tuple[int, str]:
-        out, _ = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, out
+        code = self.proc.wait(timeout=timeout)
+        return code, self.log.read_text(errors="replace")
 
     def close(self) -> None:
         if self.proc.poll() is None:
