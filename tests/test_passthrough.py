@@ -43,6 +43,20 @@ def _state(mnt: Path, *, until=lambda s: True, timeout: float = 10.0) -> dict:
     return state
 
 
+def _reuses(state: dict) -> int:
+    """Opens served by a kept backing file: by the daemon (one stat of the source) or by
+    pyfuse3's fast lane (the same stat, in its reader thread, without Python)."""
+    return state["backing_reuses"] + state.get("fastlane_opens", 0)
+
+
+def _opens(state: dict) -> int:
+    return state["open_requests"] + state.get("fastlane_opens", 0)
+
+
+def _releases(state: dict) -> int:
+    return state["release_requests"] + state.get("fastlane_releases", 0)
+
+
 def _require_passthrough(mnt: Path) -> dict:
     state = _state(mnt)
     assert state, f"no state file for {mnt}"
@@ -88,9 +102,9 @@ def test_vendor_files_are_read_without_the_daemon(plate, mounts):
     # reading them again opens no source: the kept backing files serve, nothing reaches READ
     for name in names:
         assert _md5(_cat(mnt / "workspace" / name)) in sources, name
-    again = _state(mnt, until=lambda s: s["backing_reuses"] >= len(names)
+    again = _state(mnt, until=lambda s: _reuses(s) >= _reuses(kept) + len(names)
                    and s["backing_kept"] == len(names))
-    assert again["backing_reuses"] == kept["backing_reuses"] + len(names), again
+    assert _reuses(again) == _reuses(kept) + len(names), again
     assert again["backing_registrations"] == len(names) and again["read_requests"] == 0, again
     # a second reader of an open file shares its inode's one backing id
     with open(mnt / "workspace" / names[0], "rb") as a, open(mnt / "workspace" / names[0], "rb") as b:
@@ -148,21 +162,21 @@ def test_source_replaced_while_mounted(plate, mounts):
         held.seek(0)
         assert held.read() == old
     # the old version's backing file is released at its last close, never kept
-    closed = _state(mnt, until=lambda s: s["release_requests"] >= 2)    # held's and cat's
-    assert closed["release_requests"] == closed["open_requests"] == 2, closed
+    closed = _state(mnt, until=lambda s: _releases(s) >= 2)    # held's and cat's
+    assert _releases(closed) == _opens(closed) == 2, closed
     assert closed["backing_ids"] == closed["backing_kept"] == 0, closed
     assert _cat(mnt / "workspace" / name) == new                # next open: the new file
-    kept = _state(mnt, until=lambda s: s["release_requests"] >= 3)
+    kept = _state(mnt, until=lambda s: _releases(s) >= 3)
     assert kept["backing_kept"] == kept["backing_ids"] == 1, kept
     assert _cat(mnt / "workspace" / name) == new                # the kept one, reused
-    reused = _state(mnt, until=lambda s: s["release_requests"] >= 4)
-    assert reused["backing_reuses"] == kept["backing_reuses"] + 1, reused
+    reused = _state(mnt, until=lambda s: _releases(s) >= 4)
+    assert _reuses(reused) == _reuses(kept) + 1, reused
     assert reused["backing_registrations"] == kept["backing_registrations"], reused
     newest = b"II*\x00" + os.urandom(len(old))                  # replaced while kept
     tmp.write_bytes(newest)
     os.replace(tmp, source)
     assert _cat(mnt / "workspace" / name) == newest
-    swapped = _state(mnt, until=lambda s: s["release_requests"] >= 5)
+    swapped = _state(mnt, until=lambda s: _releases(s) >= 5)
     assert swapped["backing_registrations"] == kept["backing_registrations"] + 1, swapped
     assert swapped["backing_ids"] == 1, swapped     # the old version's released, not kept
     newer = os.urandom(4096)
@@ -170,6 +184,102 @@ def test_source_replaced_while_mounted(plate, mounts):
     assert _cat(mnt / "workspace" / name) == newer
     assert "source replaced while open" in mounts.log(mnt)
     assert _state(mnt)["read_requests"] == 0
+
+
+def _require_fast_lane(mnt: Path) -> dict:
+    state = _require_passthrough(mnt)
+    if not state.get("fast_lane"):
+        pytest.skip("pyfuse3 without the fast lane (built without patches/"
+                    "pyfuse3-passthrough.patch of this tree: run scripts/setup.sh)")
+    return state
+
+
+def test_reopens_are_answered_by_the_fast_lane(plate, mounts):
+    """A kept backing file's next opens are answered by pyfuse3's reader thread: no OPEN or
+    RELEASE reaches the daemon's Python, the bytes are the source's, a changed source is
+    seen at the very next open."""
+    mnt = mounts.mount(plate)
+    _require_fast_lane(mnt)
+    mapping = Plate.open(plate).entry("workspace")["workspace_mapping"]
+    names = sorted(os.listdir(mnt / "workspace"))
+    for name in names:                      # first opens: the daemon registers and keeps
+        assert _cat(mnt / "workspace" / name) == (plate / mapping[name]).read_bytes()
+    kept = _state(mnt, until=lambda s: s["backing_kept"] == len(names)
+                  and s["release_requests"] == len(names))
+    assert kept["backing_kept"] == len(names), kept
+    for _ in range(3):
+        for name in names:
+            assert _cat(mnt / "workspace" / name) == (plate / mapping[name]).read_bytes()
+    fast = _state(mnt, until=lambda s: s["fastlane_releases"] >= kept["fastlane_releases"]
+                  + 3 * len(names))
+    assert fast["fastlane_opens"] == kept["fastlane_opens"] + 3 * len(names), fast
+    assert fast["fastlane_releases"] == kept["fastlane_releases"] + 3 * len(names), fast
+    assert fast["open_requests"] == kept["open_requests"], fast     # none reached Python
+    assert fast["release_requests"] == kept["release_requests"], fast
+    assert fast["read_requests"] == 0 and fast["backing_registrations"] == len(names), fast
+    assert "fast lane" in fast["reason"]
+    # replaced: the fast lane's stat sees it and hands the open to the daemon
+    source = plate / mapping[names[0]]
+    new = b"II*\x00" + os.urandom(5000)
+    tmp = source.with_name("replacement.tmp")
+    tmp.write_bytes(new)
+    os.replace(tmp, source)
+    assert _cat(mnt / "workspace" / names[0]) == new
+    seen = _state(mnt, until=lambda s: s["release_requests"] > fast["release_requests"])
+    assert seen["fastlane_fallbacks"] == fast["fastlane_fallbacks"] + 1, seen
+    assert seen["backing_registrations"] == len(names) + 1, seen
+    # changed in place, same size: the mtime tells
+    same_size = os.urandom(len(new))
+    time.sleep(0.01)
+    source.write_bytes(same_size)
+    assert _cat(mnt / "workspace" / names[0]) == same_size
+
+
+def test_fast_lane_open_held_while_the_source_is_replaced(plate, mounts):
+    """An open the fast lane answered keeps its inode's backing file: opens while it is open
+    share that version (the kernel's rule), the next after its close reads the new one, and
+    the old backing file is released once the fast lane's open is closed."""
+    mnt = mounts.mount(plate)
+    _require_fast_lane(mnt)
+    name = sorted(os.listdir(mnt / "workspace"))[0]
+    source = plate / Plate.open(plate).entry("workspace")["workspace_mapping"][name]
+    old = source.read_bytes()
+    assert _cat(mnt / "workspace" / name) == old
+    kept = _state(mnt, until=lambda s: s["backing_kept"] == 1 and s["release_requests"] == 1)
+    with open(mnt / "workspace" / name, "rb") as held:          # answered by the fast lane
+        opened = _state(mnt, until=lambda s: s["fastlane_opens"] > kept["fastlane_opens"])
+        assert opened["fastlane_opens"] == kept["fastlane_opens"] + 1, opened
+        assert opened["backing_kept"] == 0, opened              # in use by the fast lane's open
+        new = b"II*\x00" + os.urandom(len(old) + 100)
+        tmp = source.with_name("replacement.tmp")
+        tmp.write_bytes(new)
+        os.replace(tmp, source)
+        assert _cat(mnt / "workspace" / name)[:len(old)] == old   # shares the open version
+        assert held.read() == old
+        during = _state(mnt, until=lambda s: s["release_requests"] == 2)
+        assert during["backing_ids"] == 1, during               # not released: still open
+    # (the kernel sends RELEASE after close() returns: the next open waits for it here)
+    _state(mnt, until=lambda s: s["fastlane_releases"] > opened["fastlane_releases"])
+    assert _cat(mnt / "workspace" / name) == new
+    after = _state(mnt, until=lambda s: s["backing_ids"] == 1 and s["backing_kept"] == 1
+                   and s["backing_registrations"] == 2)
+    assert after["backing_registrations"] == 2 and after["backing_ids"] == 1, after
+    assert after["read_requests"] == 0, after
+
+
+def test_fast_lane_forced_off(plate, mounts, monkeypatch):
+    monkeypatch.setenv("VFSMOUNT_FAST_LANE", "0")
+    mnt = mounts.mount(plate)
+    state = _require_passthrough(mnt)
+    assert not state["fast_lane"] and "fast lane" not in state["reason"], state
+    names = sorted(os.listdir(mnt / "workspace"))
+    for _ in range(2):
+        for name in names:
+            _cat(mnt / "workspace" / name)
+    again = _state(mnt, until=lambda s: s["release_requests"] == 2 * len(names))
+    assert again["open_requests"] == 2 * len(names), again     # every open reaches Python
+    assert again["backing_reuses"] == len(names), again
+    assert again.get("fastlane_opens", 0) == 0, again
 
 
 def test_outputs_writes_pass_through_and_commit_at_close(tmp_path, plate, mounts):

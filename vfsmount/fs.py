@@ -58,6 +58,7 @@ class VfsOperations(pyfuse3.Operations):
         super().__init__()
         self.data_path = data_path or DataPath.for_mount(False)
         self.enable_passthrough = self.data_path.wanted     # asked of the kernel at init
+        self.enable_fastlane = self.data_path.fast_lane_wanted   # pyfuse3's reader thread
         self.on_init = None               # called once the kernel's INIT is answered
         self.outputs = outputs            # the OutputsArea, for statfs and the metadata task
         # Without xattrs, getxattr answers ENOSYS once and the kernel stops asking: `ls -l`

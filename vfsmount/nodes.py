@@ -108,6 +108,10 @@ class OpenFile:
     # the answer to open_file(flags, kept=True): the source is unchanged, so this open uses
     # the backing file still registered from an earlier one (no handle, no descriptor)
     kept: bool = False
+    # with keep_backing: the source's path, if one stat of it tells whether it is still the
+    # version of backing_fd (a local file read as it is); later opens may then be answered
+    # without the daemon's Python (passthrough.py, the fast lane)
+    source_path: bytes | None = None
 
 
 class Node:
@@ -325,10 +329,15 @@ class FileNode(Node):
             return OpenFile(None, noflush=True, kept=True)
         handle = self.open()
         backing_fd = self.backing_fd(handle)
+        keep = backing_fd is not None and self.is_seen_version(backing_fd)
         # read-only: a flush has nothing to do
         return OpenFile(handle, keep_cache=self.immutable and not changed, invalidate=changed,
-                        noflush=True, backing_fd=backing_fd,
-                        keep_backing=backing_fd is not None and self.is_seen_version(backing_fd))
+                        noflush=True, backing_fd=backing_fd, keep_backing=keep,
+                        source_path=self.source_path() if keep else None)
+
+    def source_path(self) -> bytes | None:
+        """The real file whose stat tells whether the source changed (see OpenFile)."""
+        return None
 
     def is_seen_version(self, fd: int) -> bool:
         """True if ``fd`` holds the version of the source that ``source_changed`` last saw
@@ -442,6 +451,9 @@ class PassthroughFile(FileNode):
 
     def backing_fd(self, handle: "_ReadAhead") -> int | None:
         return handle.fd if self.bytes_are_source() else None
+
+    def source_path(self) -> bytes | None:
+        return os.fsencode(self.path())
 
     @property
     def passes_through(self) -> bool:

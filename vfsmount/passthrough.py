@@ -23,6 +23,13 @@ The decisions, once per mount and once per open, live here (``fs.py`` only asks)
   never leads it, so these rules never ask the kernel for a mode it refuses.
   A registration the kernel refuses (a backing file system it cannot stack on, ...) falls
   back to the daemon for that open, with one log line per kind of error.
+- the fast lane (pyfuse3 of the patch, ``fastlane_*``): while a kept backing file waits for
+  its next open, its inode is handed to a C reader thread that answers that open itself if
+  one stat of the source (a file on a local disk) finds the version the backing file holds:
+  no Python, about a tenth of the round trip. Any other open of the inode comes here, which
+  first takes the inode back (``fastlane_revoke``); opens the fast lane answered and that are
+  still open count as opens of the backing file, so it is shared, and released only once
+  they are closed (``_draining``). A kept backing file the fast lane keeps using is not idle.
 """
 from __future__ import annotations
 
@@ -35,9 +42,12 @@ from dataclasses import dataclass, field
 
 import pyfuse3
 
+from backends.storage.mountinfo import on_local_disk
+
 log = logging.getLogger("vfsmount.passthrough")
 
 ENV_SWITCH = "VFSMOUNT_PASSTHROUGH"      # "0" forces the daemon data path (tests, benchmarks)
+FAST_LANE_SWITCH = "VFSMOUNT_FAST_LANE"  # "0": every open reaches Python (tests, benchmarks)
 CAP_SYS_ADMIN = 21
 
 PASSTHROUGH = "passthrough"
@@ -50,6 +60,10 @@ DAEMON = "daemon"
 # (its disk space pinned) for long.
 KEEP_BACKINGS = 512
 KEEP_SECONDS = 30.0
+
+
+def _switched_off(value: str) -> bool:
+    return value.strip().lower() in ("0", "no", "off", "false")
 
 
 def supported() -> bool:
@@ -86,14 +100,22 @@ class Counters:
     backing_kept: int = 0             # of which no open uses now
     backing_registrations: int = 0    # sources opened and registered with the kernel
     backing_reuses: int = 0           # opens served by a kept backing file (no source opened)
+    # (the fast lane's own: fastlane_opens, fastlane_releases, fastlane_fallbacks: see state())
 
 
 @dataclass
 class _Backing:
     backing_id: int
-    opens: int = 1
+    opens: int = 1                # opens the daemon answered and that are not released yet
     keep: bool = False            # may stay registered once no open uses it (see OpenFile)
     idle_since: float = 0.0
+    source: tuple | None = None   # (path, size, mtime_ns, inode) of its version, local source
+    fast_total: int = 0           # fast-lane opens of it counted at the last expiry check
+
+
+def fastlane_supported() -> bool:
+    """This pyfuse3 can answer kept passthrough opens in its reader thread (the patch)."""
+    return hasattr(pyfuse3, "fastlane_allow")
 
 
 @dataclass
@@ -108,13 +130,21 @@ class DataPath:
     _idle: OrderedDict = field(default_factory=OrderedDict)   # inode -> None, oldest first
     _cached: dict = field(default_factory=dict)          # inode -> opens in page-cache mode
     _refusals: set = field(default_factory=set)          # errnos already logged
+    _draining: set = field(default_factory=set)   # released here, fast-lane opens still open
+    _local_devices: dict = field(default_factory=dict)   # st_dev -> on a local disk
+
+    @property
+    def fast_lane_wanted(self) -> bool:
+        """Ask pyfuse3 for its fast lane (before init; it serves only passthrough opens)."""
+        return (self.wanted and fastlane_supported()
+                and not _switched_off(os.environ.get(FAST_LANE_SWITCH, "1")))
 
     @classmethod
     def for_mount(cls, option: bool, *, local: bool = True) -> "DataPath":
         """Before init: what the mount will ask the kernel for."""
         if not option:
             return cls(False, DAEMON, "passthrough forced off (--no-passthrough)")
-        if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "no", "off", "false"):
+        if _switched_off(os.environ.get(ENV_SWITCH, "1")):
             return cls(False, DAEMON, f"passthrough forced off ({ENV_SWITCH}=0)")
         if not supported():
             return cls(False, DAEMON, "pyfuse3 without passthrough (built against libfuse "
@@ -137,6 +167,9 @@ class DataPath:
             self.mode = PASSTHROUGH
             self.reason = ("kernel FUSE passthrough for files whose bytes are a real file "
                            "(vendor files, outputs/ writes); the daemon serves the rest")
+            if self.fast_lane:
+                self.reason += ("; reopened unchanged files are answered by pyfuse3's fast "
+                                "lane, without the daemon's Python")
         log.info("data path: %s (%s)", self.mode, self.reason)
 
     @property
@@ -157,15 +190,17 @@ class DataPath:
         backing file is gone meanwhile: open the node again without ``kept``."""
         backing = self._backing.get(inode)
         if backing is not None:
-            if opened.kept or backing.opens:
+            fast_open = pyfuse3.fastlane_revoke(inode) if backing.source else 0
+            if opened.kept or backing.opens or fast_open:
                 # The kernel refuses (EIO) any open of an inode in passthrough that is not a
                 # passthrough open of the same backing file: share it, even if the node now
                 # has another file (a source replaced while a file opened before still reads
                 # it; this open sees that version, the next one after it closes the new one).
-                if backing.opens == 0:
+                if backing.opens == 0 and inode in self._idle:
                     del self._idle[inode]
                     self.counters.backing_kept -= 1
-                elif opened.invalidate and opened.backing_fd is not None:
+                self._draining.discard(inode)
+                if opened.invalidate and opened.backing_fd is not None:
                     backing.keep = False      # an old version: closed at its last release
                     log.info("%s: source replaced while open; shares the open version until "
                              "it is closed", label())
@@ -181,7 +216,8 @@ class DataPath:
         if backing_fd is not None and self.mode == PASSTHROUGH and not self._cached.get(inode):
             backing_id = self._register(backing_fd, label)
             if backing_id:
-                self._backing[inode] = _Backing(backing_id, keep=opened.keep_backing)
+                self._backing[inode] = _Backing(backing_id, keep=opened.keep_backing,
+                                                source=self._fast_source(opened))
                 self.counters.passthrough_opens += 1
                 self.counters.backing_ids += 1
                 self.counters.backing_registrations += 1
@@ -206,6 +242,18 @@ class DataPath:
                             errno.errorcode.get(e.errno, e.errno), e.strerror)
             return 0
 
+    def _fast_source(self, opened) -> tuple | None:
+        """What the fast lane stats before answering an open of this version of the source:
+        only a file on a local disk (a stat there never waits on a network) and only where
+        the fast lane runs."""
+        if not (opened.source_path and opened.keep_backing and self.fast_lane):
+            return None
+        st = os.fstat(opened.backing_fd)
+        local = self._local_devices.get(st.st_dev)
+        if local is None:
+            local = self._local_devices[st.st_dev] = on_local_disk(os.fsdecode(opened.source_path))
+        return (opened.source_path, st.st_size, st.st_mtime_ns, st.st_ino) if local else None
+
     def release(self, inode: int, backing_id: int, direct_io: bool) -> None:
         if backing_id:
             backing = self._backing.get(inode)
@@ -217,9 +265,12 @@ class DataPath:
                     backing.idle_since = time.monotonic()
                     self._idle[inode] = None
                     self.counters.backing_kept += 1
+                    if backing.source:      # its next opens: the fast lane, while unchanged
+                        pyfuse3.fastlane_allow(inode, backing.backing_id, *backing.source)
+                        backing.fast_total = 0
                     self.expire(backing.idle_since)
                 else:
-                    self._close(inode)
+                    self._retire(inode)
         elif not direct_io:
             left = self._cached.get(inode, 0) - 1
             if left > 0:
@@ -230,20 +281,38 @@ class DataPath:
     def expire(self, now: float | None = None) -> None:
         """Release the kept backing files beyond KEEP_BACKINGS or idle for KEEP_SECONDS
         (called at each release, and periodically by the daemon)."""
+        for inode in [i for i in self._draining if not pyfuse3.fastlane_usage(i)[0]]:
+            self._close(inode)            # the fast lane's last open of it is closed
         idle = self._idle
         if not idle:
             return
-        deadline = (time.monotonic() if now is None else now) - KEEP_SECONDS
-        while idle:
-            oldest = next(iter(idle))
-            if len(idle) <= KEEP_BACKINGS and self._backing[oldest].idle_since > deadline:
+        now = time.monotonic() if now is None else now
+        deadline = now - KEEP_SECONDS
+        for oldest in list(idle):
+            backing = self._backing[oldest]
+            within = len(idle) <= KEEP_BACKINGS
+            if within and backing.idle_since > deadline:
                 break
+            if within and backing.source:
+                fast_open, fast_total = pyfuse3.fastlane_usage(oldest)
+                if fast_open or fast_total != backing.fast_total:   # used: not idle
+                    backing.fast_total, backing.idle_since = fast_total, now
+                    idle.move_to_end(oldest)
+                    continue
             del idle[oldest]
             self.counters.backing_kept -= 1
-            self._close(oldest)
+            self._retire(oldest)
+
+    def _retire(self, inode: int) -> None:
+        """No open of the daemon uses it: release it, once the fast lane's are closed too."""
+        if self._backing[inode].source and pyfuse3.fastlane_revoke(inode):
+            self._draining.add(inode)
+        else:
+            self._close(inode)
 
     def _close(self, inode: int) -> None:
         backing = self._backing.pop(inode)
+        self._draining.discard(inode)
         if backing.opens == 0 and inode in self._idle:
             del self._idle[inode]
             self.counters.backing_kept -= 1
@@ -255,4 +324,15 @@ class DataPath:
 
     def state(self) -> dict:
         """For `vfsmount list` and the tests (the mount's state file)."""
-        return {"data_path": self.mode, "reason": self.reason, **self.counters.__dict__}
+        state = {"data_path": self.mode, "reason": self.reason, "fast_lane": self.fast_lane,
+                 **self.counters.__dict__}
+        if self.fast_lane:
+            state.update(pyfuse3.fastlane_stats())
+            # kept = no open uses it, the fast lane's included
+            state["backing_kept"] -= sum(1 for inode in self._idle if self._backing[inode].source
+                                         and pyfuse3.fastlane_usage(inode)[0])
+        return state
+
+    @property
+    def fast_lane(self) -> bool:
+        return self.mode == PASSTHROUGH and fastlane_supported() and pyfuse3.fastlane_running()
