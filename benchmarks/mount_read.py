@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,9 +26,26 @@ from backends.plates.plate import Plate
 from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
 from backends.ngff.config import ZarrConfig
 
+from vfsmount.passthrough import FAST_LANE_SWITCH, fastlane_supported
+
 from .common import cat, drop_caches, mib_s, mounted, table
 
 ROUNDS = 3
+
+
+@contextlib.contextmanager
+def _environ(env: dict):
+    """The daemon started inside sees ``env`` (the switches of vfsmount/passthrough.py)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _time(fn) -> float:
@@ -67,6 +85,8 @@ def daemon_cpu(pid: int) -> float:
 
 
 REQUESTS = ("lookup", "getattr", "open", "flush", "release", "read", "write")
+# opens answered by pyfuse3's fast lane (no request reaches the daemon's Python)
+FAST_OPENS = "fastlane_opens"
 
 
 class PerFile:
@@ -77,7 +97,7 @@ class PerFile:
     def __init__(self) -> None:
         self.extra_us: list[float] = []
         self.cpu_us: list[float] = []
-        self.requests: dict[str, list[float]] = {r: [] for r in REQUESTS}
+        self.requests: dict[str, list[float]] = {r: [] for r in (*REQUESTS, FAST_OPENS)}
 
     def measure(self, mnt: Path, pid: int, n: int, fn, baseline_s: float) -> float:
         time.sleep(0.4)                      # the state file catches up
@@ -88,19 +108,20 @@ class PerFile:
         after = state(mnt)
         self.extra_us.append((took - baseline_s) / n * 1e6)
         self.cpu_us.append(cpu / n * 1e6)
-        for r in REQUESTS:
-            key = f"{r}_requests"
+        for r in (*REQUESTS, FAST_OPENS):
+            key = r if r == FAST_OPENS else f"{r}_requests"
             self.requests[r].append((after.get(key, 0) - before.get(key, 0)) / n)
         return took
 
     def row(self, what: str) -> tuple:
         med = statistics.median
-        reqs = " / ".join(f"{med(self.requests[r]):.1f}" for r in REQUESTS)
+        reqs = " / ".join(f"{med(self.requests[r]):.1f}" for r in (*REQUESTS, FAST_OPENS))
         return (what, f"{med(self.extra_us):,.0f}", f"{med(self.cpu_us):,.0f}", reqs)
 
 
 PER_FILE_HEADERS = ("what", "extra wall per file, us (median)", "daemon CPU per file, us",
-                    "requests per file: " + " / ".join(r.upper() for r in REQUESTS))
+                    "requests per file: " + " / ".join(r.upper() for r in REQUESTS)
+                    + " / fast-lane OPEN")
 
 
 def read_rounds(real: list[Path], virt: list[Path], mnt: Path, pid: int,
@@ -137,12 +158,16 @@ def run(args) -> None:
         size = f"{len(names)} x {nbytes / len(names) / 2**20:.0f} MiB"
         rows, ratio_rows, per_file_rows = [], [], []
         mnt = base / "mnt"
-        for label, extra in (("default", []), ("passthrough forced off", ["--no-passthrough"])):
+        for label, extra, env in (("default", [], {}),
+                                  ("fast lane off", [], {FAST_LANE_SWITCH: "0"}),
+                                  ("passthrough forced off", ["--no-passthrough"], {})):
             for folder in ("workspace", "images"):
-                if folder == "images" and extra:
+                if folder == "images" and (extra or env):
                     continue        # images/ is served by the daemon either way
+                if env and not fastlane_supported():
+                    continue        # no fast lane in this pyfuse3: the default row is this one
                 per_file = {"cold": PerFile(), "warm": PerFile()}
-                with mounted(plate_dir, mnt, *extra) as pid:
+                with _environ(env), mounted(plate_dir, mnt, *extra) as pid:
                     path = data_path(mnt)
                     t = read_rounds(real, [mnt / folder / n for n in names], mnt, pid, per_file)
                 for kind in ("cold", "warm"):
