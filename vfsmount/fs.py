@@ -46,6 +46,9 @@ DIR_HANDLES = 1 << 40          # snapshot directory handles live above every ino
 # pyfuse3 built with patches/pyfuse3-passthrough.patch takes a FileInfo from opendir
 # (noflush, backing ids, and a FileInfo from opendir for cache_readdir); plain pyfuse3 has none
 PATCHED = "backing_id" in dir(pyfuse3.FileInfo)
+# ... and, from the patch of the fast lane on, readdir_reply(link=False): a listing entry with
+# its name and type only, for a file whose attributes are still being made
+NAME_ONLY_ENTRIES = hasattr(pyfuse3, "fastlane_allow")
 
 
 class VfsOperations(pyfuse3.Operations):
@@ -144,6 +147,13 @@ class VfsOperations(pyfuse3.Operations):
         e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = node.mtime_ns
         return e
 
+    async def _attr_waiting(self, node: Node, *, lookup: bool = False) -> pyfuse3.EntryAttributes:
+        """``_attr``, in a worker where the node's size is still being made (a large plate's
+        load_data.csv): that request waits, the loop does not."""
+        if node.size_known():
+            return self._attr(node, lookup=lookup)
+        return await self._in_worker(lambda: self._attr(node, lookup=lookup))
+
     def _size(self, node: Node, lookup: bool) -> int:
         try:
             return node.size
@@ -213,14 +223,14 @@ class VfsOperations(pyfuse3.Operations):
         node = await self._work(parent, "lookup", name)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        attr = self._attr(node, lookup=True)
+        attr = await self._attr_waiting(node, lookup=True)
         self._remember(name, node)
         return attr
 
     @fuse_operation
     async def getattr(self, inode, ctx=None):
         self.data_path.counters.getattr_requests += 1
-        return self._attr(self._node(inode))
+        return await self._attr_waiting(self._node(inode))
 
     async def forget(self, inode_list):
         pass  # nodes live as long as the mount (outputs/ keeps its own per folder)
@@ -280,8 +290,15 @@ class VfsOperations(pyfuse3.Operations):
             name = names[i]
             node = listing.child_at(i)
             self._remember(name, node)
+            if not node.size_known() and NAME_ONLY_ENTRIES:
+                # `ls` needs no more; a stat of it looks it up, and waits, by itself
+                attr = pyfuse3.EntryAttributes()
+                attr.st_ino, attr.st_mode = node.inode, node.mode
+                if not pyfuse3.readdir_reply(token, name, attr, i + 3, link=False):
+                    break
+                continue
             try:
-                attr = self._attr(node)
+                attr = await self._attr_waiting(node)
             except pyfuse3.FUSEError:
                 continue          # deleted since the snapshot
             if not pyfuse3.readdir_reply(token, name, attr, i + 3):

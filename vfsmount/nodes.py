@@ -138,6 +138,11 @@ class Node:
     def get_xattrs(self) -> dict[bytes, bytes]:
         return {}
 
+    def size_known(self) -> bool:
+        """False while ``size`` would wait (a file still being made): its attributes are
+        then computed in a worker, and a listing names it without them."""
+        return True
+
     def inline(self, op: str) -> bool:
         """True if the call ``op`` (a method name: "lookup", "create", "flush", ...) may run
         on the trio loop now, neither waiting for the disk nor for a lock a worker holds."""

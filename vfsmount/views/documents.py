@@ -65,6 +65,9 @@ class GeneratedFile(FileNode):
     def size(self) -> int:
         return len(self.data)
 
+    def size_known(self) -> bool:
+        return self._future.done()
+
     def read(self, handle, offset: int, length: int) -> bytes:
         return self.data[offset:offset + length]
 
