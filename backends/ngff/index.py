@@ -23,7 +23,6 @@ match the array) is one problem line naming the group; the rest of the plate is 
 """
 from __future__ import annotations
 
-import asyncio
 import bisect
 import functools
 import json
@@ -435,6 +434,7 @@ class NodeReader:
     def children(self, paths: list[str]) -> list[list[str]]:
         if self.local_root is not None:
             return [_local_children(f"{self.local_root}/{p.strip('/')}") for p in paths]
+        import asyncio                  # (a remote store's: a local one's mount needs none)
 
         async def all_children() -> list[list[str]]:
             return list(await asyncio.gather(*(self._children(p) for p in paths)))
@@ -471,6 +471,7 @@ class NodeReader:
         return self._run(self._fetch_async(keys))
 
     async def _fetch_async(self, keys: list[str]) -> list[dict | None]:
+        import asyncio
         from zarr.core.buffer import default_buffer_prototype
         gate = asyncio.Semaphore(_CONCURRENT_READS)
 
