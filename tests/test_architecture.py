@@ -1,9 +1,10 @@
 """The architecture's rules, checked on the source (issues 14, 27): layers import only
 downwards (the packages, and the layers of ``backends/``), the mount imports no zarr (a store
-is read in ``backends/ngff/``), modules import each other in no circle (nor do the sub-packages of ``backends/``), the FUSE layer and the views dispatch on
-capabilities (no ``hasattr`` probes, no ``isinstance``/``type() is`` on the mount's own
-classes), "is it a URL" is asked where a location is made, no class mixes in a class that
-uses attributes it does not define, and no function grows past one screen."""
+is read in ``backends/ngff/``), modules import each other in no circle (nor do the
+sub-packages of ``backends/``), the FUSE layer and the views dispatch on capabilities (no
+``hasattr`` probes, no ``isinstance``/``type() is`` on the mount's own classes), "is it a URL"
+is asked where a location is made, no class mixes in a class that uses attributes it does not
+define, and no function grows past one screen."""
 from __future__ import annotations
 
 import ast
