@@ -14,7 +14,9 @@ The backend is a thin front over parts that each own their state:
   shapes, dtypes), read from any store's NGFF metadata documents, ours or another tool's;
 - ``read``: :class:`ZarrReader` (decoded-plane cache, row ranges, read-ahead, batches);
 - ``write``: :class:`FieldWriter` (planes, NGFF metadata, present-planes records);
-- ``documents``: NGFF documents alone (it imports none of the above).
+- ``documents``: NGFF documents alone (it imports none of the above);
+- ``levels`` (beside them, not used here): a store's coarser pyramid levels, read small and
+  many at once, for an overview of a plate (napari's plate view).
 
 Every array we write carries ``attrs["vfsmount"]``: its t/c/z values and file names; the
 root may carry an index of every name (``attrs["vfsmount"]["files"]``), used when present.
