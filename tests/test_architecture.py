@@ -1,9 +1,10 @@
 """The architecture's rules, checked on the source (issues 14, 27): layers import only
-downwards (the packages, and the layers of ``backends/``), modules import each other in no
-circle (nor do the sub-packages of ``backends/``), the FUSE layer and the views dispatch on
-capabilities (no ``hasattr`` probes, no ``isinstance``/``type() is`` on the mount's own
-classes), "is it a URL" is asked where a location is made, no class mixes in a class that
-uses attributes it does not define, and no function grows past one screen."""
+downwards (the packages, and the layers of ``backends/``), the mount imports no zarr (a store
+is read in ``backends/ngff/``), modules import each other in no circle (nor do the
+sub-packages of ``backends/``), the FUSE layer and the views dispatch on capabilities (no
+``hasattr`` probes, no ``isinstance``/``type() is`` on the mount's own classes), "is it a URL"
+is asked where a location is made, no class mixes in a class that uses attributes it does not
+define, and no function grows past one screen."""
 from __future__ import annotations
 
 import ast
@@ -54,6 +55,39 @@ def test_layers_import_only_downwards(package, forbidden):
     offenders = {_rel(p): sorted(_imports(p) & forbidden)
                  for p in _modules(package) if _imports(p) & forbidden}
     assert not offenders, f"{package}/ must not import {sorted(forbidden)}: {offenders}"
+
+
+
+# -- zarr stays behind backends/ngff ------------------------------------------------------------
+
+ZARR_MODULES = ("zarr", "numcodecs")
+
+
+def _zarr_imports(tree: ast.Module) -> list[str]:
+    """Imports of zarr or numcodecs (any submodule: ``zarr.core.sync`` included), anywhere in
+    the module (functions too), as ``line: module``."""
+    out = []
+    for n in ast.walk(tree):
+        names = [a.name for a in n.names] if isinstance(n, ast.Import) else \
+            [n.module] if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module else []
+        out += [f"{n.lineno}: {m}" for m in names if m.split(".")[0] in ZARR_MODULES]
+    return out
+
+
+def test_the_mount_reads_stores_only_through_backends():
+    """vfsmount/ (the FUSE layer, the views, the CLI, napari) never imports zarr or numcodecs,
+    let alone zarr's internals (``zarr.core``, its event loop): opening and reading a store
+    belongs in ``backends/ngff/`` (for napari's small levels: ``backends/ngff/levels.py``)."""
+    offenders = [f"{_rel(p)}:{line}" for p in _modules("vfsmount")
+                 for line in _zarr_imports(_tree(p))]
+    assert not offenders, f"zarr imported by the mount (read it in backends/ngff/): {offenders}"
+
+
+def test_the_zarr_check_finds_an_import():
+    code = ("import numpy\nimport zarr\ndef f():\n    from zarr.core.sync import sync\n"
+            "    import numcodecs.blosc as b\n    from . import zarr_names\n")
+    assert _zarr_imports(ast.parse(code)) == ["2: zarr", "4: zarr.core.sync",
+                                             "5: numcodecs.blosc"]
 
 
 # -- import circles -------------------------------------------------------------------------

@@ -262,3 +262,45 @@ def test_a_source_folder_leaving_the_plate_fails_only_its_files(plate, mounts, t
     assert e.value.errno == errno.EACCES
     ws = Plate.open(plate).entry("workspace")["workspace_mapping"]
     assert listed["A01_s001_w1_z001_t001.tif"] == (plate / ws["A01_s001_w1_z001_t001.tif"]).stat().st_size
+
+
+STORE_WITHOUT_ZARR = r"""
+import io, sys
+import numpy as np, tifffile
+from pathlib import Path
+from backends.plates.plate import Plate
+from vfsmount.tree import build_tree
+store = Path(sys.argv[1])
+root = build_tree(Plate.open(store, lazy=True))        # what the daemon builds before ready
+images = root.get(b"images")
+images.listing().wait_rows(4096)                        # readdir's first ask
+columns = images.columns()
+names = list(columns.names[0:columns.ready])
+assert images.get(names[-1].encode()).size == list(columns.sizes[0:columns.ready])[-1]
+node = images.get(b"P02_s002_w2_z003_t001.tif")         # a lookup in the last well
+assert "zarr" not in sys.modules and "numcodecs" not in sys.modules, "zarr before a read"
+tif = tifffile.imread(io.BytesIO(node.read(None, 0, node.size)))
+assert "zarr" in sys.modules
+import zarr
+want = zarr.open_array(store / "P/2/1/0", mode="r")[1, 2]
+assert want.any()
+np.testing.assert_array_equal(tif, want)
+print(len(names), names[-1])
+"""
+
+
+def test_a_store_is_listed_without_zarr_and_read_with_it(tmp_path):
+    """Issue 29 (mount ready at any size): a local store's mount and its first listing read
+    JSON documents only, so the daemon is ready without importing zarr (about a second on
+    the 2-core machine); the first plane read imports it (in a worker) and is the store's."""
+    import sys
+    from benchmarks.foreign_zarr import write_plate
+    import zarr
+    store = tmp_path / "plate.ome.zarr"
+    write_plate(store, "0.5", 2, 2)                     # NGFF 0.5: zarr v3 documents
+    arr = zarr.open_array(store / "P/2/1/0", mode="r+")
+    arr[...] = np.arange(arr.size, dtype=arr.dtype).reshape(arr.shape)
+    out = subprocess.run([sys.executable, "-c", STORE_WITHOUT_ZARR, str(store)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["12", "A01_s002_w2_z003_t001.tif"]   # one well: 2 fields x 6

@@ -12,6 +12,9 @@ wells are read: a ``PlaneDir`` lists the wells read so far and reads the next on
 kernel asks for more rows (``ListedPlanes``), so the first entries of a million-plane store
 come after one well is read, and a lookup reads only its own well.
 
+Both folders are one class, ``ListedDir``, over a ``Listing`` (the rows, however they come);
+``ImageDir`` and ``PlaneDir`` only name it for their callers.
+
 Inode numbers are a contiguous range per image set (``LISTED_INODES`` and up, above every
 node-counter inode), so the FUSE layer finds a node from its inode without a dictionary of
 a million entries: ``find_listed(inode)``.
@@ -26,12 +29,12 @@ import os
 import stat as stat_mod
 import threading
 from array import array
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
 
-from .nodes import (SYNTHESIZED_MODE, DirNode, PassthroughFile, SynthesizedTiff, _ReadAhead,
-                    file_mode, layout_for)
+from .nodes import (SYNTHESIZED_MODE, DirNode, Node, PassthroughFile, SynthesizedTiff,
+                    _ReadAhead, file_mode, layout_for)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,54 @@ def reserve_inodes(images, span: int | None = None) -> int:
         return first
 
 
-class ListedImages:
+class Listing(Protocol):
+    """What a ``ListedDir`` asks of the rows it lists (``ListedImages``, a view of them,
+    ``ListedPlanes``): nothing is read before ``load``; after it, rows [0, ready) are final."""
+
+    complete: bool                       # every row is known
+
+    def load(self) -> None: ...          # cheap: what a listing needs first (may start a thread)
+
+    def lookup(self, name: str) -> Node | None: ...       # the node named ``name``
+
+    def row_node(self, row: int) -> Node: ...             # the node of row ``row`` (may wait)
+
+    def columns(self) -> "Columns": ...                   # the rows known, for readdir
+
+    def wait_rows(self, stop: int) -> None: ...           # blocks: more rows, up to ``stop``
+
+    def entry_names(self) -> Sequence[bytes]: ...         # what readdir pages through
+
+    def all_rows(self) -> int: ...                        # how many rows (blocks until known)
+
+
+class NamedRows:
+    """A listing whose names are all known at once (``names``): a row is found by name
+    (``row_of``) and made a node by ``node(row)``; the rest of ``Listing`` follows."""
+
+    names: Sequence[str]
+
+    def row_of(self, name: str) -> int | None:
+        raise NotImplementedError
+
+    def node(self, row: int) -> Node:
+        raise NotImplementedError
+
+    def lookup(self, name: str) -> Node | None:
+        row = self.row_of(name)
+        return None if row is None else self.node(row)
+
+    def row_node(self, row: int) -> Node:
+        return self.node(row)
+
+    def entry_names(self) -> "_EncodedNames":
+        return _EncodedNames(self.names)
+
+    def all_rows(self) -> int:
+        return len(self.names)
+
+
+class ListedImages(NamedRows):
     """The images of one image set that stats its files in bulk (``ImageSet.stats_in_bulk``),
     served in place; shared by its folder and any view of it (``images/``), so the sources
     are stat-ed once."""
@@ -240,56 +290,70 @@ class _EncodedNames:
         return self.names[i].encode("utf-8", "surrogateescape")     # what os.fsencode does
 
 
-class ImageDir(DirNode):
-    """A read-only folder of ListedImages; stats its sources on first use."""
+class ListedDir(DirNode):
+    """A read-only folder of a ``Listing``'s rows (``listed``: ``listing()`` is the node
+    protocol's): loads it on first use, and answers lookups, readdir pages and rows from it
+    (no node per row kept)."""
 
-    __slots__ = ("images",)
+    __slots__ = ("listed",)
 
-    def __init__(self, mtime_ns: int, images: ListedImages) -> None:
+    def __init__(self, mtime_ns: int, listed: Listing) -> None:
         super().__init__(mtime_ns)
-        self.images = images
-        self._populate = ImageDir._load
+        self.listed = listed
+        self._populate = ListedDir._load
 
     def _load(self) -> None:
-        self.images.load()
+        self.listed.load()
 
     def add(self, name, node):
-        raise TypeError("an ImageDir lists its images from the mapping only")
+        raise TypeError(f"a {type(self).__name__} lists the rows of its listing only")
 
-    def alias(self) -> "ImageDir":
+    def alias(self) -> "ListedDir":
         """Another folder (own inode) showing the same files (same inodes)."""
-        return ImageDir(self.mtime_ns, self.images)
+        return type(self)(self.mtime_ns, self.listed)
 
     def get(self, name: bytes):
         self._ensure()
-        row = self.images.row_of(os.fsdecode(name))
-        return None if row is None else self.images.node(row)
+        return self.listed.lookup(os.fsdecode(name))
 
     def child_at(self, index: int):
         self._ensure()
-        return self.images.node(index)
+        return self.listed.row_node(index)
 
     def columns(self) -> Columns:
         """Rows for readdir without a node each (see ``nodes.DirNode.listing``)."""
         self._ensure()
-        return self.images.columns()
+        return self.listed.columns()
 
     def wait_rows(self, stop: int) -> None:
-        self.images.wait_rows(stop)
+        self.listed.wait_rows(stop)
 
     def needs_worker(self) -> bool:
-        return self._populate is not None or not self.images.complete   # lookups may wait
+        # lookups and listings may wait for rows (stat-ed, or wells read) until all are known
+        return self._populate is not None or not self.listed.complete
 
-    def names(self) -> _EncodedNames:
+    def names(self) -> Sequence[bytes]:
         self._ensure()
-        return _EncodedNames(self.images.names)
+        return self.listed.entry_names()
 
     def children(self):
         self._ensure()
-        return ((os.fsencode(n), self.images.node(i)) for i, n in enumerate(self.images.names))
+        for row in range(self.listed.all_rows()):
+            node = self.listed.row_node(row)
+            yield node.name.encode("utf-8", "surrogateescape"), node   # os.fsencode's bytes
 
     def __len__(self) -> int:
-        return len(self.images.names)
+        return self.listed.all_rows()
+
+
+class ImageDir(ListedDir):
+    """A folder of images stat-ed in bulk (``ListedImages``, or a view of them)."""
+
+    __slots__ = ()
+
+    @property
+    def images(self):
+        return self.listed
 
 
 #: Inodes per well of a ListedPlanes: a well's planes are numbered within its own block.
@@ -436,6 +500,9 @@ class ListedPlanes:
         self._read_until(1 << 62)
         return self.ready
 
+    def entry_names(self) -> "_PlaneNames":
+        return _PlaneNames(self)
+
     # -- what a SynthesizedTiff asks of its directory's source ------------------------------
     def plane(self, name: str):
         return self.images.plane(name)
@@ -497,58 +564,14 @@ class _PlaneNames:
         return self.planes.row_node(i).name.encode("utf-8", "surrogateescape")
 
 
-class PlaneDir(DirNode):
-    """A read-only folder of a ListedPlanes: rows as the wells are read (see above)."""
+class PlaneDir(ListedDir):
+    """A folder of a ``ListedPlanes``: rows as the wells are read (see above)."""
 
-    __slots__ = ("planes",)
+    __slots__ = ()
 
-    def __init__(self, mtime_ns: int, planes: ListedPlanes) -> None:
-        super().__init__(mtime_ns)
-        self.planes = planes
-        self._populate = PlaneDir._load
-
-    def _load(self) -> None:
-        self.planes.load()
-
-    def add(self, name, node):
-        raise TypeError("a PlaneDir lists the planes of its image set only")
-
-    def alias(self) -> "PlaneDir":
-        """Another folder (own inode) showing the same files (same inodes)."""
-        return PlaneDir(self.mtime_ns, self.planes)
-
-    def get(self, name: bytes):
-        self._ensure()
-        return self.planes.lookup(os.fsdecode(name))
-
-    def child_at(self, index: int):
-        self._ensure()
-        return self.planes.row_node(index)
-
-    def columns(self) -> Columns:
-        self._ensure()
-        return self.planes.columns()
-
-    def wait_rows(self, stop: int) -> None:
-        self.planes.wait_rows(stop)
-
-    def needs_worker(self) -> bool:
-        # a lookup or a listing may read a well until every well is read
-        return self._populate is not None or not self.planes.complete
-
-    def names(self) -> _PlaneNames:
-        self._ensure()
-        return _PlaneNames(self.planes)
-
-    def children(self):
-        self._ensure()
-        for row in range(self.planes.all_rows()):
-            node = self.planes.row_node(row)
-            yield node.name.encode("utf-8", "surrogateescape"), node
-
-    def __len__(self) -> int:
-        self._ensure()
-        return self.planes.all_rows()
+    @property
+    def planes(self) -> ListedPlanes:
+        return self.listed
 
 
 def release_freed_memory() -> None:

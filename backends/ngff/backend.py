@@ -14,7 +14,9 @@ The backend is a thin front over parts that each own their state:
   shapes, dtypes), read from any store's NGFF metadata documents, ours or another tool's;
 - ``read``: :class:`ZarrReader` (decoded-plane cache, row ranges, read-ahead, batches);
 - ``write``: :class:`FieldWriter` (planes, NGFF metadata, present-planes records);
-- ``documents``: NGFF documents alone (it imports none of the above).
+- ``documents``: NGFF documents alone (it imports none of the above);
+- ``levels`` (beside them, not used here): a store's coarser pyramid levels, read small and
+  many at once, for an overview of a plate (napari's plate view).
 
 Every array we write carries ``attrs["vfsmount"]``: its t/c/z values and file names; the
 root may carry an index of every name (``attrs["vfsmount"]["files"]``), used when present.
@@ -27,11 +29,11 @@ storage has no rename to publish a finished store in one step.
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
-import zarr
 from natsort import natsorted
 
 from ..storage.base import Backend, StorageBackend
@@ -44,8 +46,11 @@ from ..storage.remote import Location, S3Options
 from .config import ZarrConfig
 from .documents import pyramid_levels, write_pyramid
 from .read import ZarrPlane, ZarrReader
-from .store import open_root_group, open_store, store_exists
+from .store import open_root_group, open_store, root_document, store_exists
 from .write import FieldWriter, compact_json
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = ["ZarrStorageBackend", "ZarrPlane", "ArrayInfo", "PlaneRef", "AXES", "INDEX_KEY",
            "output_store", "load_writer", "write_pyramids"]
@@ -68,12 +73,15 @@ class ZarrStorageBackend(StorageBackend):
         self.mode = mode
         self.config = config or ZarrConfig()
         self._group: zarr.Group | None = None
-        self._store = open_store(self.root, remote=self.remote, read_only=mode == "r",
-                                 options=options, chunk_cache_bytes=chunk_cache_bytes)
         self._index = PlaneIndex()
-        self._reader = ZarrReader(self._store, self._index, where=str(self.root),
-                                  remote=self.remote, writable=mode != "r",
-                                  cache=ArrayCache(cache_bytes), owner=self)
+
+        def opened():
+            return open_store(self.root, remote=self.remote, read_only=mode == "r",
+                              options=options, chunk_cache_bytes=chunk_cache_bytes)
+        self._reader = ZarrReader(None if self._documents_only else opened(), self._index,
+                                  where=str(self.root), remote=self.remote,
+                                  writable=mode != "r", cache=ArrayCache(cache_bytes),
+                                  owner=self, open_store=opened)
         self._writer = FieldWriter(self._index, self._reader, self.root_group,
                                    config=self.config, where=str(self.root),
                                    store_name=self.store_name, remote=self.remote,
@@ -118,15 +126,35 @@ class ZarrStorageBackend(StorageBackend):
 
     def root_group(self) -> zarr.Group:
         if self._group is None:
-            self._group = open_root_group(self._store, self.root, remote=self.remote,
+            self._group = open_root_group(self._reader.store, self.root, remote=self.remote,
                                           read_only=self.mode == "r",
                                           zarr_format=self.config.zarr_format)
         return self._group
 
+    @property
+    def _documents_only(self) -> bool:
+        """A local store read-only: its index and root attributes are read from its JSON
+        documents, and zarr opens it when a plane is first read (a mount is ready without
+        importing zarr)."""
+        return self.mode == "r" and not self.remote
+
+    @cached_property
+    def _local_root(self) -> tuple[dict, int]:
+        return root_document(self.root)
+
+    def root_attributes(self) -> dict:
+        """The root group's attributes (the NGFF plate document)."""
+        if self._documents_only:
+            return self._local_root[0]
+        return dict(self.root_group().attrs)
+
     # -- opening --------------------------------------------------------------
     def _load_index(self) -> None:
-        root = self.root_group()
-        attrs = dict(root.attrs)
+        if self._documents_only:
+            attrs, zarr_format = self._local_root
+        else:
+            root = self.root_group()
+            attrs, zarr_format = dict(root.attrs), root.metadata.zarr_format
         own = attrs.get(INDEX_KEY)
         if isinstance(own, dict) and own.get("incomplete"):
             if self.mode == "r":
@@ -140,8 +168,10 @@ class ZarrStorageBackend(StorageBackend):
         elif isinstance(own, dict) and "files" in own:    # a root index (older vfsmount stores)
             self._index.update(read_own_index(own, str(self.root)))
         elif self.mode == "r" or "plate" in _ome(attrs):    # read-only: each well on first use
-            self._index.update(read_plate(self._store, attrs, root.metadata.zarr_format,
-                                          str(self.root), lazy=self.mode == "r"))
+            local = None if self.remote else str(self.root)     # documents read from disk
+            self._index.update(read_plate(None if local else self._reader.store, attrs,
+                                          zarr_format, str(self.root), lazy=self.mode == "r",
+                                          local_root=local))
         # else: an empty store opened for writing
         if self.mode != "r":
             self._writer.mark_described()                 # what is on disk is described

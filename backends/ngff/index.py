@@ -23,12 +23,12 @@ match the array) is one problem line naming the group; the rest of the plate is 
 """
 from __future__ import annotations
 
-import asyncio
 import bisect
 import functools
 import json
 import logging
 import math
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -413,13 +413,16 @@ class NodeReader:
     async API (``s3://`` and any other zarr store), or, for a local directory, read straight
     from disk: thousands of small files read in a loop beat a thread hop per file."""
 
-    def __init__(self, store, zarr_format: int, *, with_array_attrs: bool = False) -> None:
-        from zarr.storage import LocalStore
+    def __init__(self, store, zarr_format: int, *, with_array_attrs: bool = False,
+                 local_root: str | None = None) -> None:
         self.store = store
         self.zarr_format = zarr_format
         self.with_array_attrs = with_array_attrs   # zarr v2 keeps array attributes apart
-        base = getattr(store, "wrapped", store)    # under backends.guards.chunk's check
-        self.local_root = str(base.root) if isinstance(base, LocalStore) else None
+        if local_root is None:
+            from zarr.storage import LocalStore
+            base = getattr(store, "wrapped", store)    # under backends.guards.chunk's check
+            local_root = str(base.root) if isinstance(base, LocalStore) else None
+        self.local_root = local_root
         self.problems: list[str] = []            # documents that are not JSON objects
 
     def groups(self, paths: list[str]) -> list[Node]:
@@ -429,6 +432,10 @@ class NodeReader:
         return self._nodes(paths, "array")
 
     def children(self, paths: list[str]) -> list[list[str]]:
+        if self.local_root is not None:
+            return [_local_children(f"{self.local_root}/{p.strip('/')}") for p in paths]
+        import asyncio                  # (a remote store's: a local one's mount needs none)
+
         async def all_children() -> list[list[str]]:
             return list(await asyncio.gather(*(self._children(p) for p in paths)))
         return self._run(all_children())
@@ -464,6 +471,7 @@ class NodeReader:
         return self._run(self._fetch_async(keys))
 
     async def _fetch_async(self, keys: list[str]) -> list[dict | None]:
+        import asyncio
         from zarr.core.buffer import default_buffer_prototype
         gate = asyncio.Semaphore(_CONCURRENT_READS)
 
@@ -497,6 +505,14 @@ class NodeReader:
         prefix = path.strip("/")
         return [name async for name in self.store.list_dir(prefix)
                 if not name.startswith(".") and name not in ("zarr.json",)]
+
+
+def _local_children(path: str) -> list[str]:
+    """A local group's children, as the store's ``list_dir`` names them (no hidden names)."""
+    try:
+        return [n for n in os.listdir(path) if not n.startswith(".") and n != "zarr.json"]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _read_local(path: str) -> bytes | None:
@@ -542,17 +558,21 @@ IMAGE_WELL = "A01"      # the one well a single OME-Zarr image is served as (sit
 
 
 def read_plate(store, root_attrs: dict, zarr_format: int, where: str, *,
-               lazy: bool = False) -> PlaneIndex:
+               lazy: bool = False, local_root: str | None = None) -> PlaneIndex:
     """The plane index of an OME-Zarr HCS plate, from metadata documents alone; a single
     OME-Zarr image (``multiscales`` at the root, as ome-zarr-py's ``write_image`` and
     ngff-zarr write it) is a plate of one well, :data:`IMAGE_WELL`, with one field.
 
     ``lazy``: only the plate document and the first well are read now; each other well when
     first needed (see :class:`PlaneIndex`), its problems logged then. A plate none of whose
-    wells can be read is refused either way: now, or when its names are first asked for."""
+    wells can be read is refused either way: now, or when its names are first asked for.
+
+    ``local_root``: the store is that local directory, its documents read from disk
+    (``store`` may then be None: nothing here needs zarr)."""
     ome = _ome(root_attrs)
     plate = ome.get("plate")
-    reader = NodeReader(store, zarr_format, with_array_attrs=INDEX_KEY in root_attrs)
+    reader = NodeReader(store, zarr_format, with_array_attrs=INDEX_KEY in root_attrs,
+                        local_root=local_root)
     index = PlaneIndex()
     if isinstance(plate, dict) and isinstance(plate.get("wells"), list):
         wells = _plate_wells(plate, index)

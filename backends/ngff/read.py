@@ -11,15 +11,17 @@ import math
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
-import zarr
 
 from ..storage.cache import ArrayCache
 from ..errors import StorageError, StorageNotFoundError
 from .index import PlaneIndex, PlaneRef
 from .store import BACKEND_NAME, failure
+
+if TYPE_CHECKING:
+    import zarr
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +53,17 @@ class ZarrPlane:
 class ZarrReader:
     """Planes of one store, read through a decoded-plane cache.
 
-    ``where`` names the store in errors; ``writable`` opens arrays for writing too (the field
-    writer writes through the arrays opened here, so one open array serves both);
-    ``owner`` is what :class:`ZarrPlane.backend` names."""
+    ``store`` is the zarr store, or None with ``open_store`` (a callable that opens it when
+    the first array is: a mount lists planes without zarr). ``where`` names the store in
+    errors; ``writable`` opens arrays for writing too (the field writer writes through the
+    arrays opened here, so one open array serves both); ``owner`` is what
+    :class:`ZarrPlane.backend` names."""
 
     def __init__(self, store, index: PlaneIndex, *, where: str, remote: bool = False,
-                 writable: bool = False, cache: ArrayCache | None = None, owner: Any = None) -> None:
-        self.store = store
+                 writable: bool = False, cache: ArrayCache | None = None, owner: Any = None,
+                 open_store: Callable[[], Any] | None = None) -> None:
+        self._store = store
+        self._open_store = open_store
         self.index = index
         self.where = where
         self.remote = remote
@@ -72,6 +78,15 @@ class ZarrReader:
         self._expected: str | None = None            # read-ahead: the name after the last read
         self._prefetcher = None
 
+    @property
+    def store(self):
+        """The zarr store (opened now if it was not: zarr is imported then)."""
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = self._open_store()
+        return self._store
+
     def failure(self, what: str, rel: str, e: BaseException) -> StorageError:
         return failure(what, f"{self.where}/{rel}" if rel else self.where, e, remote=self.remote)
 
@@ -81,6 +96,7 @@ class ZarrReader:
             with self._lock:
                 arr = self._open.get(path)
                 if arr is None:
+                    import zarr
                     arr = zarr.open_array(store=self.store, path=path,
                                           mode="a" if self.writable else "r")
                     self._open[path] = arr = writing_every_chunk(arr) if self.writable else arr

@@ -15,10 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
-import zarr
 from natsort import natsorted
 
 from ..errors import ReadOnlyError, StorageError
@@ -29,6 +28,9 @@ from .documents import (AXIS_NAMES, PLANES_FORMAT, display_window, encode_presen
                         write_image_metadata, write_plate_metadata)
 from .read import ZarrReader
 from .store import BACKEND_NAME
+
+if TYPE_CHECKING:
+    import zarr
 
 log = logging.getLogger(__name__)
 
@@ -418,6 +420,7 @@ def _chunks_present(array_dir: str, info: ArrayInfo) -> list[tuple[int, int, int
 def compact_json():
     """Metadata documents without indentation: every reader of a big plate parses them all, and
     zarr's default indent makes them ~40 % larger."""
+    import zarr
     return zarr.config.set({"json_indent": None})
 
 

@@ -99,10 +99,10 @@ class PlateViews:
         return self._node("load_data_with_illum.csv", lambda: self._loaddata(illum=True))
 
     def companion(self) -> GeneratedFile:
-        from backends.plates.companion import companion_xml
-        return self._node("plate.companion.ome",
-                          lambda: companion_xml(self.image_set, fields=self.fields(),
-                                                image_dir=MAIN_ALIAS))
+        def make() -> bytes:              # imported in the job: not before the mount is ready
+            from backends.plates.companion import companion_xml
+            return companion_xml(self.image_set, fields=self.fields(), image_dir=MAIN_ALIAS)
+        return self._node("plate.companion.ome", make)
 
     def computed_loaddata(self, factory) -> GeneratedFile:
         """``processed/<pipeline>/load_data.csv``: the planes the pipeline computes on read."""

@@ -20,7 +20,7 @@ import numpy as np
 from backends.plates.image_set import ImageSet, Physics
 from backends.layout import MAIN_ALIAS, is_tiff_name
 
-from ..listing import Columns, ImageDir, ListedFile, ListedImages, reserve_inodes
+from ..listing import Columns, ImageDir, ListedFile, ListedImages, NamedRows, reserve_inodes
 from ..nodes import DirNode, PassthroughFile
 from ..tiff_layout import CalibratedLayout
 from .base import Mount
@@ -167,7 +167,7 @@ class CalibratedListedFile(ListedFile):
         return None
 
 
-class CalibratedView:
+class CalibratedView(NamedRows):
     """The rows of a ListedImages under their own inode range, TIFFs calibrated."""
 
     def __init__(self, images: ListedImages, physics: Physics) -> None:

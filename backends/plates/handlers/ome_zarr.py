@@ -108,7 +108,7 @@ def store_entry(location: str | os.PathLike, store=None, *, complete: bool = Tru
 def _plate_name(store) -> str | None:
     """The NGFF plate's own ``name`` (vfsmount writes the vendor plate's folder name there)."""
     try:
-        attrs = store.root_group().attrs.asdict()
+        attrs = store.root_attributes()
     except Exception:        # no plate document: a single image, or unreadable (said elsewhere)
         return None
     name = (attrs.get("ome", attrs).get("plate") or {}).get("name")
