@@ -44,17 +44,21 @@ def real_plate(name: str) -> Path:
     return path
 
 
+def copy_plate(source: Path, dest: Path) -> Path:
+    """Copy a plate to ``dest``, writable (the shared sample plates are read-only)."""
+    shutil.copytree(source, dest)
+    for dirpath, dirnames, filenames in os.walk(dest):
+        os.chmod(dirpath, 0o755)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o644)
+    return dest
+
+
 @pytest.fixture
 def copy_real_plate(tmp_path):
     """Copy a shared plate into a writable temporary directory (the shared copy stays untouched)."""
     def copy(name: str) -> Path:
-        dest = tmp_path / name
-        shutil.copytree(real_plate(name), dest)
-        for dirpath, dirnames, filenames in os.walk(dest):
-            os.chmod(dirpath, 0o755)
-            for f in filenames:
-                os.chmod(os.path.join(dirpath, f), 0o644)
-        return dest
+        return copy_plate(real_plate(name), tmp_path / name)
     return copy
 
 
