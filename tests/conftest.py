@@ -44,17 +44,21 @@ def real_plate(name: str) -> Path:
     return path
 
 
+def copy_plate(source: Path, dest: Path) -> Path:
+    """Copy a plate to ``dest``, writable (the shared sample plates are read-only)."""
+    shutil.copytree(source, dest)
+    for dirpath, dirnames, filenames in os.walk(dest):
+        os.chmod(dirpath, 0o755)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o644)
+    return dest
+
+
 @pytest.fixture
 def copy_real_plate(tmp_path):
     """Copy a shared plate into a writable temporary directory (the shared copy stays untouched)."""
     def copy(name: str) -> Path:
-        dest = tmp_path / name
-        shutil.copytree(real_plate(name), dest)
-        for dirpath, dirnames, filenames in os.walk(dest):
-            os.chmod(dirpath, 0o755)
-            for f in filenames:
-                os.chmod(os.path.join(dirpath, f), 0o644)
-        return dest
+        return copy_plate(real_plate(name), tmp_path / name)
     return copy
 
 
@@ -210,6 +214,11 @@ class PlainInstall:
 
 @pytest.hookimpl(trylast=True)     # after -k/-m deselection: no install for a test not run
 def pytest_collection_modifyitems(config, items):
+    # pjdfstest is built (once, then kept in build/) while the tests before it run
+    pjdfstest = next((item.module for item in items if getattr(item, "module", None)
+                      and item.module.__name__.endswith("test_pjdfstest")), None)
+    if pjdfstest is not None:
+        config._vfsmount_pjdfstest_build = pjdfstest.Build()
     installs = [item for item in items if item.get_closest_marker("install")]
     if not installs:
         return
@@ -219,9 +228,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_unconfigure(config):
-    install = getattr(config, "_vfsmount_plain_install", None)
-    if install is not None:
-        install.close()
+    for started in ("_vfsmount_plain_install", "_vfsmount_pjdfstest_build"):
+        if getattr(config, started, None) is not None:
+            getattr(config, started).close()
 
 
 @pytest.fixture

@@ -306,7 +306,9 @@ def test_directory_times_and_reserved_names(plate, mounts):
 
 @pytest.mark.parametrize("materialize", ["disk", "zarr"])
 def test_sigkill_during_tifffile_overwrites(plate, mounts, materialize):
-    rounds = int(os.environ.get("VFSMOUNT_KILL_ROUNDS", "10"))
+    """VFSMOUNT_KILL_ROUNDS rounds (5 in CI: each is a fresh mount, and a --materialize zarr
+    mount takes seconds to start; 10 or more for the long run)."""
+    rounds = int(os.environ.get("VFSMOUNT_KILL_ROUNDS", "5"))
     rng = random.Random(11)
     versions = _versions(8, (256, 256))
     for rnd in range(rounds):
@@ -444,6 +446,22 @@ def test_closed_zarr_planes_survive_sigkill(plate, mounts):
     assert ZarrStorageBackend(plate / "outputs" / "seg.zarr").list_files() == sorted(planes)
 
 
+def _wait_traced(pid: int, trace: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Until every thread of ``pid`` has a tracer (or strace has exited, or ``timeout``)."""
+    def traced(tid: str) -> bool:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                return any(line.startswith("TracerPid:") and line.split()[1] != "0" for line in f)
+        except FileNotFoundError:           # the thread ended
+            return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and trace.poll() is None:
+        if all(traced(tid) for tid in os.listdir(f"/proc/{pid}/task")):
+            time.sleep(0.1)                 # seized; strace sets the syscall stops right after
+            return
+        time.sleep(0.02)
+
+
 def _fsyncs_during(pid: int, action) -> list[str]:
     """The fsync-family calls the daemon makes while ``action`` runs (strace attached)."""
     import shutil
@@ -451,7 +469,7 @@ def _fsyncs_during(pid: int, action) -> list[str]:
         pytest.skip("strace not installed")
     trace = subprocess.Popen(["strace", "-f", "-qq", "-e", "trace=fsync,fdatasync,syncfs,renameat2,rename,renameat",
                               "-p", str(pid)], stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)                                   # attached to every thread
+    _wait_traced(pid, trace)                          # attached to every thread
     try:
         action()
         time.sleep(0.3)

@@ -21,17 +21,20 @@ from backends import Backend, FileManager
 from backends.plates.metadata import read_metadata
 from backends.plates.plate import Plate
 from benchmarks.services import DaskCluster, SeaweedS3
-from .conftest import imagej_available, imagej_open, run_cli
+from .conftest import copy_plate, imagej_available, imagej_open, real_plate, run_cli
 
 pytest.importorskip("s3fs")
 pytest.importorskip("distributed")
 
 REPO = Path(__file__).resolve().parents[1]
 HOLD_DIR_VAR = "VFSMOUNT_TEST_HOLD_DIR"
+HOLD_SECONDS_VAR = "VFSMOUNT_TEST_HOLD_SECONDS_FILE"
 
 PIPELINE_FILE = f'''
-"""The three-step pipeline of the pipelines issue, with an identity first step that holds a
-task for a few seconds when ${HOLD_DIR_VAR} is set (so a test can kill its worker mid-task)."""
+"""The three-step pipeline of the pipelines issue, with an identity first step that, when
+${HOLD_DIR_VAR} is set, marks that a task started and holds it for the seconds in the file
+${HOLD_SECONDS_VAR} (read per task: a test holds tasks long enough to kill a worker mid-task,
+then lets the rest run at full speed)."""
 import os, time
 from compute.functions import gaussian_filter, label_with_measurements, threshold_otsu
 from compute.pipeline import FunctionStep, Pipeline
@@ -40,7 +43,8 @@ def hold(stack):
     where = os.environ.get("{HOLD_DIR_VAR}")
     if where:
         open(os.path.join(where, f"started-{{os.getpid()}}-{{time.monotonic_ns()}}"), "w").close()
-        time.sleep(3)
+        with open(os.environ["{HOLD_SECONDS_VAR}"]) as f:
+            time.sleep(float(f.read()))
     return stack
 
 pipeline = Pipeline([
@@ -53,7 +57,8 @@ pipeline = Pipeline([
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
+def s3_server(tmp_path_factory):
+    """One SeaweedFS server for the module (it takes seconds to start and to stop)."""
     server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
     saved = {k: os.environ.get(k) for k in server.env()}
     server.start()
@@ -69,13 +74,30 @@ def s3(tmp_path_factory):
                 os.environ[k] = v
 
 
+@pytest.fixture
+def s3(s3_server):
+    """The module's server, started again if a test before this one left it stopped (the
+    offline-cache test stops it and, being last, leaves restarting to whoever needs it)."""
+    if s3_server.proc is None:
+        s3_server.start()
+    return s3_server
+
+
+#: the hold step's seconds per task, unless a test asks for more: long enough that both
+#: single-threaded workers are busy at once, short enough not to cost the suite's time
+SHORT_HOLD = 0.2
+
+
 @pytest.fixture(scope="module")
-def cluster(s3, tmp_path_factory):
+def cluster(s3_server, tmp_path_factory):
     hold = tmp_path_factory.mktemp("hold")
-    env = {**s3.env(), "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("worker-cache")),
-           HOLD_DIR_VAR: str(hold), "PYTHONPATH": str(REPO)}
+    seconds = tmp_path_factory.mktemp("hold-seconds") / "seconds"
+    seconds.write_text(str(SHORT_HOLD))
+    env = {**s3_server.env(), "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("worker-cache")),
+           HOLD_DIR_VAR: str(hold), HOLD_SECONDS_VAR: str(seconds), "PYTHONPATH": str(REPO)}
     c = DaskCluster(tmp_path_factory.mktemp("dask"), n_workers=2, env=env)
     c.hold_dir = hold
+    c.set_hold = lambda s: seconds.write_text(str(s))
     with c:
         yield c
 
@@ -91,11 +113,32 @@ def _unique(name: str) -> str:
     return f"{name}-{os.getpid()}-{time.monotonic_ns()}.zarr"
 
 
-def converted(copy_real_plate, s3, plate_name: str, *extra: str) -> tuple[Path, str]:
-    plate = copy_real_plate(plate_name)
-    url = s3.url(_unique(plate_name))
-    run_cli("convert", str(plate), "--output", url, "--no-progress", *extra)
-    return plate, url
+@pytest.fixture(scope="module")
+def stores(s3_server, tmp_path_factory):
+    """Real plates converted into S3 once per module, by (plate, chunk strategy): a conversion
+    takes 10-30 s, and the tests below only read a store (each writes its outputs under its own
+    name). ``stores(name, strategy)`` -> (the converted local plate, its store's URL)."""
+    made: dict[tuple[str, str], tuple[Path, str]] = {}
+
+    def get(plate_name: str, strategy: str) -> tuple[Path, str]:
+        if (plate_name, strategy) not in made:
+            plate = copy_plate(real_plate(plate_name),
+                               tmp_path_factory.mktemp("converted") / plate_name)
+            url = s3_server.url(_unique(plate_name))
+            run_cli("convert", str(plate), "--output", url, "--no-progress", "--chunk-strategy",
+                    strategy)
+            made[plate_name, strategy] = plate, url
+        return made[plate_name, strategy]
+    return get
+
+
+def converted(stores, tmp_path: Path, plate_name: str,
+              strategy: str = "well") -> tuple[Path, str]:
+    """A plate converted into S3 with ``--chunk-strategy strategy`` (the store shared by the
+    module, see ``stores``; ``well`` is convert's default): a copy of the local plate (its main
+    subdirectory the store; the test may write into it) and the store's URL."""
+    plate, url = stores(plate_name, strategy)
+    return copy_plate(plate, tmp_path / "plate" / plate_name), url
 
 
 def source_planes(plate: Path) -> tuple[list[str], object]:
@@ -108,9 +151,8 @@ def source_planes(plate: Path) -> tuple[list[str], object]:
 
 @pytest.mark.parametrize("plate_name,strategy", [("Projection-Mix", "well"),
                                                  ("Version1", "file")])
-def test_real_plate_round_trips_through_s3(copy_real_plate, s3, mounts, tmp_path, plate_name,
-                                           strategy):
-    plate, url = converted(copy_real_plate, s3, plate_name, "--chunk-strategy", strategy)
+def test_real_plate_round_trips_through_s3(stores, s3, mounts, tmp_path, plate_name, strategy):
+    plate, url = converted(stores, tmp_path, plate_name, strategy)
     doc = read_metadata(plate)
     main = [k for k, e in doc["subdirectories"].items() if e["main"]]
     assert main == ["zarr"] and doc["subdirectories"]["zarr"]["path"] == url
@@ -141,8 +183,8 @@ def test_real_plate_round_trips_through_s3(copy_real_plate, s3, mounts, tmp_path
             assert mean == pytest.approx(float(want.mean()), rel=1e-4)
 
 
-def test_local_plate_with_remote_main_mounts_the_remote_store(copy_real_plate, s3, mounts):
-    plate, url = converted(copy_real_plate, s3, "1well-3C-2S-Zmix-T")
+def test_local_plate_with_remote_main_mounts_the_remote_store(stores, s3, mounts, tmp_path):
+    plate, url = converted(stores, tmp_path, "1well-3C-2S-Zmix-T")
     names, source = source_planes(plate)
     mnt = mounts.mount(plate, "--xattrs")
     assert sorted(os.listdir(mnt / "zarr")) == sorted(names)
@@ -151,35 +193,10 @@ def test_local_plate_with_remote_main_mounts_the_remote_store(copy_real_plate, s
     assert os.getxattr(mnt / "zarr" / name, "user.vfsmount.source").decode().startswith(url)
 
 
-def test_chunk_cache_is_bounded_and_serves_rereads_offline(copy_real_plate, s3, tmp_path):
-    from backends.storage.remote import chunk_cache_root
-    from backends.ngff.backend import ZarrStorageBackend
-    plate, url = converted(copy_real_plate, s3, "Projection-Mix", "--chunk-strategy", "file")
-    names, source = source_planes(plate)
-    plane_bytes = source.load(names[0]).nbytes
-    # a cache for 3 planes: reading 84 keeps it bounded
-    small = ZarrStorageBackend(url, cache_bytes=0, chunk_cache_bytes=3 * plane_bytes)
-    for name in names:
-        small.load(name)
-    cache_dir = Path(small._store._cache.root)
-    assert cache_dir.parent == chunk_cache_root()
-    on_disk = sum(f.stat().st_size for f in cache_dir.rglob("*") if f.is_file())
-    assert 0 < on_disk <= 3 * plane_bytes
-    # a cache big enough for the plate: the second pass needs no server at all
-    big = ZarrStorageBackend(url, cache_bytes=0, chunk_cache_bytes=1 << 30)
-    first = {n: big.load(n) for n in names}
-    s3.stop()
-    try:
-        for name in names:
-            np.testing.assert_array_equal(big.load(name), first[name])
-    finally:
-        s3.start()
-
-
 # -- 4. faults ----------------------------------------------------------------------------------
 
-def test_server_stopped_during_a_mount_gives_eio_and_recovers(copy_real_plate, s3, mounts):
-    plate, url = converted(copy_real_plate, s3, "1well-3C-2S-Zmix-T", "--chunk-strategy", "file")
+def test_server_stopped_during_a_mount_gives_eio_and_recovers(stores, s3, mounts, tmp_path):
+    plate, url = converted(stores, tmp_path, "1well-3C-2S-Zmix-T", "file")
     names, source = source_planes(plate)
     mnt = mounts.mount(url, "--chunk-cache-mb", "0")
     np.testing.assert_array_equal(tifffile.imread(mnt / "images" / names[0]), source.load(names[0]))
@@ -198,9 +215,8 @@ def test_server_stopped_during_a_mount_gives_eio_and_recovers(copy_real_plate, s
     os.kill(mounts.pids[mnt], 0)
 
 
-def test_wrong_credentials_or_bucket_fail_clearly_at_mount_and_convert(copy_real_plate, s3,
-                                                                       tmp_path):
-    plate, url = converted(copy_real_plate, s3, "1well-3C-2S-Zmix-T")
+def test_wrong_credentials_or_bucket_fail_clearly_at_mount_and_convert(stores, s3, tmp_path):
+    plate, url = converted(stores, tmp_path, "1well-3C-2S-Zmix-T")
     bad = {**os.environ, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
     mnt = tmp_path / "mnt"
     mnt.mkdir()
@@ -279,22 +295,31 @@ def _assert_same(got: dict, want: dict) -> None:
             assert got[k] == want[k], k
 
 
-def test_pipeline_on_two_workers_against_s3_equals_local_run(copy_real_plate, s3, cluster,
-                                                             pipeline_file):
-    from compute.output_sink import OutputSink, remote_outputs_root
-    plate, url = converted(copy_real_plate, s3, "Projection-Mix")
-    import shutil
-    local_plate = plate.parent / "local-copy" / plate.name    # the same plate (Metadata_Plate)
-    shutil.copytree(plate, local_plate)
-    (local_plate / "openhcs_metadata.json").unlink()
-    run_cli("run", str(pipeline_file), str(local_plate), "--no-progress")
-    want = _outputs(OutputSink(str(local_plate / "outputs"), "cells"))
+@pytest.fixture(scope="module")
+def local_reference(tmp_path_factory) -> dict[str, object]:
+    """The pipeline run locally (threads, no cluster, no S3) on Projection-Mix's TIFFs: what
+    every cluster run of it on the converted store must write, file for file."""
+    from compute.output_sink import OutputSink
+    root = tmp_path_factory.mktemp("reference")
+    plate = copy_plate(real_plate("Projection-Mix"), root / "Projection-Mix")   # same Metadata_Plate
+    pipeline_file = root / "cells_pipeline.py"
+    pipeline_file.write_text(PIPELINE_FILE)
+    run_cli("run", str(pipeline_file), str(plate), "--no-progress")
+    want = _outputs(OutputSink(str(plate / "outputs"), "cells"))
     assert any(k.endswith(".csv") for k in want) and any(k.endswith(".tif") for k in want)
+    return want
 
+
+def test_pipeline_on_two_workers_against_s3_equals_local_run(stores, s3, cluster, pipeline_file,
+                                                             local_reference):
+    from compute.output_sink import OutputSink, remote_outputs_root
+    plate, url = stores("Projection-Mix", "well")
+    for p in cluster.hold_dir.iterdir():
+        p.unlink()
     res = run_cli("run", str(pipeline_file), url, "--dask", cluster.address)
     assert "\r" not in res.stderr             # stderr is not a terminal: no progress frames
     sink = OutputSink(remote_outputs_root(url), "cells", remote=True)
-    _assert_same(_outputs(sink), want)
+    _assert_same(_outputs(sink), local_reference)
     # the workers each ran tasks (hold markers are written by the worker processes)
     pids = {p.name.split("-")[1] for p in cluster.hold_dir.iterdir()}
     assert len(pids) == 2
@@ -302,18 +327,15 @@ def test_pipeline_on_two_workers_against_s3_equals_local_run(copy_real_plate, s3
         p.unlink()
 
 
-def test_killing_a_worker_mid_run_still_completes_identically(copy_real_plate, s3, cluster,
-                                                             pipeline_file):
+def test_killing_a_worker_mid_run_still_completes_identically(stores, s3, cluster, pipeline_file,
+                                                             local_reference):
     from compute.output_sink import OutputSink, remote_outputs_root
     from compute.pipeline import load_pipeline_file, run_pipeline
-    plate, url = converted(copy_real_plate, s3, "Projection-Mix")
-    os.environ.pop(HOLD_DIR_VAR, None)
-    run_pipeline(load_pipeline_file(pipeline_file), plate, output="reference", progress=False)
-    want = _outputs(OutputSink(str(plate / "outputs"), "reference"))
-
+    plate, url = stores("Projection-Mix", "well")
     for p in cluster.hold_dir.iterdir():
         p.unlink()
     killed: list[int] = []
+    cluster.set_hold(3)          # the first tasks hold 3 s: the kill lands mid-task
 
     def kill_first_busy_worker() -> None:
         deadline = time.monotonic() + 120
@@ -323,6 +345,7 @@ def test_killing_a_worker_mid_run_still_completes_identically(copy_real_plate, s
                 pid = int(started[0].name.split("-")[1])
                 os.kill(pid, signal.SIGKILL)         # mid-task: the step holds for 3 s
                 killed.append(pid)
+                cluster.set_hold(SHORT_HOLD)         # the tasks after it need not wait
                 return
             time.sleep(0.05)
 
@@ -333,18 +356,20 @@ def test_killing_a_worker_mid_run_still_completes_identically(copy_real_plate, s
                               progress=False, dask=cluster.address)
     finally:
         killer.join()
+        cluster.set_hold(SHORT_HOLD)
         replacement = cluster.add_worker("w-replacement")   # later tests get two workers again
         cluster.wait_for_workers(2)
     assert killed and replacement.poll() is None
     assert result.groups == 12 and not result.failures
-    _assert_same(_outputs(OutputSink(remote_outputs_root(url), "after-kill", remote=True)), want)
+    _assert_same(_outputs(OutputSink(remote_outputs_root(url), "after-kill", remote=True)),
+                 local_reference)
 
 
-def test_zarr_outputs_on_the_cluster_equal_local_zarr_outputs(copy_real_plate, s3, cluster,
-                                                              pipeline_file, tmp_path):
+def test_zarr_outputs_on_the_cluster_equal_local_zarr_outputs(stores, s3, cluster, pipeline_file,
+                                                              tmp_path):
     from backends.ngff.backend import ZarrStorageBackend
     from compute.output_sink import remote_outputs_root
-    plate, url = converted(copy_real_plate, s3, "1well-3C-2S-Zmix-T")
+    plate, url = converted(stores, tmp_path, "1well-3C-2S-Zmix-T")
     run_cli("run", str(pipeline_file), str(plate), "--materialize", "zarr", "--output", "local",
             "--no-progress")
     run_cli("run", str(pipeline_file), url, "--materialize", "zarr", "--dask", cluster.address,
@@ -360,8 +385,8 @@ def test_zarr_outputs_on_the_cluster_equal_local_zarr_outputs(copy_real_plate, s
     assert [w["path"] for w in root.attrs["plate"]["wells"]] == ["C/07"]
 
 
-def test_a_failing_well_is_reported_with_well_and_step(copy_real_plate, s3, cluster, tmp_path):
-    plate, url = converted(copy_real_plate, s3, "Projection-Mix")
+def test_a_failing_well_is_reported_with_well_and_step(stores, s3, cluster, tmp_path):
+    plate, url = stores("Projection-Mix", "well")
     bad = tmp_path / "fragile.py"
     bad.write_text(
         "from compute.pipeline import FunctionStep, Pipeline\n"
@@ -405,3 +430,29 @@ def test_foreign_plate_in_s3_reads_like_the_local_copy(s3, tmp_path):
     assert remote.list_files() == local.list_files() == sorted(written.planes)
     for name in list(written.planes)[::7]:
         assert remote.load(name).tobytes() == local.load(name).tobytes()
+
+
+# -- 3. the chunk cache (last: it leaves the server stopped) ---------------------------------
+
+def test_chunk_cache_is_bounded_and_serves_rereads_offline(stores, s3, tmp_path):
+    """Last in the module: it stops the server and leaves it stopped (the ``s3`` fixture starts
+    it again for a test that needs it), which saves a restart and a stop."""
+    from backends.storage.remote import chunk_cache_root
+    from backends.ngff.backend import ZarrStorageBackend
+    plate, url = converted(stores, tmp_path, "Projection-Mix", "file")
+    names, source = source_planes(plate)
+    plane_bytes = source.load(names[0]).nbytes
+    # a cache for 3 planes: reading 84 keeps it bounded
+    small = ZarrStorageBackend(url, cache_bytes=0, chunk_cache_bytes=3 * plane_bytes)
+    for name in names:
+        small.load(name)
+    cache_dir = Path(small._store._cache.root)
+    assert cache_dir.parent == chunk_cache_root()
+    on_disk = sum(f.stat().st_size for f in cache_dir.rglob("*") if f.is_file())
+    assert 0 < on_disk <= 3 * plane_bytes
+    # a cache big enough for the plate: the second pass needs no server at all
+    big = ZarrStorageBackend(url, cache_bytes=0, chunk_cache_bytes=1 << 30)
+    first = {n: big.load(n) for n in names}
+    s3.stop()
+    for name in names:
+        np.testing.assert_array_equal(big.load(name), first[name])
