@@ -330,7 +330,8 @@ class WritableOutFile(OutFile):
     """A file of a writable outputs area: committed content plus, while written, a staging
     file; ``state`` follows ``TRANSITIONS``."""
 
-    __slots__ = ("staging", "staging_fd", "writers", "state", "failure", "passed_through")
+    __slots__ = ("staging", "staging_fd", "writers", "state", "failure", "passed_through",
+                 "_backed")
     mode_bits = 0o644
     blocking_handles = True   # open may copy content, flush/fsync/release commit: in a worker
 
@@ -342,6 +343,7 @@ class WritableOutFile(OutFile):
         self.state = State.IDLE
         self.failure = 0        # errno of the write that failed (state FAILED)
         self.passed_through = False   # staged bytes written by the kernel (FUSE passthrough)
+        self._backed: set = set()     # open handles the kernel passes through (any mode)
 
     def _go(self, event: str) -> None:
         nxt = TRANSITIONS.get((self.state, event))
@@ -351,6 +353,8 @@ class WritableOutFile(OutFile):
             self.passed_through = False
 
     def same_file(self, key: tuple | None) -> bool:
+        if self.stale_backing:     # later opens must not share it: a new node (inode) serves them
+            return False
         if self.writers or self.pending:      # being written here: a commit replaces the file
             self._seen = key or self._seen
             return True
@@ -408,6 +412,8 @@ class WritableOutFile(OutFile):
         return idle and self.area.inline_ok()
 
     def open_file(self, flags: int) -> OpenFile:
+        if self.stale_backing:       # (see stale_backing) the kernel looks the name up again
+            raise OSError(errno.ESTALE, "written since looked up", self.rel)
         if not flags & WRITE_FLAGS:
             with self.area.lock:
                 version = self.area.settled(lambda: self.storage().version())
@@ -438,7 +444,18 @@ class WritableOutFile(OutFile):
             return None
         return os.dup(self.staging_fd)      # a commit may close staging_fd meanwhile
 
+    @property
+    def stale_backing(self) -> bool:
+        """Handles still pass through to a staging file that is no longer staged (committed:
+        it is now the committed file; or dropped). The kernel gives every open of an inode in
+        passthrough that same backing file, so a writer opening this inode would write into
+        the committed file in place (and commit an empty staging file): new opens go to a new
+        node instead (``same_file``), and an open of this inode is answered ESTALE, which
+        makes the kernel look the name up again (``open_file``)."""
+        return bool(self._backed) and not self.passed_through
+
     def passthrough_started(self, handle) -> None:
+        self._backed.add(handle)
         # the writes will not pass through _pwrite: the staged content is what to commit
         if handle.writes:
             with self.area.lock:
@@ -534,6 +551,7 @@ class WritableOutFile(OutFile):
         return False
 
     def release(self, handle) -> bool:
+        self._backed.discard(handle)
         if not handle.writes:
             return super().release(handle)
         if handle.backing is not None:
