@@ -402,9 +402,12 @@ class WritableOutFile(OutFile):
 
     def inline(self, op: str) -> bool:
         """A flush or the last release with nothing to commit (what follows a committed
-        close) runs on the loop."""
+        close) runs on the loop, and so does the flush that commits a new plain file the
+        kernel wrote itself (passthrough): a check of the TIFF's directories, just written
+        and in the page cache, and a rename, no more than a create costs."""
         if op == "flush":
-            idle = not self._unsaved()
+            idle = not self._unsaved() or (self.passed_through and self.state is State.DIRTY
+                                           and not self.area.sync_on_close)
         elif op == "release":
             idle = not self.pending or self.writers > 1
         else:
@@ -531,21 +534,20 @@ class WritableOutFile(OutFile):
         """close(2) waits for FLUSH (RELEASE comes later, asynchronously): committing here
         is what makes "close() returned 0" mean "the file is complete in the plate". A flush
         with nothing written since the last commit (`cmd > file` closing a dup before
-        writing, a reader's close) commits nothing. True if something was committed."""
+        writing, a reader's close) commits nothing. True if the kernel must drop what it
+        cached of the file (see ``commit``)."""
         if not handle.writes:
             return False
         with self.area.lock:
             if self._unsaved():
-                self.commit()
-                return True
+                return self.commit()
         return False
 
     def fsync(self, handle) -> bool:
         """fsync/fdatasync: commit, and return only once the bytes and the name are durable."""
         with self.area.lock:
             if handle.writes and self.pending:
-                self.commit(durable=True)
-                return True
+                return self.commit(durable=True)
             storage = self.storage()
         storage.sync()
         return False
@@ -566,7 +568,7 @@ class WritableOutFile(OutFile):
             if not self.pending:
                 return False
             try:
-                self.commit(final=True, last_close=True)
+                return self.commit(final=True, last_close=True)
             except CommitError as e:      # nothing more to tell a closed file: data lost
                 log.error("outputs/%s: not stored at the last close: %s", self.rel, e)
             return True
@@ -577,7 +579,10 @@ class WritableOutFile(OutFile):
         with self.area.lock:
             if self.staging_fd is not None:
                 if truncate:
-                    os.ftruncate(self.staging_fd, 0)
+                    # not an empty one (create's open): on ext4 a truncate to 0 makes the
+                    # last close of the file start writing it back, inside the commit
+                    if os.fstat(self.staging_fd).st_size:
+                        os.ftruncate(self.staging_fd, 0)
                     self._changed()
                 return
             storage = self.storage()
@@ -648,8 +653,12 @@ class WritableOutFile(OutFile):
             _displace(target, self)
             new_dir.adopt(new_name, self)
 
-    def commit(self, final: bool = False, *, last_close: bool = False, durable: bool = False) -> None:
+    def commit(self, final: bool = False, *, last_close: bool = False,
+               durable: bool = False) -> bool:
         """Make the staged content the committed one, atomically; raises CommitError.
+        True if the kernel must drop what it cached of the file (attributes, pages of the old
+        content): not after content the kernel wrote itself (passthrough), which it has
+        neither pages of nor attributes it has not already dropped at its writes.
 
         Content that is not acceptable (a TIFF name with bytes that are no complete TIFF, a
         plane that does not fit its zarr field) is refused with EINVAL but stays staged unless
@@ -660,15 +669,15 @@ class WritableOutFile(OutFile):
         """
         with self.area.lock:
             if not self.pending or (last_close and self.writers > 0):
-                return
-            fd, staging = self.staging_fd, self.staging
+                return False
+            fd, staging, through = self.staging_fd, self.staging, self.passed_through
             storage = self.storage()
             if self._passthrough_write_lost():
                 self._go("fail")
                 self.failure = errno.ENOSPC
             if last_close and self.state is State.CLEAN and storage.exists():
                 self._drop(fd, staging)        # opened for writing, nothing changed: keep as is
-                return
+                return False
             if self.state is State.FAILED:     # a write was lost (e.g. ENOSPC): never commit the rest
                 self._drop(fd, staging)
                 err = self.failure or errno.EIO
@@ -694,6 +703,7 @@ class WritableOutFile(OutFile):
             self.mtime_ns = time.time_ns()
             self.area.mark_dirty()
             log.info("committed outputs/%s%s", self.rel, " (durable)" if durable else "")
+            return not through
 
     def _drop(self, fd: int, staging: str) -> None:
         self.staging = self.staging_fd = None

@@ -53,6 +53,8 @@ from .outfile import FileStorage, OutFile, PlaneStorage, WritableOutFile
 
 log = logging.getLogger(__name__)
 
+STORE_SEEN_SECONDS = 1.0     # how long has_store's answer is kept (see there)
+
 
 def image_name(name: str) -> str | None:
     """The normalized plate name for a file name that parses as a plate image, else None."""
@@ -170,6 +172,7 @@ class OutputsArea:
         self._recording = threading.Lock()     # one metadata recorder at a time
         self._moves = 0            # odd while a rename moves disk and nodes (see settled)
         self._stores: dict[str, object] = {}
+        self._stores_seen: dict[str, tuple[float, bool]] = {}   # sub -> (when, has a store)
         self.stores_dirty: set[str] = set()       # zarr stores whose metadata awaits a flush
         self._metadata_dirty = False
         parent, name = os.path.split(os.path.abspath(root))
@@ -304,10 +307,26 @@ class OutputsArea:
         return (parts[0], name) if name and name == parts[1] else None
 
     def has_store(self, sub: str) -> bool:
+        """Whether ``sub`` has a zarr store. Asked for every file of a first-level folder
+        (where its content lives), so the answer is kept STORE_SEEN_SECONDS: this mount's
+        own changes (a store made, a folder renamed) update it at once, one made outside
+        the mount is seen within that time, as the kernel sees changed folder attributes."""
+        now = time.monotonic()
+        seen = self._stores_seen.get(sub)
+        if seen is not None and now - seen[0] < STORE_SEEN_SECONDS:
+            return seen[1]
         if len(os.fsencode(sub + ZARR_SUFFIX)) > containment.NAME_MAX:
-            return False          # a folder with a name that long cannot have a store
-        st = self.stat(sub + ZARR_SUFFIX)
-        return st is not None and stat_mod.S_ISDIR(st.st_mode)
+            found = False         # a folder with a name that long cannot have a store
+        else:
+            st = self.stat(sub + ZARR_SUFFIX)
+            found = st is not None and stat_mod.S_ISDIR(st.st_mode)
+        self._stores_seen[sub] = (now, found)
+        return found
+
+    def stores_changed(self, *subs: str) -> None:
+        """Folders whose store this mount made, moved or renamed: asked again."""
+        for sub in subs:
+            self._stores_seen.pop(sub, None)
 
     def store(self, sub: str, *, create: bool = False):
         """The zarr store of ``sub`` (None if it has none). Opened read-only on a read-only
@@ -323,6 +342,7 @@ class OutputsArea:
                     st = ZarrStorageBackend(path, mode="r")
                 else:     # FILE chunks (a committed plane rewrites only its own chunk)
                     st = output_store(path, output_physics(self.plate.entry()))
+                    self.stores_changed(sub)
                 self._stores[sub] = st
             return st
 
@@ -330,6 +350,7 @@ class OutputsArea:
         with self.lock:
             self.flush_stores(final=True)
             self._stores.clear()
+            self._stores_seen.clear()
 
     def flush_stores(self, final: bool = False) -> None:
         """Write the batched metadata of the zarr stores committed into since the last flush
@@ -625,6 +646,7 @@ class WritableOutDir(OutDir):
             area.disk.rename(old_rel, new_rel)
             if moved_store:
                 area.disk.rename(old_rel + ZARR_SUFFIX, new_rel + ZARR_SUFFIX)
+            area.stores_changed(old_rel, new_rel)
             new_dir.adopt(new_name, self)
         if moved_store:
             area.forget_stores()
