@@ -153,6 +153,8 @@ class FileStorage:
             self.area.disk.publish(staging, self.rel, durable=durable)
         except (FileNotFoundError, NotADirectoryError) as e:
             raise CommitError(errno.ENOENT, f"folder of {self.rel} is gone") from e
+        if not durable:
+            self.area.disk.write_back(fd)
 
     def sync(self) -> None:
         """Make what is committed durable (committed at close without waiting)."""

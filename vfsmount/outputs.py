@@ -29,9 +29,11 @@ zarr store), extended attributes (ENOTSUP).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
+import queue
 import stat as stat_mod
 import threading
 import time
@@ -54,6 +56,10 @@ from .outfile import FileStorage, OutFile, PlaneStorage, WritableOutFile
 log = logging.getLogger(__name__)
 
 STORE_SEEN_SECONDS = 1.0     # how long has_store's answer is kept (see there)
+_libc = ctypes.CDLL(None, use_errno=True)
+_sync_file_range = _libc.sync_file_range
+_sync_file_range.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+SYNC_FILE_RANGE_WRITE = 2    # start writing the dirty pages back, wait for nothing
 
 
 def image_name(name: str) -> str | None:
@@ -103,6 +109,27 @@ class _Disk:
         for leftover in os.listdir(staging_fd):     # a crashed writer's half-written files
             log.info("removing uncommitted staging file %s", leftover)
             os.unlink(leftover, dir_fd=staging_fd)
+        self._written: queue.SimpleQueue | None = None     # see write_back
+
+    def write_back(self, fd: int) -> None:
+        """Start writing a committed file's data to disk now, in a thread of its own (the
+        commit does not wait). Otherwise the kernel keeps it dirty for up to 30 s, so a
+        copy's data would all be written at its end (`sync`) instead of while it runs; ext4
+        does the same for a file renamed over another one."""
+        if self._written is None:
+            self._written = queue.SimpleQueue()
+            threading.Thread(target=self._writing_back, name="vfsmount-writeback",
+                             daemon=True).start()
+        self._written.put(os.dup(fd))
+
+    def _writing_back(self) -> None:
+        while True:
+            fd = self._written.get()
+            try:
+                if _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) != 0:
+                    log.debug("writeback not started: %s", os.strerror(ctypes.get_errno()))
+            finally:
+                os.close(fd)
 
     def at_parent(self, rel: str, fn, *args, **kw):
         """``fn(name, *args, dir_fd=parent)`` for the *at() calls (mkdir, rmdir, unlink)."""
