@@ -32,6 +32,7 @@ log = logging.getLogger("vfsmount.outputs")
 COPY_CHUNK = 8 << 20
 REOPEN_TRIES = 20          # opens of a path swapped outside until it holds the looked-up file
 NEAR_FULL = 4 << 20        # free bytes under which a passthrough write may have hit ENOSPC
+INLINE_COMMIT_BYTES = 4 << 20   # a passthrough-written file up to this size commits on the loop
 
 
 class State(enum.Enum):
@@ -373,6 +374,13 @@ class WritableOutFile(OutFile):
         asynchronous RELEASE finally drops it."""
         return self.state in (State.CLEAN, State.DIRTY, State.FAILED)
 
+    def _staged_size(self) -> int:
+        fd = self.staging_fd          # one read: a commit in a worker thread may close it
+        try:
+            return os.fstat(fd).st_size if fd is not None else 0
+        except OSError:
+            return 0
+
     def _unsaved(self) -> bool:
         return self.state in (State.DIRTY, State.REFUSED, State.FAILED)
 
@@ -404,12 +412,14 @@ class WritableOutFile(OutFile):
 
     def inline(self, op: str) -> bool:
         """A flush or the last release with nothing to commit (what follows a committed
-        close) runs on the loop, and so does the flush that commits a new plain file the
-        kernel wrote itself (passthrough): a check of the TIFF's directories, just written
-        and in the page cache, and a rename, no more than a create costs."""
+        close) runs on the loop, and so does the flush that commits a small new plain file
+        the kernel wrote itself (passthrough): a check of the TIFF's directories, just written
+        and in the page cache, and a rename, no more than a create costs (a larger file may
+        hold many directories to parse: a worker)."""
         if op == "flush":
-            idle = not self._unsaved() or (self.passed_through and self.state is State.DIRTY
-                                           and not self.area.sync_on_close)
+            idle = not self._unsaved() or (
+                self.passed_through and self.state is State.DIRTY
+                and not self.area.sync_on_close and self._staged_size() <= INLINE_COMMIT_BYTES)
         elif op == "release":
             idle = not self.pending or self.writers > 1
         else:

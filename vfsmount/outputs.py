@@ -60,6 +60,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _sync_file_range = _libc.sync_file_range
 _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
 SYNC_FILE_RANGE_WRITE = 2    # start writing the dirty pages back, wait for nothing
+WRITE_BACK_QUEUE = 64        # committed files waiting for write_back (each holds a descriptor)
 
 
 def image_name(name: str) -> str | None:
@@ -120,7 +121,8 @@ class _Disk:
             self._written = queue.SimpleQueue()
             threading.Thread(target=self._writing_back, name="vfsmount-writeback",
                              daemon=True).start()
-        self._written.put(os.dup(fd))
+        if self._written.qsize() < WRITE_BACK_QUEUE:   # else the kernel's flusher will
+            self._written.put(os.dup(fd))
 
     def _writing_back(self) -> None:
         while True:
