@@ -334,7 +334,7 @@ class WritableOutFile(OutFile):
     file; ``state`` follows ``TRANSITIONS``."""
 
     __slots__ = ("staging", "staging_fd", "writers", "state", "failure", "passed_through",
-                 "_backed")
+                 "_backed", "_retired")
     mode_bits = 0o644
     blocking_handles = True   # open may copy content, flush/fsync/release commit: in a worker
 
@@ -347,6 +347,7 @@ class WritableOutFile(OutFile):
         self.failure = 0        # errno of the write that failed (state FAILED)
         self.passed_through = False   # staged bytes written by the kernel (FUSE passthrough)
         self._backed: set = set()     # open handles the kernel passes through (any mode)
+        self._retired = False         # later opens go to a new node (see open_file)
 
     def _go(self, event: str) -> None:
         nxt = TRANSITIONS.get((self.state, event))
@@ -356,7 +357,7 @@ class WritableOutFile(OutFile):
             self.passed_through = False
 
     def same_file(self, key: tuple | None) -> bool:
-        if self.stale_backing:     # later opens must not share it: a new node (inode) serves them
+        if self.stale_backing or self._retired:   # a new node (inode) serves later opens
             return False
         if self.writers or self.pending:      # being written here: a commit replaces the file
             self._seen = key or self._seen
@@ -427,8 +428,14 @@ class WritableOutFile(OutFile):
         return idle and self.area.inline_ok()
 
     def open_file(self, flags: int) -> OpenFile:
-        if self.stale_backing:       # (see stale_backing) the kernel looks the name up again
+        if self.stale_backing or self._retired:   # the kernel looks the name up again
             raise OSError(errno.ESTALE, "written since looked up", self.rel)
+        if flags & WRITE_FLAGS and self._shown and not self.volatile and not self.pending:
+            # Readers of content unchanged so far read through the kernel's page cache, and
+            # the kernel sizes this inode by what the writer does (a truncate: their reads
+            # end there): the writer gets a new node, they keep this one and their version.
+            self._retired = True
+            raise OSError(errno.ESTALE, "read through the page cache: a new node", self.rel)
         if not flags & WRITE_FLAGS:
             with self.area.lock:
                 version = self.area.settled(lambda: self.storage().version())
