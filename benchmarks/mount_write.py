@@ -64,10 +64,15 @@ def _blosc():
     return numcodecs.Blosc(cname="zstd", clevel=1, shuffle=numcodecs.Blosc.BITSHUFFLE)
 
 
+SYNC_S: list[float] = []    # the `sync` part of each timed_cp (the rest is the copy itself)
+
+
 def timed_cp(src: Path, dst: Path) -> float:
     t = time.perf_counter()
     subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
+    copied = time.perf_counter()
     subprocess.run(["sync"], check=True)
+    SYNC_S.append(time.perf_counter() - copied)
     return time.perf_counter() - t
 
 
@@ -85,10 +90,12 @@ def run(args) -> None:
 
         local, mount = {"default": [], "passthrough forced off": []}, {"default": [], "passthrough forced off": []}
         paths, per_file = {}, {label: PerFile() for label in local}
+        syncs = {(side, label): [] for side in ("local", "mount") for label in local}
         for _ in range(ROUNDS):          # side by side: the machine's load drifts
             for label, extra in (("default", []), ("passthrough forced off", ["--no-passthrough"])):
                 drop_caches(files)
                 local[label].append(timed_cp(src, base / "local_copy"))
+                syncs["local", label].append(SYNC_S[-1])
                 shutil.rmtree(base / "local_copy")
                 mnt = base / "mnt"
                 with mounted(plate, mnt, "--writable", "--materialize", "disk", *extra) as pid:
@@ -97,6 +104,7 @@ def run(args) -> None:
                     mount[label].append(per_file[label].measure(
                         mnt, pid, n, lambda: timed_cp(src, mnt / "outputs" / "disk_copy"),
                         local[label][-1]))
+                    syncs["mount", label].append(SYNC_S[-1])
                 shutil.rmtree(plate / "outputs" / "disk_copy")
         ratio = {}
         for label in local:
@@ -131,6 +139,14 @@ def run(args) -> None:
         table(f"What each of the {n} files costs the mount (cp -r into outputs/, disk; medians "
               f"of {ROUNDS} rounds)", [per_file[label].row(label) for label in per_file],
               PER_FILE_HEADERS)
+        med = statistics.median
+        table("Where the time of `cp -r` + `sync` goes (s, medians): the copy, then the `sync` "
+              "that writes what the copy left dirty", [
+                  (label, f"{med(local[label]) - med(syncs['local', label]):.2f}",
+                   f"{med(syncs['local', label]):.2f}",
+                   f"{med(mount[label]) - med(syncs['mount', label]):.2f}",
+                   f"{med(syncs['mount', label]):.2f}") for label in local],
+              ("what", "local: copy", "local: sync", "mount: copy", "mount: sync"))
         print(f"load average at the end: {os.getloadavg()[0]:.2f} (2-core machine)")
         table("Passthrough vs forced off (ratios to the local cp of the same run)",
               [("cp -r into outputs/ (disk)", ratio["passthrough forced off"], ratio["default"],

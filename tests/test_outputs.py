@@ -111,6 +111,54 @@ def test_cp_dd_rsync_python_tifffile_then_remount(plate, mounts, tmp_path, mater
         assert e.value.errno in (errno.EROFS, errno.EACCES)
 
 
+def _counters(mnt: Path, until=lambda s: True) -> dict:
+    """The daemon's request counters (its state file, rewritten within 0.2 s of a change)."""
+    import json
+
+    from vfsmount.control import state_path
+    deadline, state = time.monotonic() + 10, {}
+    while time.monotonic() < deadline:
+        try:
+            state = json.loads(state_path(mnt).read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state and until(state):
+            break
+        time.sleep(0.05)
+    return state
+
+
+def test_cp_of_new_files_costs_few_requests(plate, mounts, tmp_path):
+    """Issue 29: a file `cp -r` creates costs the daemon one LOOKUP (the name, not there yet)
+    and one GETATTR (the folder, whose attributes the kernel dropped at the previous create)
+    besides CREATE, FLUSH and RELEASE: folders of outputs/ keep their entries and attributes
+    for a moment (the kernel drops them itself when it changes them), a created file its
+    attributes (dropped at its first write). Readers still see each file whole at once."""
+    src = tmp_path / "many"
+    src.mkdir()
+    files = {f"f{i:02d}.bin": os.urandom(3000 + i) for i in range(24)}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    mnt = mounts.mount(plate, "--writable")
+    (mnt / "outputs").stat()
+    before = _counters(mnt)
+    subprocess.run(["cp", "-r", str(src), str(mnt / "outputs" / "many")], check=True)
+    after = _counters(mnt, until=lambda s: s["release_requests"] - before["release_requests"]
+                      >= len(files))
+    per_file = {k: (after[f"{k}_requests"] - before[f"{k}_requests"]) / len(files)
+                for k in ("lookup", "getattr", "open", "flush", "release")}
+    assert per_file["lookup"] <= 1.25 and per_file["getattr"] <= 1.25, per_file
+    assert per_file["open"] == per_file["flush"] == per_file["release"] == 1, per_file
+    for name, data in files.items():
+        assert (mnt / "outputs" / "many" / name).read_bytes() == data
+        assert (plate / "outputs" / "many" / name).read_bytes() == data
+    folder = mnt / "outputs" / "many"
+    os.mkdir(plate / "outputs" / "many" / "made_outside")   # a change the kernel cannot know of
+    time.sleep(1.2)                                          # ... seen once its attributes expire
+    assert folder.stat().st_nlink == os.stat(plate / "outputs" / "many").st_nlink
+    assert "made_outside" in os.listdir(folder)
+
+
 def test_read_your_writes_and_readers_see_old_content(plate, mounts):
     mnt = mounts.mount(plate, "--writable")
     f = mnt / "outputs" / "data.txt"

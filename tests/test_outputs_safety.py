@@ -280,6 +280,49 @@ def test_readers_keep_their_version(plate, mounts):
     assert not f.exists()
 
 
+def test_readers_of_a_file_from_before_the_mount_keep_their_version(plate, mounts):
+    """A file not changed since the mount is read through the kernel's page cache, which
+    sizes it by what a writer does: a writer truncating it must not cut a reader's reads."""
+    (plate / "outputs").mkdir()
+    old, new = os.urandom(3 << 20), os.urandom(1000)
+    (plate / "outputs" / "pre.bin").write_bytes(old)
+    mnt = mounts.mount(plate, "--writable")
+    f = mnt / "outputs" / "pre.bin"
+    with open(f, "rb") as reader:
+        first = reader.read(4096)
+        with open(f, "r+b") as writer:
+            writer.truncate(0)
+            writer.write(new)
+            writer.flush()
+            time.sleep(0.1)
+            assert first + reader.read() == old          # its version, whole
+    assert f.read_bytes() == new == (plate / "outputs" / "pre.bin").read_bytes()
+
+
+def test_rewrite_while_a_passthrough_open_of_the_first_version_lasts(plate, mounts):
+    """A new file is written by the kernel into its staging file (passthrough), and every open
+    of an inode in passthrough shares that backing file. An open lasting past the commit (a
+    reader here; also a RELEASE the daemon hears of late) must not make the next writer write
+    into the committed file in place, nor commit that writer's empty staging file."""
+    mnt = mounts.mount(plate, "--writable")
+    f, committed = mnt / "outputs" / "new.bin", plate / "outputs" / "new.bin"
+    first, second = os.urandom(300_000), os.urandom(5_000)
+    with open(f, "wb") as writer:
+        writer.write(first)
+        writer.flush()
+        reader = open(f, "rb")                           # opened while the new file is written
+    try:
+        with open(f, "wb") as again:
+            again.write(second)
+            again.flush()
+            assert committed.read_bytes() == first       # nothing written in place
+        assert committed.read_bytes() == second and f.read_bytes() == second
+        assert reader.read() == first                    # the reader keeps its version
+    finally:
+        reader.close()
+    assert f.read_bytes() == second
+
+
 # -- 8. smaller points -----------------------------------------------------------------------
 
 def test_directory_times_and_reserved_names(plate, mounts):

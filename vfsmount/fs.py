@@ -42,6 +42,13 @@ BLOCK_SIZE = 1 << 20           # st_blksize: cp/cat size their reads from it
 PASSTHROUGH_BLOCK_SIZE = 128 << 10
 XATTR_PREFIX = layout.XATTR_PREFIX.encode()
 READDIR_CHUNK = 4096           # rows of a columnar folder sliced at once for one readdir reply
+# Attributes the kernel may keep although the node changes (entry_timeout 0): a changing
+# folder's (mode, owner; the kernel drops them itself after each change it makes there, and a
+# change made outside the mount shows within this time), and a file's just created (the
+# kernel drops size and times itself at its first write, and at the commit the daemon does).
+# Each saves a GETATTR per path walk or fstat (permission checks need fresh attributes).
+CHANGING_DIR_TIMEOUT = 1.0
+NEW_FILE_ATTR_TIMEOUT = 1.0
 DIR_HANDLES = 1 << 40          # snapshot directory handles live above every inode number
 # pyfuse3 built with patches/pyfuse3-passthrough.patch takes a FileInfo from opendir
 # (noflush, backing ids, and a FileInfo from opendir for cache_readdir); plain pyfuse3 has none
@@ -134,7 +141,10 @@ class VfsOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.inode
         e.generation = 0
-        e.entry_timeout = e.attr_timeout = node.entry_timeout
+        timeout = node.entry_timeout
+        if not timeout and node.is_dir:
+            timeout = CHANGING_DIR_TIMEOUT
+        e.entry_timeout = e.attr_timeout = timeout
         e.st_mode = node.mode
         e.st_uid, e.st_gid = self.uid, self.gid
         e.st_blksize = (PASSTHROUGH_BLOCK_SIZE if node.passes_through
@@ -430,7 +440,9 @@ class VfsOperations(pyfuse3.Operations):
             node = await self._in_worker(parent.create, name)
             opened = await self._in_worker(node.open_file, flags | os.O_WRONLY | os.O_TRUNC)
         self._remember(name, node)
-        return self._file_info(node, opened), self._attr(node)
+        attr = self._attr(node)
+        attr.attr_timeout = NEW_FILE_ATTR_TIMEOUT
+        return self._file_info(node, opened), attr
 
     @fuse_operation
     async def setattr(self, inode, attr, fields, fh, ctx):

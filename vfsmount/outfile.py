@@ -32,6 +32,7 @@ log = logging.getLogger("vfsmount.outputs")
 COPY_CHUNK = 8 << 20
 REOPEN_TRIES = 20          # opens of a path swapped outside until it holds the looked-up file
 NEAR_FULL = 4 << 20        # free bytes under which a passthrough write may have hit ENOSPC
+INLINE_COMMIT_BYTES = 4 << 20   # a passthrough-written file up to this size commits on the loop
 
 
 class State(enum.Enum):
@@ -153,6 +154,8 @@ class FileStorage:
             self.area.disk.publish(staging, self.rel, durable=durable)
         except (FileNotFoundError, NotADirectoryError) as e:
             raise CommitError(errno.ENOENT, f"folder of {self.rel} is gone") from e
+        if not durable:
+            self.area.disk.write_back(fd)
 
     def sync(self) -> None:
         """Make what is committed durable (committed at close without waiting)."""
@@ -330,7 +333,8 @@ class WritableOutFile(OutFile):
     """A file of a writable outputs area: committed content plus, while written, a staging
     file; ``state`` follows ``TRANSITIONS``."""
 
-    __slots__ = ("staging", "staging_fd", "writers", "state", "failure", "passed_through")
+    __slots__ = ("staging", "staging_fd", "writers", "state", "failure", "passed_through",
+                 "_backed", "_retired")
     mode_bits = 0o644
     blocking_handles = True   # open may copy content, flush/fsync/release commit: in a worker
 
@@ -342,6 +346,8 @@ class WritableOutFile(OutFile):
         self.state = State.IDLE
         self.failure = 0        # errno of the write that failed (state FAILED)
         self.passed_through = False   # staged bytes written by the kernel (FUSE passthrough)
+        self._backed: set = set()     # open handles the kernel passes through (any mode)
+        self._retired = False         # later opens go to a new node (see open_file)
 
     def _go(self, event: str) -> None:
         nxt = TRANSITIONS.get((self.state, event))
@@ -351,6 +357,8 @@ class WritableOutFile(OutFile):
             self.passed_through = False
 
     def same_file(self, key: tuple | None) -> bool:
+        if self.stale_backing or self._retired:   # a new node (inode) serves later opens
+            return False
         if self.writers or self.pending:      # being written here: a commit replaces the file
             self._seen = key or self._seen
             return True
@@ -366,6 +374,13 @@ class WritableOutFile(OutFile):
         rewritten, so a name whose close() failed is gone at once, not when the kernel's
         asynchronous RELEASE finally drops it."""
         return self.state in (State.CLEAN, State.DIRTY, State.FAILED)
+
+    def _staged_size(self) -> int:
+        fd = self.staging_fd          # one read: a commit in a worker thread may close it
+        try:
+            return os.fstat(fd).st_size if fd is not None else 0
+        except OSError:
+            return 0
 
     def _unsaved(self) -> bool:
         return self.state in (State.DIRTY, State.REFUSED, State.FAILED)
@@ -398,9 +413,14 @@ class WritableOutFile(OutFile):
 
     def inline(self, op: str) -> bool:
         """A flush or the last release with nothing to commit (what follows a committed
-        close) runs on the loop."""
+        close) runs on the loop, and so does the flush that commits a small new plain file
+        the kernel wrote itself (passthrough): a check of the TIFF's directories, just written
+        and in the page cache, and a rename, no more than a create costs (a larger file may
+        hold many directories to parse: a worker)."""
         if op == "flush":
-            idle = not self._unsaved()
+            idle = not self._unsaved() or (
+                self.passed_through and self.state is State.DIRTY
+                and not self.area.sync_on_close and self._staged_size() <= INLINE_COMMIT_BYTES)
         elif op == "release":
             idle = not self.pending or self.writers > 1
         else:
@@ -408,6 +428,14 @@ class WritableOutFile(OutFile):
         return idle and self.area.inline_ok()
 
     def open_file(self, flags: int) -> OpenFile:
+        if self.stale_backing or self._retired:   # the kernel looks the name up again
+            raise OSError(errno.ESTALE, "written since looked up", self.rel)
+        if flags & WRITE_FLAGS and self._shown and not self.volatile and not self.pending:
+            # Readers of content unchanged so far read through the kernel's page cache, and
+            # the kernel sizes this inode by what the writer does (a truncate: their reads
+            # end there): the writer gets a new node, they keep this one and their version.
+            self._retired = True
+            raise OSError(errno.ESTALE, "read through the page cache: a new node", self.rel)
         if not flags & WRITE_FLAGS:
             with self.area.lock:
                 version = self.area.settled(lambda: self.storage().version())
@@ -438,7 +466,18 @@ class WritableOutFile(OutFile):
             return None
         return os.dup(self.staging_fd)      # a commit may close staging_fd meanwhile
 
+    @property
+    def stale_backing(self) -> bool:
+        """Handles still pass through to a staging file that is no longer staged (committed:
+        it is now the committed file; or dropped). The kernel gives every open of an inode in
+        passthrough that same backing file, so a writer opening this inode would write into
+        the committed file in place (and commit an empty staging file): new opens go to a new
+        node instead (``same_file``), and an open of this inode is answered ESTALE, which
+        makes the kernel look the name up again (``open_file``)."""
+        return bool(self._backed) and not self.passed_through
+
     def passthrough_started(self, handle) -> None:
+        self._backed.add(handle)
         # the writes will not pass through _pwrite: the staged content is what to commit
         if handle.writes:
             with self.area.lock:
@@ -514,26 +553,26 @@ class WritableOutFile(OutFile):
         """close(2) waits for FLUSH (RELEASE comes later, asynchronously): committing here
         is what makes "close() returned 0" mean "the file is complete in the plate". A flush
         with nothing written since the last commit (`cmd > file` closing a dup before
-        writing, a reader's close) commits nothing. True if something was committed."""
+        writing, a reader's close) commits nothing. True if the kernel must drop what it
+        cached of the file (see ``commit``)."""
         if not handle.writes:
             return False
         with self.area.lock:
             if self._unsaved():
-                self.commit()
-                return True
+                return self.commit()
         return False
 
     def fsync(self, handle) -> bool:
         """fsync/fdatasync: commit, and return only once the bytes and the name are durable."""
         with self.area.lock:
             if handle.writes and self.pending:
-                self.commit(durable=True)
-                return True
+                return self.commit(durable=True)
             storage = self.storage()
         storage.sync()
         return False
 
     def release(self, handle) -> bool:
+        self._backed.discard(handle)
         if not handle.writes:
             return super().release(handle)
         if handle.backing is not None:
@@ -548,7 +587,7 @@ class WritableOutFile(OutFile):
             if not self.pending:
                 return False
             try:
-                self.commit(final=True, last_close=True)
+                return self.commit(final=True, last_close=True)
             except CommitError as e:      # nothing more to tell a closed file: data lost
                 log.error("outputs/%s: not stored at the last close: %s", self.rel, e)
             return True
@@ -559,7 +598,10 @@ class WritableOutFile(OutFile):
         with self.area.lock:
             if self.staging_fd is not None:
                 if truncate:
-                    os.ftruncate(self.staging_fd, 0)
+                    # not an empty one (create's open): on ext4 a truncate to 0 makes the
+                    # last close of the file start writing it back, inside the commit
+                    if os.fstat(self.staging_fd).st_size:
+                        os.ftruncate(self.staging_fd, 0)
                     self._changed()
                 return
             storage = self.storage()
@@ -630,8 +672,12 @@ class WritableOutFile(OutFile):
             _displace(target, self)
             new_dir.adopt(new_name, self)
 
-    def commit(self, final: bool = False, *, last_close: bool = False, durable: bool = False) -> None:
+    def commit(self, final: bool = False, *, last_close: bool = False,
+               durable: bool = False) -> bool:
         """Make the staged content the committed one, atomically; raises CommitError.
+        True if the kernel must drop what it cached of the file (attributes, pages of the old
+        content): not after content the kernel wrote itself (passthrough), which it has
+        neither pages of nor attributes it has not already dropped at its writes.
 
         Content that is not acceptable (a TIFF name with bytes that are no complete TIFF, a
         plane that does not fit its zarr field) is refused with EINVAL but stays staged unless
@@ -642,15 +688,15 @@ class WritableOutFile(OutFile):
         """
         with self.area.lock:
             if not self.pending or (last_close and self.writers > 0):
-                return
-            fd, staging = self.staging_fd, self.staging
+                return False
+            fd, staging, through = self.staging_fd, self.staging, self.passed_through
             storage = self.storage()
             if self._passthrough_write_lost():
                 self._go("fail")
                 self.failure = errno.ENOSPC
             if last_close and self.state is State.CLEAN and storage.exists():
                 self._drop(fd, staging)        # opened for writing, nothing changed: keep as is
-                return
+                return False
             if self.state is State.FAILED:     # a write was lost (e.g. ENOSPC): never commit the rest
                 self._drop(fd, staging)
                 err = self.failure or errno.EIO
@@ -676,6 +722,7 @@ class WritableOutFile(OutFile):
             self.mtime_ns = time.time_ns()
             self.area.mark_dirty()
             log.info("committed outputs/%s%s", self.rel, " (durable)" if durable else "")
+            return not through
 
     def _drop(self, fd: int, staging: str) -> None:
         self.staging = self.staging_fd = None

@@ -29,9 +29,11 @@ zarr store), extended attributes (ENOTSUP).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import logging
 import os
+import queue
 import stat as stat_mod
 import threading
 import time
@@ -52,6 +54,13 @@ from .nodes import Node, OpenFile
 from .outfile import FileStorage, OutFile, PlaneStorage, WritableOutFile
 
 log = logging.getLogger(__name__)
+
+STORE_SEEN_SECONDS = 1.0     # how long has_store's answer is kept (see there)
+_libc = ctypes.CDLL(None, use_errno=True)
+_sync_file_range = _libc.sync_file_range
+_sync_file_range.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+SYNC_FILE_RANGE_WRITE = 2    # start writing the dirty pages back, wait for nothing
+WRITE_BACK_QUEUE = 64        # committed files waiting for write_back (each holds a descriptor)
 
 
 def image_name(name: str) -> str | None:
@@ -101,6 +110,28 @@ class _Disk:
         for leftover in os.listdir(staging_fd):     # a crashed writer's half-written files
             log.info("removing uncommitted staging file %s", leftover)
             os.unlink(leftover, dir_fd=staging_fd)
+        self._written: queue.SimpleQueue | None = None     # see write_back
+
+    def write_back(self, fd: int) -> None:
+        """Start writing a committed file's data to disk now, in a thread of its own (the
+        commit does not wait). Otherwise the kernel keeps it dirty for up to 30 s, so a
+        copy's data would all be written at its end (`sync`) instead of while it runs; ext4
+        does the same for a file renamed over another one."""
+        if self._written is None:
+            self._written = queue.SimpleQueue()
+            threading.Thread(target=self._writing_back, name="vfsmount-writeback",
+                             daemon=True).start()
+        if self._written.qsize() < WRITE_BACK_QUEUE:   # else the kernel's flusher will
+            self._written.put(os.dup(fd))
+
+    def _writing_back(self) -> None:
+        while True:
+            fd = self._written.get()
+            try:
+                if _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) != 0:
+                    log.debug("writeback not started: %s", os.strerror(ctypes.get_errno()))
+            finally:
+                os.close(fd)
 
     def at_parent(self, rel: str, fn, *args, **kw):
         """``fn(name, *args, dir_fd=parent)`` for the *at() calls (mkdir, rmdir, unlink)."""
@@ -170,6 +201,7 @@ class OutputsArea:
         self._recording = threading.Lock()     # one metadata recorder at a time
         self._moves = 0            # odd while a rename moves disk and nodes (see settled)
         self._stores: dict[str, object] = {}
+        self._stores_seen: dict[str, tuple[float, bool]] = {}   # sub -> (when, has a store)
         self.stores_dirty: set[str] = set()       # zarr stores whose metadata awaits a flush
         self._metadata_dirty = False
         parent, name = os.path.split(os.path.abspath(root))
@@ -304,10 +336,26 @@ class OutputsArea:
         return (parts[0], name) if name and name == parts[1] else None
 
     def has_store(self, sub: str) -> bool:
+        """Whether ``sub`` has a zarr store. Asked for every file of a first-level folder
+        (where its content lives), so the answer is kept STORE_SEEN_SECONDS: this mount's
+        own changes (a store made, a folder renamed) update it at once, one made outside
+        the mount is seen within that time, as the kernel sees changed folder attributes."""
+        now = time.monotonic()
+        seen = self._stores_seen.get(sub)
+        if seen is not None and now - seen[0] < STORE_SEEN_SECONDS:
+            return seen[1]
         if len(os.fsencode(sub + ZARR_SUFFIX)) > containment.NAME_MAX:
-            return False          # a folder with a name that long cannot have a store
-        st = self.stat(sub + ZARR_SUFFIX)
-        return st is not None and stat_mod.S_ISDIR(st.st_mode)
+            found = False         # a folder with a name that long cannot have a store
+        else:
+            st = self.stat(sub + ZARR_SUFFIX)
+            found = st is not None and stat_mod.S_ISDIR(st.st_mode)
+        self._stores_seen[sub] = (now, found)
+        return found
+
+    def stores_changed(self, *subs: str) -> None:
+        """Folders whose store this mount made, moved or renamed: asked again."""
+        for sub in subs:
+            self._stores_seen.pop(sub, None)
 
     def store(self, sub: str, *, create: bool = False):
         """The zarr store of ``sub`` (None if it has none). Opened read-only on a read-only
@@ -323,6 +371,7 @@ class OutputsArea:
                     st = ZarrStorageBackend(path, mode="r")
                 else:     # FILE chunks (a committed plane rewrites only its own chunk)
                     st = output_store(path, output_physics(self.plate.entry()))
+                    self.stores_changed(sub)
                 self._stores[sub] = st
             return st
 
@@ -330,6 +379,7 @@ class OutputsArea:
         with self.lock:
             self.flush_stores(final=True)
             self._stores.clear()
+            self._stores_seen.clear()
 
     def flush_stores(self, final: bool = False) -> None:
         """Write the batched metadata of the zarr stores committed into since the last flush
@@ -625,6 +675,7 @@ class WritableOutDir(OutDir):
             area.disk.rename(old_rel, new_rel)
             if moved_store:
                 area.disk.rename(old_rel + ZARR_SUFFIX, new_rel + ZARR_SUFFIX)
+            area.stores_changed(old_rel, new_rel)
             new_dir.adopt(new_name, self)
         if moved_store:
             area.forget_stores()
