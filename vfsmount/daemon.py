@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 from urllib.parse import quote
 
 import pyfuse3
@@ -101,13 +100,6 @@ async def _serve(ops: VfsOperations, mountpoint: str) -> None:
         nursery.cancel_scope.cancel()   # unmounted from outside: stop the signal watcher
 
 
-def _logged(fn) -> None:
-    try:
-        fn()
-    except Exception:
-        log.exception("%s failed (its first use will say why again)", fn.__name__)
-
-
 async def _tune_readahead(mountpoint: str) -> None:
     log.info("readahead: %s", await trio.to_thread.run_sync(set_readahead, mountpoint))
 
@@ -174,11 +166,8 @@ def _build(cfg: MountConfig) -> tuple[object, VfsOperations]:
         if cfg.writable:
             outputs.write_metadata(force=True)   # reconcile after a crash
         if cfg.writable and cfg.materialize == "zarr":
-            # (ome-zarr pulls in dask: 1-5 s that no request needs before the first commit,
-            # which waits for this import if it comes first; so beside the mount, not before)
             from backends.ngff.backend import load_writer
-            threading.Thread(target=_logged, args=(load_writer,), name="load-writer",
-                             daemon=True).start()
+            load_writer()
     computed = []
     if cfg.pipeline_file:
         from compute.pipeline import load_pipeline_file
