@@ -381,7 +381,7 @@ def test_zarr_outputs_on_the_cluster_equal_local_zarr_outputs(stores, s3, cluste
         np.testing.assert_array_equal(remote.load(name), local.load(name), err_msg=name)
     # the store is a valid OME-Zarr plate for other readers
     import zarr
-    root = zarr.open_group(store=remote._store, mode="r")
+    root = zarr.open_group(store=remote._reader.store, mode="r")
     assert [w["path"] for w in root.attrs["plate"]["wells"]] == ["C/07"]
 
 
@@ -446,7 +446,7 @@ def test_chunk_cache_is_bounded_and_serves_rereads_offline(stores, s3, tmp_path)
     small = ZarrStorageBackend(url, cache_bytes=0, chunk_cache_bytes=3 * plane_bytes)
     for name in names:
         small.load(name)
-    cache_dir = Path(small._store._cache.root)
+    cache_dir = Path(small._reader.store._cache.root)
     assert cache_dir.parent == chunk_cache_root()
     on_disk = sum(f.stat().st_size for f in cache_dir.rglob("*") if f.is_file())
     assert 0 < on_disk <= 3 * plane_bytes

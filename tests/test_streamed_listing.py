@@ -22,7 +22,7 @@ from backends.ngff.backend import ZarrStorageBackend
 from benchmarks.foreign_zarr import write_plate
 
 from .conftest import run_cli
-from .test_scaleout import s3  # noqa: F401  (the local seaweedfs S3 fixture)
+from .test_scaleout import s3, s3_server  # noqa: F401  (the local seaweedfs S3 fixture)
 
 COLUMNS, FIELDS = 3, 2          # 16 rows x 3 columns = 48 wells x 2 fields x 6 planes
 

@@ -218,7 +218,9 @@ class FieldWriter:
                   else (1, 1, 1) + shape[-2:])
         v3 = self.config.zarr_format == 3
         try:
-            group = self.root_group().require_group(row).require_group(col).require_group(field)
+            group = self.root_group()
+            for name in (row, col, field):
+                group = _require_group(group, name)
             self.reader.adopt_array(array_path, group.create_array(
                 level, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
                 compressors=self.config.compressors(), overwrite=True,
@@ -415,6 +417,17 @@ def _chunks_present(array_dir: str, info: ArrayInfo) -> list[tuple[int, int, int
             continue
         present.append(tuple(int(p) for p in parts[:3]))    # past the shape too: see _grow
     return present
+
+
+def _require_group(parent, name: str):
+    """``parent[name]``, created if missing. Writers in other processes (Dask workers writing
+    one store) create the same row and column groups at the same time: a group made by one
+    of them between zarr's check and its own creation is opened, not an error."""
+    from zarr.errors import ContainsGroupError
+    try:
+        return parent.require_group(name)
+    except ContainsGroupError:
+        return parent[name]
 
 
 def compact_json():
