@@ -121,6 +121,26 @@ def small_spec():
     return PlateSpec(wells=("A01", "B02"), sites=2, channels=2, z=3, t=2, shape=(64, 96))
 
 
+def mount_state(mnt: Path, *, until=lambda s: True, timeout: float = 10.0) -> dict:
+    """A mount daemon's state file (data path, request counters; rewritten within 0.2 s of a
+    change) once ``until(state)`` holds, else the last one read."""
+    import json
+    import time
+
+    from vfsmount.control import state_path
+    deadline = time.monotonic() + timeout
+    state: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            state = json.loads(state_path(mnt).read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state and until(state):
+            return state
+        time.sleep(0.05)
+    return state
+
+
 def run_cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     res = subprocess.run([sys.executable, "-m", "vfsmount", *args], capture_output=True, text=True,
                          **kw)

@@ -22,7 +22,7 @@ from backends.plates.plate import Plate
 from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
 from vfsmount.control import is_mounted
 
-from .conftest import imagej_available, run_cli
+from .conftest import imagej_available, mount_state, run_cli
 
 SPEC = PlateSpec(wells=("A01", "B02"), sites=1, channels=2, z=2, shape=(48, 64))
 
@@ -113,19 +113,7 @@ def test_cp_dd_rsync_python_tifffile_then_remount(plate, mounts, tmp_path, mater
 
 def _counters(mnt: Path, until=lambda s: True) -> dict:
     """The daemon's request counters (its state file, rewritten within 0.2 s of a change)."""
-    import json
-
-    from vfsmount.control import state_path
-    deadline, state = time.monotonic() + 10, {}
-    while time.monotonic() < deadline:
-        try:
-            state = json.loads(state_path(mnt).read_text())
-        except (OSError, ValueError):
-            state = {}
-        if state and until(state):
-            break
-        time.sleep(0.05)
-    return state
+    return mount_state(mnt, until=until)
 
 
 def test_cp_of_new_files_costs_few_requests(plate, mounts, tmp_path):

@@ -21,26 +21,9 @@ import pytest
 
 from backends.plates.plate import Plate
 from backends.plates.sample_plates import PlateSpec, make_imagexpress_plate
-from vfsmount.control import state_path
 from vfsmount.passthrough import DataPath
 
-from .conftest import run_cli
-
-
-def _state(mnt: Path, *, until=lambda s: True, timeout: float = 10.0) -> dict:
-    """The daemon's state file once ``until(state)`` holds (it is rewritten within 0.2 s of a
-    change), else the last one read."""
-    deadline = time.monotonic() + timeout
-    state: dict = {}
-    while time.monotonic() < deadline:
-        try:
-            state = json.loads(state_path(mnt).read_text())
-        except (OSError, ValueError):
-            state = {}
-        if state and until(state):
-            return state
-        time.sleep(0.05)
-    return state
+from .conftest import mount_state as _state, run_cli
 
 
 def _reuses(state: dict) -> int:
