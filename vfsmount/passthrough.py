@@ -288,7 +288,8 @@ class DataPath:
             return
         now = time.monotonic() if now is None else now
         deadline = now - KEEP_SECONDS
-        for oldest in list(idle):
+        for _ in range(len(idle)):       # (each kept file looked at once at most)
+            oldest = next(iter(idle))
             backing = self._backing[oldest]
             within = len(idle) <= KEEP_BACKINGS
             if within and backing.idle_since > deadline:
